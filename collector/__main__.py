@@ -1,0 +1,71 @@
+"""Entry point: read Settings once, configure logging, start the embedded database if needed, run uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from contextlib import ExitStack
+
+import uvicorn
+from starlette.applications import Starlette
+
+from collector.app import create_app
+from collector.embedded import embedded_postgres
+from collector.settings import Settings, SettingsError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s:%(name)s:%(message)s"
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command line at INFO
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"collector: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def worker_app() -> Starlette:
+    """The app factory each uvicorn worker calls; the parent already checked these settings."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    # uvicorn re-raises the SIGTERM it handled once it has drained; turning that into SystemExit lets
+    # the embedded database below be stopped instead of the process dying on the default handler.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with ExitStack() as stack:
+        if settings.database_url is None:
+            # One embedded database for the whole run; workers find it through the inherited variable.
+            os.environ["DATABASE_URL"] = stack.enter_context(embedded_postgres(settings.data_dir))
+        uvicorn.run(
+            "collector.__main__:worker_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        )
+
+
+if __name__ == "__main__":
+    main()

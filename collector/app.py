@@ -1,0 +1,136 @@
+"""create_app(settings): routes, error handlers and the one lifespan that owns every long-lived object."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from collector import routes
+from collector.auth import (
+    DEFAULT_DOMAINS_FILE,
+    DomainAuthorizer,
+    DomainDirectory,
+    FileDirectory,
+    PixelManagementDirectory,
+)
+from collector.buffer import WriteBehindBuffer
+from collector.errors import CollectorError
+from collector.ingest import Ingest
+from collector.partitions import PartitionMaintainer
+from collector.settings import Settings, redact_url
+from collector.store import EventStore
+
+logger = logging.getLogger(__name__)
+
+# Development only (production refuses to start without IP_HASH_SECRET): hashes made with it are not secret.
+DEV_IP_HASH_SECRET = "development-only-ip-hash-secret"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The long-lived objects the handlers use, on app.state.services while the app runs."""
+
+    settings: Settings
+    store: EventStore
+    authorizer: DomainAuthorizer
+    buffer: WriteBehindBuffer
+    ingest: Ingest
+
+
+def make_directory(settings: Settings) -> DomainDirectory:
+    if settings.pixel_management_url:
+        return PixelManagementDirectory(settings.pixel_management_url, timeout_s=settings.auth_timeout_s)
+    path = Path(settings.authorized_domains_file) if settings.authorized_domains_file else DEFAULT_DOMAINS_FILE
+    return FileDirectory(path, settings.ip_hash_secret or DEV_IP_HASH_SECRET)
+
+
+def _logged(name: str, close: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        try:
+            await close()
+        except Exception:  # cleanup carries on with the rest
+            logger.exception("Closing %s failed", name)
+
+    return run
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The collector as an ASGI app; nothing connects until its lifespan starts."""
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url (the embedded database is started by __main__)")
+    database_url = settings.database_url
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            store = await EventStore.open(
+                database_url,
+                min_size=settings.pool_min_size,
+                max_size=settings.pool_max_size,
+                durable=settings.ack_mode == "durable",
+            )
+            stack.push_async_callback(_logged("database pool", store.close))
+            partitions = PartitionMaintainer(store)
+            partitions.start()
+            stack.push_async_callback(_logged("partition maintainer", partitions.close))
+            authorizer = DomainAuthorizer(
+                make_directory(settings),
+                ip_hash_secret=settings.ip_hash_secret or DEV_IP_HASH_SECRET,
+                ttl_s=settings.auth_cache_ttl_s,
+                negative_ttl_s=settings.auth_negative_ttl_s,
+                stale_max_s=settings.auth_stale_max_s,
+                max_entries=settings.auth_cache_size,
+            )
+            stack.push_async_callback(_logged("authorizer", authorizer.close))
+            buffer = WriteBehindBuffer(
+                store,
+                max_events=settings.buffer_max_events,
+                flush_max_events=settings.flush_max_events,
+                flush_interval_s=settings.flush_interval_s,
+                drain_timeout_s=settings.drain_timeout_s,
+            )
+            buffer.start()
+            stack.push_async_callback(_logged("buffer", buffer.close))
+            app.state.services = Services(settings, store, authorizer, buffer, Ingest(settings, authorizer, buffer))
+            logger.info(
+                "Collector ready: ack_mode=%s flush=%d events/%d ms buffer=%d database=%s authorization=%s",
+                settings.ack_mode, settings.flush_max_events, settings.flush_interval_ms,
+                settings.buffer_max_events, redact_url(database_url), authorizer.directory.describe(),
+            )  # fmt: skip
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/collect", routes.CollectEndpoint(), methods=None),
+            Route("/health", routes.health),
+            Route("/livez", routes.livez),
+            Route("/readyz", routes.readyz),
+            Route("/events/count", routes.events_count),
+            Route("/events/recent", routes.events_recent),
+        ],
+        exception_handlers={CollectorError: _collector_error, HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    return app
+
+
+async def _collector_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CollectorError)
+    return routes.error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return routes.JSONResponse(
+        {"error": code, "detail": exc.detail}, status_code=exc.status_code, headers=dict(exc.headers or {})
+    )

@@ -1,0 +1,217 @@
+"""DomainAuthorizer: which client a domain belongs to, from pixel-management or a file, behind a TTL cache."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+from cachetools import LRUCache
+
+from collector.errors import AuthorizationUnavailable, DomainNotAuthorized
+from collector.sites import InvalidSiteConfig, SiteConfig, normalize_domain
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DOMAINS_FILE = Path(__file__).with_name("authorized_domains.json")
+
+
+class DirectoryUnavailable(Exception):
+    """The directory could not answer; this says nothing about the domain."""
+
+
+class DomainDirectory(Protocol):
+    """Where authorization decisions come from."""
+
+    async def lookup(self, domain: str) -> dict[str, Any] | None:
+        """The domain's config, None if it is not authorized; raise DirectoryUnavailable if unknown."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+class PixelManagementDirectory:
+    """The pixel-management API over one shared aiohttp session."""
+
+    def __init__(self, base_url: str, *, timeout_s: float) -> None:
+        self._base = base_url.rstrip("/")
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            headers={"accept": "application/json"},
+            raise_for_status=False,
+        )
+
+    async def lookup(self, domain: str) -> dict[str, Any] | None:
+        url = f"{self._base}/api/v1/config/domain/{domain}"
+        try:
+            async with self._session.get(url) as response:
+                if response.status in (400, 404):
+                    return None
+                if response.status != 200:
+                    raise DirectoryUnavailable(f"pixel-management answered {response.status}")
+                body = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DirectoryUnavailable(f"pixel-management unreachable: {exc!r}") from exc
+        try:
+            config = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise DirectoryUnavailable("pixel-management answered invalid JSON") from exc
+        if not isinstance(config, dict):
+            raise DirectoryUnavailable("pixel-management answered a non-object")
+        return config
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    def describe(self) -> str:
+        return f"pixel-management at {self._base}"
+
+
+class FileDirectory:
+    """A JSON file mapping domain → the config pixel-management would return (development mode)."""
+
+    def __init__(self, path: Path, ip_hash_secret: str) -> None:
+        self._path = path
+        try:
+            raw = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"AUTHORIZED_DOMAINS_FILE {path}: cannot be read as JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"AUTHORIZED_DOMAINS_FILE {path}: must map domain names to config objects")
+        self._configs: dict[str, dict[str, Any]] = {}
+        for name, config in raw.items():
+            domain = normalize_domain(name)
+            if domain is None:
+                raise ValueError(f"AUTHORIZED_DOMAINS_FILE {path}: {name!r} is not a domain name")
+            try:
+                SiteConfig.from_config(config, ip_hash_secret)
+            except InvalidSiteConfig as exc:
+                raise ValueError(f"AUTHORIZED_DOMAINS_FILE {path}: {name}: {exc}") from None
+            self._configs[domain] = config
+
+    async def lookup(self, domain: str) -> dict[str, Any] | None:
+        return self._configs.get(domain)
+
+    async def close(self) -> None:
+        return None
+
+    def describe(self) -> str:
+        return f"domains file {self._path} ({len(self._configs)} domains)"
+
+
+@dataclass(slots=True)
+class _Entry:
+    site: SiteConfig | None
+    fetched_at: float
+
+
+@dataclass(slots=True)
+class AuthStats:
+    hits: int = 0
+    misses: int = 0
+    stale_served: int = 0
+    lookups: int = 0
+    lookup_failures: int = 0
+
+
+class DomainAuthorizer:
+    """Cached, single-flight authorization: fresh decisions from memory, one lookup per domain at a time.
+
+    Positive decisions live `ttl_s`, negative ones `negative_ttl_s` (so a newly registered domain works
+    soon). While the directory is unavailable the last decision is served up to `stale_max_s` old;
+    with none, authorize() raises AuthorizationUnavailable (503), never DomainNotAuthorized.
+    """
+
+    def __init__(
+        self,
+        directory: DomainDirectory,
+        *,
+        ip_hash_secret: str,
+        ttl_s: float,
+        negative_ttl_s: float,
+        stale_max_s: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory = directory
+        self._secret = ip_hash_secret
+        self._ttl = ttl_s
+        self._negative_ttl = negative_ttl_s
+        self._stale_max = stale_max_s
+        self._cache: LRUCache[str, _Entry] = LRUCache(maxsize=max_entries)
+        self._inflight: dict[str, asyncio.Task[_Entry]] = {}
+        self._clock = clock
+        self.stats = AuthStats()
+
+    async def authorize(self, domain: str) -> SiteConfig:
+        """The site config of an authorized `domain` (already normalized)."""
+        entry = self._cache.get(domain)
+        now = self._clock()
+        if entry is not None and now - entry.fetched_at < (self._ttl if entry.site else self._negative_ttl):
+            self.stats.hits += 1
+            return _decide(domain, entry)
+        self.stats.misses += 1
+        try:
+            entry = await self._lookup_once(domain)
+        except DirectoryUnavailable as exc:
+            if entry is not None and now - entry.fetched_at < self._stale_max:
+                self.stats.stale_served += 1
+                return _decide(domain, entry)
+            raise AuthorizationUnavailable(f"cannot check domain {domain} right now: {exc}") from None
+        return _decide(domain, entry)
+
+    async def _lookup_once(self, domain: str) -> _Entry:
+        task = self._inflight.get(domain)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(domain))
+            self._inflight[domain] = task
+            task.add_done_callback(lambda t: self._lookup_done(domain, t))
+        # Shielded: one caller giving up must not cancel the lookup the others wait on.
+        return await asyncio.shield(task)
+
+    def _lookup_done(self, domain: str, task: asyncio.Task[_Entry]) -> None:
+        self._inflight.pop(domain, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here so an unawaited failure is not reported as lost
+
+    async def _fetch(self, domain: str) -> _Entry:
+        self.stats.lookups += 1
+        try:
+            config = await self.directory.lookup(domain)
+            site = None if config is None else SiteConfig.from_config(config, self._secret)
+        except InvalidSiteConfig as exc:
+            self.stats.lookup_failures += 1
+            logger.error("Domain %s: unusable config from %s: %s", domain, self.directory.describe(), exc)
+            raise DirectoryUnavailable(str(exc)) from None
+        except DirectoryUnavailable as exc:
+            self.stats.lookup_failures += 1
+            logger.warning("Domain %s: authorization lookup failed: %s", domain, exc)
+            raise
+        entry = _Entry(site, self._clock())
+        self._cache[domain] = entry
+        if site is None:
+            logger.info("Domain %s is not authorized", domain)
+        else:
+            logger.info("Domain %s authorized for client %s", domain, site.client_id)
+        return entry
+
+    async def close(self) -> None:
+        """Cancel lookups in flight, then close the directory."""
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        await self.directory.close()
+
+
+def _decide(domain: str, entry: _Entry) -> SiteConfig:
+    if entry.site is None:
+        raise DomainNotAuthorized(f"domain {domain} is not authorized to send events")
+    return entry.site

@@ -1,0 +1,98 @@
+"""Errors a client can cause or meet, each carrying its HTTP status and machine-readable code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+
+class CollectorError(Exception):
+    """An expected failure, rendered as `{"error": code, "detail": text}` with `status`."""
+
+    status: int = 400
+    error: str = "bad_request"
+    headers: Mapping[str, str] = MappingProxyType({})
+
+    def __init__(
+        self, detail: str, *, headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+        if headers is not None:
+            self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body: code and detail, plus any extra fields (e.g. the rejected events)."""
+        return {"error": self.error, "detail": self.detail, **(self.extra or {})}
+
+
+class InvalidJson(CollectorError):
+    status, error = 400, "invalid_json"
+
+
+class Unauthenticated(CollectorError):
+    status, error = 401, "unauthorized"
+    headers: Mapping[str, str] = MappingProxyType({"www-authenticate": "Bearer"})
+
+
+class Forbidden(CollectorError):
+    status, error = 403, "forbidden"
+
+
+class DomainNotAuthorized(CollectorError):
+    status, error = 403, "domain_not_authorized"
+
+
+class NotFound(CollectorError):
+    status, error = 404, "not_found"
+
+
+class MethodNotAllowed(CollectorError):
+    status, error = 405, "method_not_allowed"
+
+
+class BodyTooLarge(CollectorError):
+    status, error = 413, "body_too_large"
+
+
+class UnsupportedMediaType(CollectorError):
+    status, error = 415, "unsupported_media_type"
+
+
+class InvalidEvent(CollectorError):
+    status, error = 422, "invalid_event"
+
+
+class InvalidParameter(CollectorError):
+    status, error = 422, "invalid_parameter"
+
+
+class Unavailable(CollectorError):
+    """503 with Retry-After: the client should send the same events again later."""
+
+    status = 503
+    retry_after_s = 1
+
+    def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
+        seconds = self.retry_after_s if retry_after_s is None else retry_after_s
+        super().__init__(detail, headers={"retry-after": str(seconds)})
+
+
+class AuthorizationUnavailable(Unavailable):
+    error = "authorization_unavailable"
+    retry_after_s = 5
+
+
+class BufferFull(Unavailable):
+    error = "buffer_full"
+
+
+class ShuttingDown(Unavailable):
+    error = "shutting_down"
+
+
+class DatabaseUnavailable(Unavailable):
+    error = "database_unavailable"
+    retry_after_s = 5

@@ -1,0 +1,238 @@
+"""HTTP handlers: the raw ASGI /collect endpoint and the thin monitoring and admin routes."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from collector.errors import (
+    BodyTooLarge,
+    CollectorError,
+    Forbidden,
+    InvalidParameter,
+    MethodNotAllowed,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
+
+if TYPE_CHECKING:
+    from collector.app import Services
+
+logger = logging.getLogger(__name__)
+
+JSON_TYPES = frozenset((b"application/json", b"text/plain"))
+MAX_RECENT = 1000
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(exc: CollectorError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=dict(exc.headers))
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def services_of(scope: Scope) -> Services:
+    services: Services = scope["app"].state.services
+    return services
+
+
+class CollectEndpoint:
+    """POST /collect as a raw ASGI app: the hot path reads headers and body itself, without Request objects."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await collect(scope, receive, send)
+
+
+async def collect(scope: Scope, receive: Receive, send: Send) -> None:
+    try:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed("use POST to send events", headers={"allow": "POST"})
+        services = services_of(scope)
+        content_type = content_length = user_agent = forwarded_for = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                content_length = value
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                forwarded_for = value.decode("latin-1")
+        if content_type is not None and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES:
+            raise UnsupportedMediaType("send events as application/json or text/plain (JSON either way)")
+        limit = services.settings.max_body_bytes
+        body = await read_body(receive, limit, content_length)
+        client = scope.get("client")
+        result = await services.ingest.collect(
+            body, peer=client[0] if client else None, forwarded_for=forwarded_for, user_agent=user_agent
+        )
+        status = 200 if services.ingest.durable else 202
+        await _send_json(send, status, orjson.dumps(result), ())
+    except CollectorError as exc:
+        headers = tuple((k.encode(), v.encode()) for k, v in exc.headers.items())
+        await _send_json(send, exc.status, orjson.dumps(exc.body()), headers)
+
+
+async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes:
+    """The request body, refusing (413) as soon as it passes `limit` bytes, whatever Content-Length said."""
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            raise BodyTooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise BodyTooLarge(f"the body is larger than {limit} bytes")
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _send_json(send: Send, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def require_admin(request: Request) -> None:
+    """Bearer ADMIN_TOKEN when one is set; without one (development only) loopback clients alone."""
+    token = services_of(request.scope).settings.admin_token
+    if token:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Unauthenticated("admin endpoints need Authorization: Bearer <ADMIN_TOKEN>")
+        return
+    host = request.client.host if request.client else None
+    try:
+        loopback = host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise Forbidden("admin endpoints answer loopback clients only while ADMIN_TOKEN is unset")
+
+
+async def health(request: Request) -> JSONResponse:
+    services = services_of(request.scope)
+    database_ok = await services.store.ping()
+    buffer = services.buffer
+    body = {
+        "status": "healthy" if database_ok else "unhealthy",
+        "database": "connected" if database_ok else "unreachable",
+        "timestamp": now_iso(),
+        "ack_mode": services.settings.ack_mode,
+        "buffer": {"depth": buffer.depth, "capacity": buffer.capacity, "accepting": buffer.accepting},
+        "flusher": {
+            "batches": buffer.stats.batches,
+            "rows": buffer.stats.rows,
+            "failures": buffer.stats.failures,
+            "failing": buffer.failing,
+        },
+        "authorization": {"source": services.authorizer.directory.describe(), **vars_of(services.authorizer.stats)},
+        "events": {"accepted": services.ingest.accepted, "rejected": dict(services.ingest.rejected)},
+        "worker_pid": os.getpid(),
+    }
+    return JSONResponse(body, status_code=200 if database_ok else 503)
+
+
+def vars_of(stats: Any) -> dict[str, Any]:
+    return {name: getattr(stats, name) for name in stats.__slots__}
+
+
+async def livez(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "alive"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    services = services_of(request.scope)
+    buffer = services.buffer
+    reasons = []
+    if not buffer.accepting:
+        reasons.append("draining")
+    if buffer.depth >= buffer.capacity:
+        reasons.append("buffer_full")
+    if not await services.store.ping(timeout_s=1.0):
+        reasons.append("database_unreachable")
+    if reasons:
+        return JSONResponse({"status": "not_ready", "reasons": reasons}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def _client_filter(request: Request) -> str | None:
+    value = request.query_params.get("client_id")
+    if value is not None and not (0 < len(value) <= 128):
+        raise InvalidParameter("client_id must be 1 to 128 characters")
+    return value
+
+
+async def events_count(request: Request) -> JSONResponse:
+    require_admin(request)
+    services = services_of(request.scope)
+    client_id = _client_filter(request)
+    total = await services.store.count(client_id)
+    body: dict[str, Any] = {"total_events": total, "buffered_events": services.buffer.depth, "timestamp": now_iso()}
+    if client_id is not None:
+        body["client_id"] = client_id
+    return JSONResponse(body)
+
+
+async def events_recent(request: Request) -> JSONResponse:
+    require_admin(request)
+    services = services_of(request.scope)
+    raw = request.query_params.get("limit", "10")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise InvalidParameter("limit must be a whole number") from None
+    if limit < 1:
+        raise InvalidParameter("limit must be at least 1")
+    records = await services.store.recent(min(limit, MAX_RECENT), _client_filter(request))
+    return JSONResponse(
+        [
+            {
+                "eventId": str(r["event_id"]),
+                "eventType": r["event_type"],
+                "client_id": r["client_id"],
+                "site_id": r["site_id"],
+                "session_id": r["session_id"],
+                "timestamp": r["event_timestamp"].isoformat(),
+                "created_at": r["received_at"].isoformat(),
+            }
+            for r in records
+        ]
+    )

@@ -1,0 +1,193 @@
+"""Settings: one frozen dataclass read once from the environment; no I/O here."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+AckMode = Literal["buffered", "durable"]
+Environment = Literal["development", "production"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SettingsError(ValueError):
+    """A variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of the collector. Only `__main__` builds it from the environment; tests build it directly."""
+
+    environment: Environment = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    data_dir: str = ".data"
+    log_level: str = "INFO"
+
+    # None means "start the embedded PostgreSQL" (development only).
+    database_url: str | None = None
+    database_pool_size: int = 10
+    database_max_overflow: int = 20
+
+    # None means "authorize from authorized_domains_file" (development only).
+    pixel_management_url: str | None = None
+    authorized_domains_file: str | None = None
+    auth_timeout_s: float = 2.0
+    auth_cache_ttl_s: float = 300.0
+    auth_negative_ttl_s: float = 30.0
+    auth_stale_max_s: float = 3600.0
+    auth_cache_size: int = 100_000
+
+    admin_token: str | None = None
+    ip_hash_secret: str | None = None
+    trusted_proxies: tuple[Network, ...] = ()
+
+    ack_mode: AckMode = "buffered"
+    flush_max_events: int = 1000
+    flush_interval_ms: int = 50
+    buffer_max_events: int = 100_000
+    drain_timeout_s: float = 20.0
+
+    max_body_bytes: int = 1024 * 1024
+    max_events_per_request: int = 500
+    max_event_bytes: int = 32 * 1024
+
+    # Pipeline (the S3 stages use these; see pipeline/).
+    export_batch_size: int = 10_000
+    raw_s3_bucket: str | None = None
+    processed_s3_bucket: str | None = None
+    raw_s3_access_key: str | None = field(default=None, repr=False)
+    raw_s3_secret_key: str | None = field(default=None, repr=False)
+    raw_s3_region: str | None = None
+    processed_s3_access_key: str | None = field(default=None, repr=False)
+    processed_s3_secret_key: str | None = field(default=None, repr=False)
+    processed_s3_region: str | None = None
+    s3_endpoint_url: str | None = None
+
+    @property
+    def flush_interval_s(self) -> float:
+        return self.flush_interval_ms / 1000.0
+
+    @property
+    def pool_min_size(self) -> int:
+        return self.database_pool_size
+
+    @property
+    def pool_max_size(self) -> int:
+        return self.database_pool_size + self.database_max_overflow
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read, cast and check every variable; raise SettingsError naming the first bad one."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.name.upper()
+            raw = environ.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            caster = _CASTERS.get(f.name, _TYPE_CASTERS.get(str(f.type), _as_str))
+            try:
+                values[f.name] = caster(raw.strip())
+            except (ValueError, TypeError) as exc:
+                raise SettingsError(f"{name}: {exc}") from None
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Cross-field rules; raises SettingsError naming the variable."""
+        positive = (
+            "port", "workers", "database_pool_size", "flush_max_events", "flush_interval_ms",
+            "buffer_max_events", "max_body_bytes", "max_events_per_request", "max_event_bytes",
+            "export_batch_size", "auth_cache_size",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()}: must be a positive number")
+        if self.database_max_overflow < 0:
+            raise SettingsError("DATABASE_MAX_OVERFLOW: must be zero or more")
+        if self.flush_max_events > self.buffer_max_events:
+            raise SettingsError("FLUSH_MAX_EVENTS: must not exceed BUFFER_MAX_EVENTS")
+        if self.environment == "production":
+            missing = [
+                name
+                for name in ("database_url", "pixel_management_url", "admin_token", "ip_hash_secret")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise SettingsError(
+                    "ENVIRONMENT=production needs "
+                    + ", ".join(m.upper() for m in missing)
+                    + " (no embedded defaults in production)"
+                )
+
+
+def _as_str(raw: str) -> str:
+    return raw
+
+
+def _as_int(raw: str) -> int:
+    return int(raw.replace("_", ""))
+
+
+def _as_float(raw: str) -> float:
+    value = float(raw)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"not a finite number: {raw!r}")
+    return value
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def cast(raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return cast
+
+
+def _networks(raw: str) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
+
+
+def _database_url(raw: str) -> str:
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise ValueError("expected a postgresql:// URL")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+_TYPE_CASTERS: dict[str, Callable[[str], Any]] = {
+    "int": _as_int,
+    "float": _as_float,
+}
+
+_CASTERS: dict[str, Callable[[str], Any]] = {
+    "environment": _one_of("development", "production"),
+    "ack_mode": _one_of("buffered", "durable"),
+    "log_level": lambda raw: _one_of("debug", "info", "warning", "error")(raw).upper(),
+    "trusted_proxies": _networks,
+    "database_url": _database_url,
+    "pixel_management_url": _http_url,
+    "s3_endpoint_url": _http_url,
+}
+
+
+def redact_url(url: str) -> str:
+    """The database URL with its password hidden, for log lines."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user, _, password = creds.partition(":")
+    return f"{scheme}://{user}{':***' if password else ''}@{host}"

@@ -1,0 +1,171 @@
+"""EventStore: the asyncpg pool, schema migrations, daily partitions, COPY ingest and read queries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import orjson
+
+from collector.events import COLUMNS
+
+logger = logging.getLogger(__name__)
+
+# One key for every schema change across workers and instances; an arbitrary constant of ours.
+SCHEMA_LOCK_KEY = 0x636F6C6C_6563_7401
+COPY_TIMEOUT_S = 30.0
+PARTITION_DAYS_AHEAD = 2
+
+
+class PermanentWriteError(Exception):
+    """PostgreSQL refused the rows' content (not a connection problem): retrying the same rows cannot help."""
+
+
+def _encode_jsonb(value: bytes) -> bytes:
+    # Rows carry eventData already serialized by orjson; the binary jsonb format is a version byte + text.
+    return b"\x01" + value
+
+
+def _decode_jsonb(value: bytes) -> Any:
+    return orjson.loads(value[1:])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
+    )
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every packaged migration, in order."""
+    found = []
+    for entry in resources.files("collector.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class EventStore:
+    """All SQL of the collector. `copy_events` is the flusher's sink; the rest serve monitoring."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, min_size: int, max_size: int, durable: bool, connect_timeout_s: float = 30.0
+    ) -> EventStore:
+        """Connect (retrying while PostgreSQL starts, up to `connect_timeout_s` seconds) and migrate the schema."""
+        server_settings = {"application_name": "collection-api"}
+        if durable:
+            # A durable acknowledgement promises the commit reached disk, whatever the server default.
+            server_settings["synchronous_commit"] = "on"
+        deadline = asyncio.get_running_loop().time() + connect_timeout_s
+        delay = 0.2
+        while True:
+            try:
+                pool = await asyncpg.create_pool(
+                    dsn, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=server_settings
+                )
+                break
+            except (OSError, asyncpg.PostgresError) as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                logger.warning("PostgreSQL not reachable yet (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        store = cls(pool)
+        try:
+            await store.migrate()
+            await store.ensure_partitions(datetime.now(UTC).date())
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def migrate(self) -> None:
+        """Apply packaged migrations not yet applied, under an advisory lock so workers do not race."""
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK_KEY)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for version, name, sql in migrations():
+                    if version in applied:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                        )
+                    logger.info("Applied schema migration %s", name)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", SCHEMA_LOCK_KEY)
+
+    async def ensure_partitions(self, today: date) -> list[str]:
+        """Create the daily partitions from `today` to PARTITION_DAYS_AHEAD days on; return those created."""
+        created = []
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK_KEY)
+            try:
+                for offset in range(PARTITION_DAYS_AHEAD + 1):
+                    day = today + timedelta(days=offset)
+                    name = f"events_log_p{day:%Y%m%d}"
+                    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+                        continue
+                    start, end = day.isoformat(), (day + timedelta(days=1)).isoformat()
+                    await conn.execute(
+                        f"CREATE TABLE {name} PARTITION OF events_log"
+                        f" FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')"
+                    )
+                    created.append(name)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", SCHEMA_LOCK_KEY)
+        if created:
+            logger.info("Created partitions %s", ", ".join(created))
+        return created
+
+    async def copy_events(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Store rows (in events.COLUMNS order) in one COPY, committed when this returns."""
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.copy_records_to_table("events_log", records=rows, columns=COLUMNS, timeout=COPY_TIMEOUT_S)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            raise PermanentWriteError(str(exc)) from exc
+
+    async def ping(self, timeout_s: float = 2.0) -> bool:
+        """True if a connection answers a trivial query within `timeout_s` seconds."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self.pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        return True
+
+    async def count(self, client_id: str | None) -> int:
+        if client_id is None:
+            value = await self.pool.fetchval("SELECT count(*) FROM events_log")
+        else:
+            value = await self.pool.fetchval("SELECT count(*) FROM events_log WHERE client_id = $1", client_id)
+        return int(value)
+
+    async def recent(self, limit: int, client_id: str | None) -> list[asyncpg.Record]:
+        columns = "event_id, event_type, client_id, site_id, session_id, event_timestamp, received_at"
+        if client_id is None:
+            return await self.pool.fetch(f"SELECT {columns} FROM events_log ORDER BY id DESC LIMIT $1", limit)
+        return await self.pool.fetch(
+            f"SELECT {columns} FROM events_log WHERE client_id = $1 ORDER BY id DESC LIMIT $2", client_id, limit
+        )
