@@ -36,7 +36,9 @@ def embedded_postgres(data_dir: str) -> Iterator[str]:
         yield url
     finally:
         try:
-            pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=server.system_user, timeout=60)
+            pgserver.pg_ctl(  # type: ignore[attr-defined]
+                ["-w", "-m", "fast", "stop"], pgdata=pgdata, user=server.system_user, timeout=60
+            )
             logger.info("Stopped embedded PostgreSQL")
         except (OSError, subprocess.SubprocessError) as exc:
             logger.error("Stopping the embedded PostgreSQL failed: %s", exc)

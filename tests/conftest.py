@@ -1,0 +1,110 @@
+"""Shared fixtures: a real PostgreSQL, a real pixel-management server, and app factories."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from collector.app import Services, create_app
+from collector.settings import Settings
+from tests.pixel_management import PixelManagement, site_config
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """TEST_DATABASE_URL when given, else an embedded PostgreSQL started for this test session."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    from collector.embedded import embedded_postgres
+
+    with tempfile.TemporaryDirectory(prefix="collector-test-") as data_dir, embedded_postgres(data_dir) as url:
+        yield url
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test database, with events_log emptied before the test."""
+    conn = await asyncpg.connect(database_url)
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    if await conn.fetchval("SELECT to_regclass('events_log') IS NOT NULL"):
+        await conn.execute("TRUNCATE events_log")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def pixel() -> AsyncIterator[PixelManagement]:
+    """pixel-management on a loopback port, knowing acme.com (standard) and eu-shop.com (gdpr)."""
+    server = PixelManagement()
+    server.domains["acme.com"] = site_config("client_acme_corp")
+    server.domains["shop.acme.com"] = site_config("client_acme_corp")
+    server.domains["eu-shop.com"] = site_config("client_eu_shop", "gdpr")
+    server.domains["no-ip.com"] = site_config("client_no_ip", ip_enabled=False)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@dataclasses.dataclass
+class Running:
+    """A collector app with its lifespan running, and an HTTP client talking to it in-process."""
+
+    app: Starlette
+    client: httpx.AsyncClient
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
+
+    async def post(self, payload: Any, **kwargs: Any) -> httpx.Response:
+        return await self.client.post("/collect", json=payload, **kwargs)
+
+
+MakeApp = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def make_app(database_url: str, pixel: PixelManagement, db: asyncpg.Connection) -> AsyncIterator[MakeApp]:
+    """Factory: start a collector (real PostgreSQL, real pixel-management) with settings overrides; stopped after."""
+    async with AsyncExitStack() as stack:
+
+        async def make(client_host: str = "203.0.113.7", **overrides: Any) -> Running:
+            defaults: dict[str, Any] = {
+                "database_url": database_url,
+                "pixel_management_url": pixel.url,
+                "database_pool_size": 2,
+                "database_max_overflow": 2,
+                "flush_interval_ms": 20,
+                "ip_hash_secret": "test-secret",
+                "drain_timeout_s": 5.0,
+            }
+            settings = Settings(**{**defaults, **overrides})
+            settings.check()
+            app = create_app(settings)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            transport = httpx.ASGITransport(app=app, client=(client_host, 51000))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://collector")
+            )
+            return Running(app, client)
+
+        yield make
+
+
+@pytest.fixture
+async def running(make_app: MakeApp) -> Running:
+    """A collector with default test settings."""
+    return await make_app()

@@ -1,0 +1,70 @@
+"""A real HTTP server playing pixel-management's documented contract, with knobs for outages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+
+def site_config(client_id: str, privacy_level: str = "standard", *, ip_enabled: bool = True) -> dict[str, Any]:
+    """A config body shaped like pixel-management's, with the per-privacy-level defaults it documents."""
+    hashing = privacy_level in ("gdpr", "hipaa")
+    return {
+        "client_id": client_id,
+        "privacy_level": privacy_level,
+        "ip_collection": {
+            "enabled": ip_enabled,
+            "hash_required": hashing,
+            "salt": f"salt-{client_id}" if hashing else None,
+        },
+        "consent": {"required": hashing, "default_behavior": "opt_out" if privacy_level == "gdpr" else "allow"},
+        "features": {},
+        "deployment": {"type": "shared", "hostname": None},
+    }
+
+
+class PixelManagement:
+    """Serves /api/v1/config/domain/{domain} from `domains`; `status` forces an outage, `delay_s` slows it."""
+
+    def __init__(self) -> None:
+        self.domains: dict[str, dict[str, Any]] = {}
+        self.lookups: Counter[str] = Counter()
+        self.status: int | None = None
+        self.delay_s = 0.0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _domain(self, request: web.Request) -> web.Response:
+        domain = request.match_info["domain"]
+        self.lookups[domain] += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.status is not None:
+            return web.json_response({"detail": "unavailable"}, status=self.status)
+        if len(domain) < 3:
+            return web.json_response({"detail": "Invalid domain"}, status=400)
+        config = self.domains.get(domain)
+        if config is None:
+            return web.json_response({"detail": "Domain not authorized"}, status=404)
+        return web.json_response(config)
+
+    async def _all(self, request: web.Request) -> web.Response:
+        return web.json_response({"domains": sorted(self.domains), "count": len(self.domains)})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/api/v1/config/domain/{domain}", self._domain)
+        app.router.add_get("/api/v1/domains/all", self._all)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
