@@ -62,6 +62,9 @@ def main() -> None:
             http="httptools",
             lifespan="on",
             access_log=False,
+            # X-Forwarded-For is judged by our own TRUSTED_PROXIES (collector/proxies.py); uvicorn's middleware
+            # would parse addresses on every request for nothing.
+            proxy_headers=False,
             log_config=None,
             timeout_graceful_shutdown=int(settings.drain_timeout_s),
         )

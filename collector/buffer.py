@@ -16,6 +16,7 @@ from collector.store import PermanentWriteError
 logger = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
+BACKLOG_FACTOR = 10
 
 
 class Sink(Protocol):
@@ -172,9 +173,12 @@ class WriteBehindBuffer:
             await self._flush(self._take())
 
     def _take(self) -> list[_Item]:
+        # Behind a backlog one COPY takes up to BACKLOG_FACTOR thresholds' worth: per row, a large COPY is
+        # cheaper, and each COPY's round trips wait behind the requests on the event loop.
+        limit = self._flush_max * BACKLOG_FACTOR
         items: list[_Item] = []
         taken = 0
-        while self._queue and taken < self._flush_max:
+        while self._queue and taken < limit:
             item = self._queue.popleft()
             items.append(item)
             taken += len(item.rows)

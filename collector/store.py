@@ -27,8 +27,8 @@ class PermanentWriteError(Exception):
 
 
 def _encode_jsonb(value: bytes) -> bytes:
-    # Rows carry eventData already serialized by orjson; the binary jsonb format is a version byte + text.
-    return b"\x01" + value
+    # Rows carry eventData already in jsonb's binary wire format (see events.JSONB_VERSION): nothing to do here.
+    return value
 
 
 def _decode_jsonb(value: bytes) -> Any:
@@ -54,8 +54,13 @@ def migrations() -> list[tuple[int, str, str]]:
 class EventStore:
     """All SQL of the collector. `copy_events` is the flusher's sink; the rest serve monitoring."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, server_settings: dict[str, str]) -> None:
         self.pool = pool
+        self._dsn = dsn
+        self._server_settings = server_settings
+        # The flusher's own connection: a pool checkout resets the session on release, one more round trip
+        # per flush, and every round trip waits its turn behind the requests on a busy event loop.
+        self._writer: asyncpg.Connection | None = None
 
     @classmethod
     async def open(
@@ -80,7 +85,7 @@ class EventStore:
                 logger.warning("PostgreSQL not reachable yet (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        store = cls(pool)
+        store = cls(pool, dsn, server_settings)
         try:
             await store.migrate()
             await store.ensure_partitions(datetime.now(UTC).date())
@@ -90,6 +95,8 @@ class EventStore:
         return store
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close(timeout=5)
         await self.pool.close()
 
     async def migrate(self) -> None:
@@ -139,11 +146,19 @@ class EventStore:
 
     async def copy_events(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Store rows (in events.COLUMNS order) in one COPY, committed when this returns."""
+        conn = self._writer
+        if conn is None or conn.is_closed():
+            conn = self._writer = await asyncpg.connect(self._dsn, server_settings=self._server_settings)
+            await _init_connection(conn)
         try:
-            async with self.pool.acquire() as conn:
-                await conn.copy_records_to_table("events_log", records=rows, columns=COLUMNS, timeout=COPY_TIMEOUT_S)
+            await conn.copy_records_to_table("events_log", records=rows, columns=COLUMNS, timeout=COPY_TIMEOUT_S)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             raise PermanentWriteError(str(exc)) from exc
+        except BaseException:
+            # After a failed or cancelled COPY the session's state is unknown: start the next one afresh.
+            self._writer = None
+            conn.terminate()
+            raise
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
         """True if a connection answers a trivial query within `timeout_s` seconds."""
