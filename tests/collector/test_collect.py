@@ -270,3 +270,32 @@ async def test_unknown_paths_answer_json_404(running: Running) -> None:
     response = await running.client.get("/wp-admin")
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
+
+
+def _deep_value(levels: int) -> object:
+    """A JSON value `levels` containers deep ({"k": {"k": ... {}}})."""
+    value: object = {}
+    for _ in range(levels - 1):
+        value = {"k": value}
+    return value
+
+
+async def test_depth_limit_counts_the_whole_body_in_batches(running: Running, db: asyncpg.Connection) -> None:
+    """Depth counts from the body's root: eventData in a batch event starts at level 4, so 29 levels fit, 30 do not."""
+
+    def batch(event: dict[str, object]) -> dict[str, object]:
+        return {"eventType": "batch", "siteId": "acme.com", "events": [{"eventType": "ok"}, event]}
+
+    fits = await running.post(batch({"eventType": "deep", "eventData": _deep_value(29)}))
+    assert fits.status_code == 202, fits.text
+    for too_deep in (
+        {"eventType": "deep", "eventData": _deep_value(30)},
+        {"eventType": "deep", "custom": [_deep_value(29)]},
+        {"eventData": _deep_value(30)},  # rejected for its missing type, still judged for depth
+    ):
+        response = await running.post(batch(too_deep))
+        assert (response.status_code, response.json()["error"]) == (400, "invalid_json"), too_deep
+    response = await running.post({"eventType": "batch", "siteId": "acme.com", "events": [[_deep_value(31)]]})
+    assert response.status_code == 400
+    await running.services.buffer.drain()
+    assert [r["event_type"] for r in await stored(db)] == ["ok", "deep"]
