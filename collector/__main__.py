@@ -9,9 +9,8 @@ import sys
 from contextlib import ExitStack
 
 import uvicorn
-from starlette.applications import Starlette
 
-from collector.app import create_app
+from collector.app import CollectorApp, create_app
 from collector.embedded import embedded_postgres
 from collector.settings import Settings, SettingsError
 
@@ -31,7 +30,7 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def worker_app() -> Starlette:
+def worker_app() -> CollectorApp:
     """The app factory each uvicorn worker calls; the parent already checked these settings."""
     settings = load_settings()
     configure_logging(settings.log_level)

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
+from collector import copyformat
 from collector.errors import InvalidEvent, InvalidJson
 from collector.sites import normalize_domain
 
-# Column order of every row handed to COPY; the tuples built below follow it exactly.
-COLUMNS = (
-    "event_id", "event_type", "session_id", "visitor_id", "site_id", "client_id", "event_timestamp",
-    "url", "path", "referrer", "user_agent", "ip", "ip_hash", "event_data", "extra", "received_at",
-)  # fmt: skip
-CLIENT_ID_COLUMN = COLUMNS.index("client_id")
-# jsonb columns travel in PostgreSQL's binary format: this version byte, then the JSON text.
-JSONB_VERSION = b"\x01"
+ROW_START_AND_UUID_LENGTH = copyformat.ROW_START + copyformat.UUID_LENGTH
+TIMESTAMP_FIELD = copyformat.INHERITED_COLUMNS.index("event_timestamp")
+EXTRA_FIELD = copyformat.INHERITED_COLUMNS.index("extra")
 
 MAX_JSON_DEPTH = 32
 MAX_EVENT_TYPE_CHARS = 100
@@ -33,6 +31,7 @@ TEXT_LIMITS = {
     "sessionId": 256, "visitorId": 256, "siteId": 253, "url": 8192, "path": 4096, "referrer": 8192,
 }  # fmt: skip
 ROW_TEXT_FIELDS = ("sessionId", "visitorId", "url", "path", "referrer")
+UNCACHED_FIELDS = frozenset(("url", "referrer"))  # nearly unique values: caching them would only churn
 
 
 class EventRejected(ValueError):
@@ -45,32 +44,56 @@ class RequestContext:
 
     site_id: str
     client_id: str
-    user_agent: str | None
-    ip: str | None
-    ip_hash: str | None
-    received_at: datetime
+    received_ns: int  # time.time_ns() when the request was read
+    received: bytes  # the same, as an encoded timestamptz field
+    # site_id, client_id, user_agent, ip, ip_hash and received_at, encoded once for all the request's rows.
+    tail: bytes
+
+    @classmethod
+    def build(
+        cls, site_id: str, client_id: str, user_agent: str | None, ip: str | None, ip_hash: str | None
+    ) -> RequestContext:
+        received_ns = time.time_ns()
+        received = copyformat.timestamp_ns(received_ns)
+        tail = _request_fields(site_id, client_id, user_agent, ip, ip_hash) + received
+        return cls(site_id, client_id, received_ns, received, tail)
+
+    @property
+    def received_at(self) -> datetime:
+        return datetime.fromtimestamp(self.received_ns / 1e9, UTC)
+
+
+@lru_cache(maxsize=4096)
+def _request_fields(site_id: str, client_id: str, user_agent: str | None, ip: str | None, ip_hash: str | None) -> bytes:
+    """The per-request columns but the receive time, encoded; the same client sends many requests."""
+    try:
+        agent = copyformat.text(user_agent)
+    except copyformat.Unencodable:
+        agent = copyformat.NULL  # a header we cannot store is no reason to refuse the events
+    return b"".join((
+        copyformat.text(site_id), copyformat.text(client_id), agent,
+        copyformat.NULL if ip is None else copyformat.inet(ip), copyformat.text(ip_hash),
+    ))  # fmt: skip
 
 
 @dataclass(slots=True)
 class _Defaults:
-    """What each event of a request inherits unless it sets its own (a batch's wrapper fields)."""
+    """What each event of a request inherits unless it sets its own (a batch's wrapper fields), encoded."""
 
-    session_id: str | None
-    visitor_id: str | None
-    url: str | None
-    path: str | None
-    referrer: str | None
-    timestamp: datetime
+    fields: list[bytes]  # copyformat.INHERITED_COLUMNS, each encoded
+    middle: bytes  # the same, joined: the whole middle of a sub-event that sets none of them
     extra: dict[str, Any]
-    extra_json: bytes | None
-    seen_timestamps: dict[str, datetime]
+    seen_timestamps: dict[str, bytes]
 
     @classmethod
     def none(cls, ctx: RequestContext) -> _Defaults:
-        return cls(None, None, None, None, None, ctx.received_at, _NO_EXTRA, None, {})
+        fields = [*_FIVE_NULLS, ctx.received, copyformat.NULL]
+        return cls(fields, _FIVE_NULLS_JOINED + ctx.received + copyformat.NULL, _NO_EXTRA, {})
 
 
 _NO_EXTRA: dict[str, Any] = {}
+_FIVE_NULLS = (copyformat.NULL,) * 5
+_FIVE_NULLS_JOINED = b"".join(_FIVE_NULLS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,12 +180,12 @@ class EventParser:
 
     def rows(
         self, payload: dict[str, Any], events: list[Any], ctx: RequestContext
-    ) -> tuple[list[tuple[Any, ...]], list[Rejection]]:
-        """COPY rows for the valid events, and the index and reason of each invalid one."""
+    ) -> tuple[list[bytes], list[Rejection]]:
+        """COPY records (copyformat) for the valid events, and the index and reason of each invalid one."""
         is_batch = events[0] is not payload
         defaults = self._defaults(payload, ctx) if is_batch else _Defaults.none(ctx)
         event_depth = 3 if is_batch else 1
-        rows: list[tuple[Any, ...]] = []
+        rows: list[bytes] = []
         rejected: list[Rejection] = []
         for index, event in enumerate(events):
             try:
@@ -173,62 +196,72 @@ class EventParser:
         return rows, rejected
 
     def _defaults(self, wrapper: dict[str, Any], ctx: RequestContext) -> _Defaults:
-        """The wrapper's inherited fields, validated once per request instead of once per event."""
+        """The wrapper's inherited fields, validated and encoded once per request instead of once per event."""
         try:
-            session, visitor, url, path, referrer = (_text(wrapper, name) for name in ROW_TEXT_FIELDS)
-            timestamp = _timestamp(wrapper.get("timestamp"), ctx.received_at, {})
+            fields = [_text(wrapper, name) for name in ROW_TEXT_FIELDS]
+            raw_ts = wrapper.get("timestamp")
+            fields.append(ctx.received if raw_ts is None else copyformat.timestamp(_timestamp(raw_ts)))
             extra = {k: v for k, v in wrapper.items() if k not in KNOWN_FIELDS}
-            extra_json = self._json(extra, "unknown fields", 0) if extra else None
+            fields.append(copyformat.jsonb(self._json(extra, "unknown fields", 0) if extra else None))
         except EventRejected as exc:
             _check_depth({k: v for k, v in wrapper.items() if k != "events"}, 1)
             raise InvalidEvent(f"the batch wrapper is invalid: {exc}") from None
-        return _Defaults(session, visitor, url, path, referrer, timestamp, extra, extra_json, {})
+        return _Defaults(fields, b"".join(fields), extra, {})
 
-    def _row(self, event: Any, is_batch: bool, d: _Defaults, ctx: RequestContext) -> tuple[Any, ...]:
+    def _row(self, event: Any, is_batch: bool, d: _Defaults, ctx: RequestContext) -> bytes:
         if type(event) is not dict:
             raise EventRejected("an event must be a JSON object")
         event_type = event.get("eventType")
         if type(event_type) is not str or not event_type:
             raise EventRejected("`eventType` is required and must be a non-empty string")
-        if len(event_type) > MAX_EVENT_TYPE_CHARS or "\x00" in event_type:
+        if len(event_type) > MAX_EVENT_TYPE_CHARS:
             raise EventRejected(f"`eventType` must be at most {MAX_EVENT_TYPE_CHARS} characters")
         if event.keys() <= SIMPLE_FIELDS:
             # The usual batch sub-event: everything but its type, data and id comes from the wrapper.
-            session, visitor, url, path, referrer = d.session_id, d.visitor_id, d.url, d.path, d.referrer
-            timestamp, extra = d.timestamp, d.extra_json
+            middle = d.middle
         else:
-            if is_batch:
-                site = event.get("siteId")
-                if site is not None and (type(site) is not str or normalize_domain(site) != ctx.site_id):
-                    raise EventRejected(f"`siteId` differs from the request's domain {ctx.site_id}")
-            session = _text(event, "sessionId", d.session_id)
-            visitor = _text(event, "visitorId", d.visitor_id)
-            url = _text(event, "url", d.url)
-            path = _text(event, "path", d.path)
-            referrer = _text(event, "referrer", d.referrer)
-            raw_ts = event.get("timestamp")
-            timestamp = d.timestamp if raw_ts is None else _timestamp(raw_ts, ctx.received_at, d.seen_timestamps)
-            if event.keys() <= KNOWN_FIELDS:
-                extra = d.extra_json
-            else:
-                own = {k: v for k, v in event.items() if k not in KNOWN_FIELDS}
-                self._json(own, "unknown fields", 2 if is_batch else 0)
-                extra = self._json({**d.extra, **own}, "unknown fields", 0)
+            middle = self._middle(event, is_batch, d, ctx)
         if is_batch and event_type == "batch":
             raise EventRejected("a batch may not contain another batch")
         data = event.get("eventData")
         if data is None:
-            event_data = None
+            event_data = copyformat.NULL
         elif type(data) is dict:
-            event_data = self._json(data, "eventData", 3 if is_batch else 1)
+            event_data = copyformat.jsonb(self._json(data, "eventData", 3 if is_batch else 1))
         else:
             raise EventRejected("`eventData` must be a JSON object")
         given_id = event.get("eventId")
-        return (
-            _ids.take() if given_id is None else _event_id(given_id), event_type, session, visitor, ctx.site_id,
-            ctx.client_id, timestamp, url, path, referrer, ctx.user_agent, ctx.ip, ctx.ip_hash, event_data, extra,
-            ctx.received_at,
-        )  # fmt: skip
+        try:
+            type_field = copyformat.cached_text(event_type)
+        except copyformat.Unencodable as exc:
+            raise EventRejected(f"`eventType` {exc}") from None
+        return b"".join((
+            ROW_START_AND_UUID_LENGTH, _ids.take() if given_id is None else _event_id(given_id),
+            type_field, event_data, middle, ctx.tail,
+        ))  # fmt: skip
+
+    def _middle(self, event: dict[str, Any], is_batch: bool, d: _Defaults, ctx: RequestContext) -> bytes:
+        """The inherited columns of an event that sets some of them itself."""
+        if is_batch:
+            site = event.get("siteId")
+            if site is not None and (type(site) is not str or normalize_domain(site) != ctx.site_id):
+                raise EventRejected(f"`siteId` differs from the request's domain {ctx.site_id}")
+        fields = d.fields.copy()
+        for position, name in enumerate(ROW_TEXT_FIELDS):
+            if event.get(name) is not None:
+                fields[position] = _text(event, name)
+        raw_ts = event.get("timestamp")
+        if raw_ts is not None:
+            encoded = d.seen_timestamps.get(raw_ts) if type(raw_ts) is str else None
+            if encoded is None:
+                encoded = copyformat.timestamp(_timestamp(raw_ts))
+                d.seen_timestamps[raw_ts] = encoded
+            fields[TIMESTAMP_FIELD] = encoded
+        if not event.keys() <= KNOWN_FIELDS:
+            own = {k: v for k, v in event.items() if k not in KNOWN_FIELDS}
+            self._json(own, "unknown fields", 2 if is_batch else 0)
+            fields[EXTRA_FIELD] = copyformat.jsonb(self._json({**d.extra, **own}, "unknown fields", 0))
+        return b"".join(fields)
 
     def _json(self, value: dict[str, Any], what: str, parent_depth: int) -> bytes:
         """`value` serialized for a jsonb column, checked for size, NUL and depth (its parent at `parent_depth`)."""
@@ -245,29 +278,29 @@ class EventParser:
         # PostgreSQL's jsonb refuses the NUL character; catching it here keeps one event from failing a batch.
         if b"\\" in encoded and b"\\u0000" in encoded:
             raise EventRejected(f"`{what}` contains a NUL character")
-        # Prefixing builds a right-sized copy: orjson's own result keeps a 4 KiB buffer, which, held in the
-        # write-behind buffer per event, cost 400 MB per 100,000 events.
-        return JSONB_VERSION + encoded
+        return encoded
 
 
-def _text(event: dict[str, Any], name: str, default: str | None = None) -> str | None:
+def _text(event: dict[str, Any], name: str) -> bytes:
+    """The encoded text field `name` of an event (NULL when absent)."""
     value = event.get(name)
     if value is None:
-        return default
+        return copyformat.NULL
     if type(value) is not str:
         raise EventRejected(f"`{name}` must be a string")
     if len(value) > TEXT_LIMITS[name]:
         raise EventRejected(f"`{name}` is longer than {TEXT_LIMITS[name]} characters")
-    if "\x00" in value:
-        raise EventRejected(f"`{name}` contains a NUL character")
-    return value
+    try:
+        return copyformat.text(value) if name in UNCACHED_FIELDS else copyformat.cached_text(value)
+    except copyformat.Unencodable as exc:
+        raise EventRejected(f"`{name}` {exc}") from None
 
 
-def _event_id(value: Any) -> PgUUID:
+def _event_id(value: Any) -> bytes:
     if type(value) is not str:
         raise EventRejected("`eventId` must be a UUID string")
     try:
-        return PgUUID(value)
+        return PgUUID(value).bytes
     except ValueError:
         raise EventRejected("`eventId` must be a UUID") from None
 
@@ -278,8 +311,8 @@ _VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
 
 
 class _RandomIds:
-    """Random version-4 UUIDs cut from a pool refilled 4,096 at a time: a urandom syscall per event would cost
-    more than building the rest of its row."""
+    """Random version-4 UUIDs (16 bytes each) cut from a pool refilled 4,096 at a time: a urandom syscall
+    per event would cost more than encoding the rest of its row."""
 
     POOL = 4096
 
@@ -287,7 +320,7 @@ class _RandomIds:
         self._data = b""
         self._offset = 0
 
-    def take(self) -> PgUUID:
+    def take(self) -> bytes:
         start = self._offset
         if start >= len(self._data):
             raw = bytearray(os.urandom(16 * self.POOL))
@@ -295,29 +328,24 @@ class _RandomIds:
             raw[8::16] = raw[8::16].translate(_VARIANT)
             self._data, start = bytes(raw), 0
         self._offset = start + 16
-        return PgUUID(self._data[start : start + 16])
+        return self._data[start : start + 16]
 
 
 _ids = _RandomIds()
 
 
-def _timestamp(value: Any, received_at: datetime, seen: dict[str, datetime]) -> datetime:
-    if value is None:
-        return received_at
+def _timestamp(value: Any) -> datetime:
     if type(value) is not str:
         raise EventRejected("`timestamp` must be an ISO 8601 string")
-    parsed = seen.get(value)
-    if parsed is None:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise EventRejected(f"`timestamp` {value[:40]!r} is not an ISO 8601 date-time") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        # Outside this range a clock is broken, and near year 1 or 9999 the UTC conversion would overflow.
-        if not 1970 <= parsed.year <= 2999:
-            raise EventRejected(f"`timestamp` {value[:40]!r} is out of range")
-        seen[value] = parsed
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise EventRejected(f"`timestamp` {value[:40]!r} is not an ISO 8601 date-time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    # Outside this range a clock is broken, and near year 1 or 9999 the UTC conversion would overflow.
+    if not 1970 <= parsed.year <= 2999:
+        raise EventRejected(f"`timestamp` {value[:40]!r} is out of range")
     return parsed
 
 

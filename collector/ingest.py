@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 from collector.auth import DomainAuthorizer
@@ -25,6 +24,7 @@ class Ingest:
         self.buffer = buffer
         self.durable = settings.ack_mode == "durable"
         self._trusted = settings.trusted_proxies
+        self.max_body_bytes = settings.max_body_bytes
         self._verb = "stored" if self.durable else "queued"
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
@@ -42,8 +42,7 @@ class Ingest:
             self.rejected[exc.error] += 1
             raise
         ip, ip_hash = site.ip_columns(client_ip(peer, forwarded_for, self._trusted))
-        received_at = datetime.now(UTC)
-        ctx = RequestContext(domain, site.client_id, user_agent, ip, ip_hash, received_at)
+        ctx = RequestContext.build(domain, site.client_id, user_agent, ip, ip_hash)
         rows, rejections = self.parser.rows(payload, events, ctx)
         rejected = [{"index": r.index, "error": r.error} for r in rejections]
         if rejected:
@@ -67,7 +66,7 @@ class Ingest:
             "message": f"{len(rows)} event(s) received and {self._verb}",
             "events_processed": len(rows),
             "client_id": site.client_id,
-            "timestamp": received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "timestamp": ctx.received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         }
         if rejected:
             response["events_rejected"] = rejected

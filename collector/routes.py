@@ -53,18 +53,11 @@ def services_of(scope: Scope) -> Services:
     return services
 
 
-class CollectEndpoint:
-    """POST /collect as a raw ASGI app: the hot path reads headers and body itself, without Request objects."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await collect(scope, receive, send)
-
-
-async def collect(scope: Scope, receive: Receive, send: Send) -> None:
+async def collect(services: Services, scope: Scope, receive: Receive, send: Send) -> None:
+    """/collect as raw ASGI: the hot path reads headers and body itself, with no Request object or middleware."""
     try:
         if scope["method"] != "POST":
             raise MethodNotAllowed("use POST to send events", headers={"allow": "POST"})
-        services = services_of(scope)
         content_type = content_length = user_agent = forwarded_for = None
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -77,8 +70,7 @@ async def collect(scope: Scope, receive: Receive, send: Send) -> None:
                 forwarded_for = value.decode("latin-1")
         if content_type is not None and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES:
             raise UnsupportedMediaType("send events as application/json or text/plain (JSON either way)")
-        limit = services.settings.max_body_bytes
-        body = await read_body(receive, limit, content_length)
+        body = await read_body(receive, services.ingest.max_body_bytes, content_length)
         client = scope.get("client")
         result = await services.ingest.collect(
             body, peer=client[0] if client else None, forwarded_for=forwarded_for, user_agent=user_agent
@@ -88,6 +80,9 @@ async def collect(scope: Scope, receive: Receive, send: Send) -> None:
     except CollectorError as exc:
         headers = tuple((k.encode(), v.encode()) for k, v in exc.headers.items())
         await _send_json(send, exc.status, orjson.dumps(exc.body()), headers)
+    except Exception:  # a bug: log it, and tell the client nothing of it
+        logger.exception("Unexpected error in /collect")
+        await _send_json(send, 500, b'{"error":"internal_error","detail":"internal error"}', ())
 
 
 async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes:

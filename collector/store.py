@@ -1,10 +1,9 @@
-"""EventStore: the asyncpg pool, schema migrations, daily partitions, COPY ingest and read queries."""
+"""EventStore: the asyncpg pool, schema migrations, daily partitions and read queries."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -12,23 +11,18 @@ from typing import Any
 import asyncpg
 import orjson
 
-from collector.events import COLUMNS
+from collector.copyformat import JSONB_VERSION
+from collector.writer import CopyWriter
 
 logger = logging.getLogger(__name__)
 
 # One key for every schema change across workers and instances; an arbitrary constant of ours.
 SCHEMA_LOCK_KEY = 0x636F6C6C_6563_7401
-COPY_TIMEOUT_S = 30.0
 PARTITION_DAYS_AHEAD = 2
 
 
-class PermanentWriteError(Exception):
-    """PostgreSQL refused the rows' content (not a connection problem): retrying the same rows cannot help."""
-
-
-def _encode_jsonb(value: bytes) -> bytes:
-    # Rows carry eventData already in jsonb's binary wire format (see events.JSONB_VERSION): nothing to do here.
-    return value
+def _encode_jsonb(value: Any) -> bytes:
+    return JSONB_VERSION + orjson.dumps(value)
 
 
 def _decode_jsonb(value: bytes) -> Any:
@@ -52,15 +46,16 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 class EventStore:
-    """All SQL of the collector. `copy_events` is the flusher's sink; the rest serve monitoring."""
+    """The schema and every query but the flusher's COPY (see CopyWriter, which it hands out)."""
 
     def __init__(self, pool: asyncpg.Pool, dsn: str, server_settings: dict[str, str]) -> None:
         self.pool = pool
         self._dsn = dsn
         self._server_settings = server_settings
-        # The flusher's own connection: a pool checkout resets the session on release, one more round trip
-        # per flush, and every round trip waits its turn behind the requests on a busy event loop.
-        self._writer: asyncpg.Connection | None = None
+
+    def copy_writer(self) -> CopyWriter:
+        """A COPY writer on the same database with the same session settings (e.g. synchronous_commit)."""
+        return CopyWriter(self._dsn, self._server_settings)
 
     @classmethod
     async def open(
@@ -95,8 +90,6 @@ class EventStore:
         return store
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self._writer.close(timeout=5)
         await self.pool.close()
 
     async def migrate(self) -> None:
@@ -143,22 +136,6 @@ class EventStore:
         if created:
             logger.info("Created partitions %s", ", ".join(created))
         return created
-
-    async def copy_events(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Store rows (in events.COLUMNS order) in one COPY, committed when this returns."""
-        conn = self._writer
-        if conn is None or conn.is_closed():
-            conn = self._writer = await asyncpg.connect(self._dsn, server_settings=self._server_settings)
-            await _init_connection(conn)
-        try:
-            await conn.copy_records_to_table("events_log", records=rows, columns=COLUMNS, timeout=COPY_TIMEOUT_S)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            raise PermanentWriteError(str(exc)) from exc
-        except BaseException:
-            # After a failed or cancelled COPY the session's state is unknown: start the next one afresh.
-            self._writer = None
-            conn.terminate()
-            raise
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
         """True if a connection answers a trivial query within `timeout_s` seconds."""
