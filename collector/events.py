@@ -58,10 +58,6 @@ class RequestContext:
         tail = _request_fields(site_id, client_id, user_agent, ip, ip_hash) + received
         return cls(site_id, client_id, received_ns, received, tail)
 
-    @property
-    def received_at(self) -> datetime:
-        return datetime.fromtimestamp(self.received_ns / 1e9, UTC)
-
 
 @lru_cache(maxsize=4096)
 def _request_fields(site_id: str, client_id: str, user_agent: str | None, ip: str | None, ip_hash: str | None) -> bytes:

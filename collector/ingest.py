@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 from collector.auth import DomainAuthorizer
@@ -26,6 +27,7 @@ class Ingest:
         self._trusted = settings.trusted_proxies
         self.max_body_bytes = settings.max_body_bytes
         self._verb = "stored" if self.durable else "queued"
+        self._last_millis = (0, "")
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
 
@@ -66,8 +68,17 @@ class Ingest:
             "message": f"{len(rows)} event(s) received and {self._verb}",
             "events_processed": len(rows),
             "client_id": site.client_id,
-            "timestamp": ctx.received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "timestamp": self._iso_millis(ctx.received_ns),
         }
         if rejected:
             response["events_rejected"] = rejected
         return response
+
+    def _iso_millis(self, unix_ns: int) -> str:
+        """The receive time as the response's ISO 8601 string; formatted once per millisecond, not per request."""
+        millis = unix_ns // 1_000_000
+        last, text = self._last_millis
+        if millis != last:
+            text = datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            self._last_millis = (millis, text)
+        return text

@@ -13,9 +13,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from starlette.applications import Starlette
 
-from collector.app import Services, create_app
+from collector.app import CollectorApp, Services, create_app
 from collector.settings import Settings
 from tests.pixel_management import PixelManagement, site_config
 
@@ -61,13 +60,12 @@ async def pixel() -> AsyncIterator[PixelManagement]:
 class Running:
     """A collector app with its lifespan running, and an HTTP client talking to it in-process."""
 
-    app: Starlette
+    app: CollectorApp
     client: httpx.AsyncClient
 
     @property
     def services(self) -> Services:
-        services: Services = self.app.state.services
-        return services
+        return self.app.services
 
     async def post(self, payload: Any, **kwargs: Any) -> httpx.Response:
         return await self.client.post("/collect", json=payload, **kwargs)
@@ -94,7 +92,7 @@ async def make_app(database_url: str, pixel: PixelManagement, db: asyncpg.Connec
             settings = Settings(**{**defaults, **overrides})
             settings.check()
             app = create_app(settings)
-            await stack.enter_async_context(app.router.lifespan_context(app))
+            await stack.enter_async_context(app.starlette.router.lifespan_context(app.starlette))
             transport = httpx.ASGITransport(app=app, client=(client_host, 51000))
             client = await stack.enter_async_context(
                 httpx.AsyncClient(transport=transport, base_url="http://collector")
