@@ -29,6 +29,7 @@ from collector.errors import CollectorError
 from collector.ingest import Ingest
 from collector.partitions import PartitionMaintainer
 from collector.settings import Settings, redact_url
+from collector.storage import Storage
 from collector.store import EventStore
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Services:
     store: EventStore
     authorizer: DomainAuthorizer
     buffer: WriteBehindBuffer
+    storage: Storage
     ingest: Ingest
 
 
@@ -93,8 +95,16 @@ def create_app(settings: Settings) -> CollectorApp:
                 max_entries=settings.auth_cache_size,
             )
             stack.push_async_callback(_logged("authorizer", authorizer.close))
+            storage = Storage(
+                store.copy_writer(timeout_s=settings.copy_timeout_s),
+                Path(settings.data_dir) / "journal",
+                journal_max_bytes=settings.journal_max_bytes,
+                journal_segment_bytes=settings.journal_segment_bytes,
+                retry_initial_s=0.05,
+                retry_max_s=5.0,
+            )
             buffer = WriteBehindBuffer(
-                store.copy_writer(),
+                storage,
                 max_events=settings.buffer_max_events,
                 flush_max_events=settings.flush_max_events,
                 flush_interval_s=settings.flush_interval_s,
@@ -102,7 +112,9 @@ def create_app(settings: Settings) -> CollectorApp:
             )
             await buffer.start()
             stack.push_async_callback(_logged("buffer", buffer.close))
-            app.state.services = Services(settings, store, authorizer, buffer, Ingest(settings, authorizer, buffer))
+            app.state.services = Services(
+                settings, store, authorizer, buffer, storage, Ingest(settings, authorizer, buffer)
+            )
             # Everything allocated so far lives as long as the process: out of the collector's sight, a full
             # collection no longer walks it (a pause that showed in the tail latency).
             gc.collect()

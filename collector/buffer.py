@@ -7,14 +7,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import uvloop
 
 from collector.errors import BufferFull, ShuttingDown
-from collector.writer import PermanentWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +22,21 @@ BACKLOG_FACTOR = 10
 
 
 class Sink(Protocol):
-    """Where flushed rows go. Used only from the flusher thread's event loop."""
+    """Where flushed rows go (collector.storage.Storage). Used only from the flusher thread."""
 
-    async def copy_events(self, rows: Sequence[Row]) -> None:
-        """Return once the rows are committed; raise PermanentWriteError if their content is refused."""
+    failing: bool
+
+    def open(self) -> None: ...
+
+    async def store(self, rows: list[Row], clients: dict[str, int], spill: Callable[[], bool]) -> None:
+        """Return once the rows are committed or journaled; spill() says when journaling is called for."""
         ...
+
+    async def replay_step(self) -> bool:
+        """Replay a little of the journal; True if there is more to do right away."""
+        ...
+
+    def backing_off(self) -> float: ...
 
     async def close(self) -> None: ...
 
@@ -46,8 +55,6 @@ class _Item:
 class BufferStats:
     batches: int = 0
     rows: int = 0
-    failures: int = 0
-    dropped_unstorable: int = 0
     lost_on_close: int = 0
 
 
@@ -70,16 +77,15 @@ class WriteBehindBuffer:
         flush_max_events: int,
         flush_interval_s: float,
         drain_timeout_s: float,
-        retry_initial_s: float = 0.05,
-        retry_max_s: float = 5.0,
+        spill_at: float = 0.5,
     ) -> None:
         self._sink = sink
         self.capacity = max_events
         self._flush_max = flush_max_events
         self._interval = flush_interval_s
         self._drain_timeout = drain_timeout_s
-        self._retry_initial = retry_initial_s
-        self._retry_max = retry_max_s
+        # While PostgreSQL fails, batches stay in memory (and are retried) until the buffer is this full.
+        self._high_water = int(max_events * spill_at)
         # Shared between the request loop and the flusher thread; every field below is guarded by _lock.
         self._lock = threading.Lock()
         self._queue: deque[_Item] = deque()
@@ -97,8 +103,11 @@ class WriteBehindBuffer:
         # The request loop, and a future on it that the flusher sets when it has stopped.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future[None] | None = None
-        self.failing = False
         self.stats = BufferStats()
+
+    @property
+    def failing(self) -> bool:
+        return self._sink.failing
 
     @property
     def depth(self) -> int:
@@ -122,15 +131,15 @@ class WriteBehindBuffer:
         """Queue a request's rows; raise BufferFull or ShuttingDown (both 503) when they cannot be kept."""
         self._enqueue(rows, client_id, None)
 
-    async def put_and_wait(self, rows: Sequence[Row], client_id: str | None) -> None:
-        """Queue rows and return once they are committed (durable mode)."""
+    def put_waiting(self, rows: Sequence[Row], client_id: str | None) -> asyncio.Future[None]:
+        """Queue rows (or raise, like put) and return a future set once they are committed or journaled."""
         assert self._loop is not None
         done = self._loop.create_future()
         self._enqueue(rows, client_id, done)
-        await done
+        return done
 
     async def drain(self) -> None:
-        """Flush everything queued now and wait until it is committed."""
+        """Flush everything queued now and wait until it is committed (or, while PostgreSQL fails, journaled)."""
         assert self._loop is not None
         done = self._loop.create_future()
         self._enqueue((), None, done, force=True)
@@ -203,6 +212,10 @@ class WriteBehindBuffer:
         loop = uvloop.new_event_loop()
         self._flusher_loop = loop
         self._wakeup = asyncio.Event()
+        try:
+            self._sink.open()
+        except Exception:
+            logger.exception("opening the journal failed; spilling is unavailable")
         self._task = loop.create_task(self._run())
         loop.call_soon(ready.set)
         try:
@@ -215,7 +228,7 @@ class WriteBehindBuffer:
             try:
                 loop.run_until_complete(self._sink.close())
             except Exception:
-                logger.exception("closing the flusher's database connection failed")
+                logger.exception("closing the flusher's storage failed")
             loop.close()
             assert self._loop is not None and self._stopped is not None
             self._loop.call_soon_threadsafe(_resolve, [self._stopped])
@@ -224,31 +237,31 @@ class WriteBehindBuffer:
         assert self._wakeup is not None
         while True:
             with self._lock:
+                idle = not self._queue
+            if idle and not self._closing and await self._sink.replay_step():
+                continue  # journal replay, a record at a time, whenever live events leave room
+            # Either flush now, or sleep until woken or `wait_s` seconds pass (None: until woken).
+            wait_s: float | None = 0.0
+            with self._lock:
                 if not self._queue:
                     if self._closing:
                         return
+                    # While PostgreSQL fails, come back for the journal when it may be tried again.
+                    wait_s = self._sink.backing_off() + 0.01 if self._sink.failing else None
+                elif not (self._closing or self._waiters or self._queued >= self._flush_max):
+                    wait_s = max(0.0, self._queue[0].enqueued_at + self._interval - time.monotonic())
+                if wait_s != 0.0:
                     self._sleeping = True
                     self._wakeup.clear()
-                    delay = None
-                elif self._closing or self._waiters or self._queued >= self._flush_max:
-                    delay = 0.0
-                else:
-                    delay = self._queue[0].enqueued_at + self._interval - time.monotonic()
-                    if delay > 0:
-                        self._sleeping = True
-                        self._wakeup.clear()
-            if delay is None:
-                await self._wakeup.wait()
+            if wait_s == 0.0:
+                await self._flush(self._take())
                 continue
-            if delay > 0:
-                try:
-                    async with asyncio.timeout(delay):
-                        await self._wakeup.wait()
-                except TimeoutError:
-                    with self._lock:
-                        self._sleeping = False
-                continue
-            await self._flush(self._take())
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                with self._lock:
+                    self._sleeping = False
 
     def _take(self) -> list[_Item]:
         # Behind a backlog one COPY takes up to BACKLOG_FACTOR thresholds' worth: per row a large COPY is cheaper.
@@ -273,13 +286,16 @@ class WriteBehindBuffer:
             rows.extend(item.rows)
         started = time.perf_counter()
         if rows:
-            await self._write_until_stored(rows)
+            clients: dict[str, int] = {}
+            for item in items:
+                if item.rows and item.client_id is not None:
+                    clients[item.client_id] = clients.get(item.client_id, 0) + len(item.rows)
+            await self._sink.store(rows, clients, self._should_spill)
             self.stats.batches += 1
             self.stats.rows += len(rows)
-            clients = len({item.client_id for item in items if item.rows})
             logger.info(
                 "Bulk inserted %d events for %d client(s) in %.1f ms",
-                len(rows), clients, (time.perf_counter() - started) * 1000,
+                len(rows), len(clients), (time.perf_counter() - started) * 1000,
             )  # fmt: skip
         with self._lock:
             self._writing = 0
@@ -289,39 +305,15 @@ class WriteBehindBuffer:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(_resolve, waiting)
 
-    async def _write_until_stored(self, rows: list[Row]) -> None:
-        delay = self._retry_initial
-        streak = 0
-        while True:
-            try:
-                await self._write_isolating_bad_rows(rows)
-            except Exception as exc:  # any failure but cancellation: keep the batch and retry
-                streak += 1
-                self.stats.failures += 1
-                self.failing = True
-                if streak == 1:
-                    logger.warning("Bulk insert of %d events failed, retrying with backoff: %r", len(rows), exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
-                continue
-            if streak:
-                logger.warning("Bulk insert recovered after %d failed attempt(s)", streak)
-            self.failing = False
-            return
-
-    async def _write_isolating_bad_rows(self, rows: list[Row]) -> None:
-        try:
-            await self._sink.copy_events(rows)
-        except PermanentWriteError as exc:
-            # Validation should make this unreachable; if a row still poisons its batch, split the batch
-            # so that only that row is dropped (and counted) instead of blocking every batch behind it.
-            if len(rows) == 1:
-                self.stats.dropped_unstorable += 1
-                logger.error("Dropped 1 event PostgreSQL refused to store: %s", exc)
-                return
-            middle = len(rows) // 2
-            await self._write_isolating_bad_rows(rows[:middle])
-            await self._write_isolating_bad_rows(rows[middle:])
+    def _should_spill(self) -> bool:
+        """Whether a batch PostgreSQL will not take should go to the journal now rather than wait in memory."""
+        with self._lock:
+            return (
+                self._closing
+                or bool(self._waiters)
+                or self._queued + self._writing >= self._high_water
+                or any(item.done is not None for item in self._inflight)
+            )
 
 
 def _resolve(waiting: list[asyncio.Future[None]]) -> None:

@@ -56,13 +56,15 @@ class Ingest:
             )
         try:
             if self.durable:
-                await self.buffer.put_and_wait(rows, site.client_id)
+                stored = self.buffer.put_waiting(rows, site.client_id)
             else:
                 self.buffer.put(rows, site.client_id)
         except CollectorError as exc:
             self.rejected[exc.error] += len(rows)
             raise
         self.accepted += len(rows)
+        if self.durable:
+            await stored  # a failure here was counted by the buffer as lost, and answers 503
         response: dict[str, Any] = {
             "status": "success",
             "message": f"{len(rows)} event(s) received and {self._verb}",

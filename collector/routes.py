@@ -152,17 +152,32 @@ async def health(request: Request) -> JSONResponse:
         "timestamp": now_iso(),
         "ack_mode": services.settings.ack_mode,
         "buffer": {"depth": buffer.depth, "capacity": buffer.capacity, "accepting": buffer.accepting},
-        "flusher": {
-            "batches": buffer.stats.batches,
-            "rows": buffer.stats.rows,
-            "failures": buffer.stats.failures,
-            "failing": buffer.failing,
-        },
+        "flusher": {"batches": buffer.stats.batches, "failing": buffer.failing, **vars_of(services.storage.stats)},
+        "journal": {"bytes": services.storage.journal_bytes},
         "authorization": {"source": services.authorizer.directory.describe(), **vars_of(services.authorizer.stats)},
-        "events": {"accepted": services.ingest.accepted, "rejected": dict(services.ingest.rejected)},
+        "events": accounting(services),
         "worker_pid": os.getpid(),
     }
     return JSONResponse(body, status_code=200 if database_ok else 503)
+
+
+def accounting(services: Services) -> dict[str, Any]:
+    """This worker's event accounting. At quiescence received = accepted + rejected and
+    accepted = stored + journaled + buffered + dropped (journaled rows stay counted there once replayed)."""
+    ingest, storage, buffer = services.ingest, services.storage.stats, services.buffer
+    rejected = dict(ingest.rejected)
+    dropped = {"lost_on_close": buffer.stats.lost_on_close, "unstorable": storage.dropped_unstorable}
+    return {
+        "received": ingest.accepted + sum(rejected.values()),
+        "accepted": ingest.accepted,
+        "rejected": rejected,
+        "stored": storage.stored,
+        "journaled": storage.journaled,
+        "replayed": storage.replayed,
+        "deduplicated": storage.deduplicated,
+        "buffered": buffer.depth,
+        "dropped": dropped,
+    }
 
 
 def vars_of(stats: Any) -> dict[str, Any]:

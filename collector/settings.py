@@ -51,6 +51,9 @@ class Settings:
     flush_interval_ms: int = 50
     buffer_max_events: int = 100_000
     drain_timeout_s: float = 20.0
+    copy_timeout_s: float = 10.0
+    journal_max_bytes: int = 1024 * 1024 * 1024
+    journal_segment_bytes: int = 16 * 1024 * 1024
 
     max_body_bytes: int = 1024 * 1024
     max_events_per_request: int = 500
@@ -103,7 +106,7 @@ class Settings:
         positive = (
             "port", "workers", "database_pool_size", "flush_max_events", "flush_interval_ms",
             "buffer_max_events", "max_body_bytes", "max_events_per_request", "max_event_bytes",
-            "export_batch_size", "auth_cache_size",
+            "export_batch_size", "auth_cache_size", "journal_max_bytes", "journal_segment_bytes", "copy_timeout_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

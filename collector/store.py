@@ -53,9 +53,9 @@ class EventStore:
         self._dsn = dsn
         self._server_settings = server_settings
 
-    def copy_writer(self) -> CopyWriter:
+    def copy_writer(self, *, timeout_s: float) -> CopyWriter:
         """A COPY writer on the same database with the same session settings (e.g. synchronous_commit)."""
-        return CopyWriter(self._dsn, self._server_settings)
+        return CopyWriter(self._dsn, self._server_settings, timeout_s=timeout_s)
 
     @classmethod
     async def open(

@@ -1,4 +1,4 @@
-"""CopyWriter: the flusher's own PostgreSQL connection and the binary COPY that stores a batch of records."""
+"""CopyWriter: the flusher's own PostgreSQL connection and the transaction that stores one batch exactly once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,21 @@ import asyncpg
 
 from collector import copyformat
 
-COPY_TIMEOUT_S = 30.0
+# Records the batch and counts its rows per client, only if the batch is new; the COPY follows in the same
+# transaction. A retried or replayed batch finds its id and the whole transaction stores nothing.
+_CLAIM_BATCH = """
+WITH batch AS (
+    INSERT INTO ingest_batches (batch_id, row_count) VALUES ($1, $2)
+    ON CONFLICT (batch_id) DO NOTHING
+    RETURNING 1
+), counts AS (
+    INSERT INTO client_daily_counts AS c (day, client_id, metric, count)
+    SELECT (now() AT TIME ZONE 'UTC')::date, client, 'stored', n FROM unnest($3::text[], $4::bigint[]) AS u(client, n)
+    WHERE EXISTS (SELECT FROM batch)
+    ON CONFLICT (day, client_id, metric) DO UPDATE SET count = c.count + EXCLUDED.count
+)
+SELECT count(*) FROM batch
+"""
 
 
 class PermanentWriteError(Exception):
@@ -26,31 +40,45 @@ class CopyWriter:
     more round trip per flush.
     """
 
-    def __init__(self, dsn: str, server_settings: dict[str, str]) -> None:
+    def __init__(self, dsn: str, server_settings: dict[str, str], *, timeout_s: float) -> None:
         self._dsn = dsn
         self._server_settings = server_settings
+        self._timeout = timeout_s
         self._conn: asyncpg.Connection | None = None
 
-    async def copy_events(self, rows: Sequence[bytes]) -> None:
-        """Store records (copyformat, in copyformat.COLUMNS order) in one COPY, committed when this returns."""
+    async def copy_batch(self, batch_id: bytes, rows: Sequence[bytes], clients: dict[str, int]) -> bool:
+        """Store records (copyformat) as one committed batch; False if this batch id was stored before.
+
+        Raises PermanentWriteError when PostgreSQL refuses the content, anything else when it could not answer
+        (within `timeout_s` seconds per statement: a hung server must not hang the flusher).
+        """
         conn = self._conn
         if conn is None or conn.is_closed():
-            conn = self._conn = await asyncpg.connect(self._dsn, server_settings=self._server_settings)
-        try:
-            await conn.copy_to_table(
-                "events_log",
-                source=_one_chunk(copyformat.payload(list(rows))),
-                columns=copyformat.COLUMNS,
-                format="binary",
-                timeout=COPY_TIMEOUT_S,
+            conn = self._conn = await asyncpg.connect(
+                self._dsn, server_settings=self._server_settings, timeout=self._timeout
             )
+        try:
+            async with conn.transaction():
+                claimed = await conn.fetchval(
+                    _CLAIM_BATCH, batch_id, len(rows), list(clients), list(clients.values()), timeout=self._timeout
+                )
+                if not claimed:
+                    return False
+                await conn.copy_to_table(
+                    "events_log",
+                    source=_one_chunk(copyformat.payload(list(rows))),
+                    columns=copyformat.COLUMNS,
+                    format="binary",
+                    timeout=self._timeout,
+                )
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             raise PermanentWriteError(str(exc)) from exc
         except BaseException:
-            # After a failed or cancelled COPY the session's state is unknown: start the next one afresh.
+            # After a failed or cancelled statement the session's state is unknown: start the next one afresh.
             self._conn = None
             conn.terminate()
             raise
+        return True
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -39,6 +40,8 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     if await conn.fetchval("SELECT to_regclass('events_log') IS NOT NULL"):
         await conn.execute("TRUNCATE events_log")
+    if await conn.fetchval("SELECT to_regclass('ingest_batches') IS NOT NULL"):
+        await conn.execute("TRUNCATE ingest_batches, client_daily_counts, dead_letters")
     yield conn
     await conn.close()
 
@@ -75,7 +78,9 @@ MakeApp = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
-async def make_app(database_url: str, pixel: PixelManagement, db: asyncpg.Connection) -> AsyncIterator[MakeApp]:
+async def make_app(
+    database_url: str, pixel: PixelManagement, db: asyncpg.Connection, tmp_path: Path
+) -> AsyncIterator[MakeApp]:
     """Factory: start a collector (real PostgreSQL, real pixel-management) with settings overrides; stopped after."""
     async with AsyncExitStack() as stack:
 
@@ -88,6 +93,7 @@ async def make_app(database_url: str, pixel: PixelManagement, db: asyncpg.Connec
                 "flush_interval_ms": 20,
                 "ip_hash_secret": "test-secret",
                 "drain_timeout_s": 5.0,
+                "data_dir": str(tmp_path / "data"),
             }
             settings = Settings(**{**defaults, **overrides})
             settings.check()
