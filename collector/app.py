@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from collector import routes
+from collector.accounting import Accounting
 from collector.auth import (
     DEFAULT_DOMAINS_FILE,
     DomainAuthorizer,
@@ -47,6 +48,7 @@ class Services:
     authorizer: DomainAuthorizer
     buffer: WriteBehindBuffer
     storage: Storage
+    accounting: Accounting
     ingest: Ingest
 
 
@@ -112,9 +114,11 @@ def create_app(settings: Settings) -> CollectorApp:
             )
             await buffer.start()
             stack.push_async_callback(_logged("buffer", buffer.close))
-            app.state.services = Services(
-                settings, store, authorizer, buffer, storage, Ingest(settings, authorizer, buffer)
-            )
+            accounting = Accounting(store.pool)
+            accounting.start()
+            stack.push_async_callback(_logged("accounting", accounting.close))
+            ingest = Ingest(settings, authorizer, buffer, accounting)
+            app.state.services = Services(settings, store, authorizer, buffer, storage, accounting, ingest)
             # Everything allocated so far lives as long as the process: out of the collector's sight, a full
             # collection no longer walks it (a pause that showed in the tail latency).
             gc.collect()
@@ -133,6 +137,7 @@ def create_app(settings: Settings) -> CollectorApp:
             Route("/readyz", routes.readyz),
             Route("/events/count", routes.events_count),
             Route("/events/recent", routes.events_recent),
+            Route("/dead-letters", routes.dead_letters),
         ],
         exception_handlers={CollectorError: _collector_error, HTTPException: _http_error},
         lifespan=lifespan,

@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from collector.accounting import Accounting
 from collector.auth import DomainAuthorizer
 from collector.buffer import WriteBehindBuffer
 from collector.errors import CollectorError, InvalidEvent
@@ -17,12 +18,15 @@ from collector.settings import Settings
 class Ingest:
     """The /collect use case, free of HTTP framing so that every front door (POST, beacon, pixel) shares it."""
 
-    def __init__(self, settings: Settings, authorizer: DomainAuthorizer, buffer: WriteBehindBuffer) -> None:
+    def __init__(
+        self, settings: Settings, authorizer: DomainAuthorizer, buffer: WriteBehindBuffer, accounting: Accounting
+    ) -> None:
         self.parser = EventParser(
             max_events_per_request=settings.max_events_per_request, max_event_bytes=settings.max_event_bytes
         )
         self.authorizer = authorizer
         self.buffer = buffer
+        self.accounting = accounting
         self.durable = settings.ack_mode == "durable"
         self._trusted = settings.trusted_proxies
         self.max_body_bytes = settings.max_body_bytes
@@ -35,6 +39,7 @@ class Ingest:
         self, body: bytes, *, peer: str | None, forwarded_for: str | None, user_agent: str | None
     ) -> dict[str, Any]:
         """Store (or queue) the valid events of one request; the success body, or a CollectorError."""
+        domain = None
         try:
             payload = parse_body(body)
             events = self.parser.events_of(payload)
@@ -42,6 +47,8 @@ class Ingest:
             site = await self.authorizer.authorize(domain)
         except CollectorError as exc:
             self.rejected[exc.error] += 1
+            if exc.status < 500:  # the sender's mistake: keep a sample so the site owner can see why
+                self.accounting.reject(exc.error, None, domain, exc.detail, body)
             raise
         ip, ip_hash = site.ip_columns(client_ip(peer, forwarded_for, self._trusted))
         ctx = RequestContext.build(domain, site.client_id, user_agent, ip, ip_hash)
@@ -49,6 +56,8 @@ class Ingest:
         rejected = [{"index": r.index, "error": r.error} for r in rejections]
         if rejected:
             self.rejected["invalid_event"] += len(rejected)
+            for r in rejections:
+                self.accounting.reject("invalid_event", site.client_id, domain, r.error, events[r.index])
         if not rows:
             raise InvalidEvent(
                 "no event in the request is valid" if len(rejections) > 1 else rejections[0].error,
@@ -61,8 +70,10 @@ class Ingest:
                 self.buffer.put(rows, site.client_id)
         except CollectorError as exc:
             self.rejected[exc.error] += len(rows)
+            self.accounting.count(site.client_id, f"rejected:{exc.error}", len(rows))
             raise
         self.accepted += len(rows)
+        self.accounting.count(site.client_id, "accepted", len(rows))
         if self.durable:
             await stored  # a failure here was counted by the buffer as lost, and answers 503
         response: dict[str, Any] = {

@@ -211,6 +211,7 @@ def _client_filter(request: Request) -> str | None:
 
 
 async def events_count(request: Request) -> JSONResponse:
+    """Stored events (from the per-client daily counts), and with client_id that client's figures per day."""
     require_admin(request)
     services = services_of(request.scope)
     client_id = _client_filter(request)
@@ -218,12 +219,40 @@ async def events_count(request: Request) -> JSONResponse:
     body: dict[str, Any] = {"total_events": total, "buffered_events": services.buffer.depth, "timestamp": now_iso()}
     if client_id is not None:
         body["client_id"] = client_id
+        days: dict[str, dict[str, Any]] = {}
+        for r in await services.store.client_counts(client_id, days=31):
+            day = days.setdefault(r["day"].isoformat(), {"day": r["day"].isoformat(), "rejected": {}})
+            metric: str = r["metric"]
+            if metric.startswith("rejected:"):
+                day["rejected"][metric.removeprefix("rejected:")] = r["count"]
+            else:
+                day[metric] = r["count"]
+        for day in days.values():
+            day["received"] = day.get("accepted", 0) + sum(day["rejected"].values())
+        body["days"] = list(days.values())
     return JSONResponse(body)
 
 
-async def events_recent(request: Request) -> JSONResponse:
+async def dead_letters(request: Request) -> JSONResponse:
+    """The newest rejected-event samples: why a site's events bounce."""
     require_admin(request)
     services = services_of(request.scope)
+    params = request.query_params
+    records = await services.store.dead_letters(
+        _limit(request), reason=params.get("reason"), client_id=_client_filter(request), domain=params.get("domain")
+    )
+    return JSONResponse(
+        [
+            {
+                "id": r["id"], "received_at": r["received_at"].isoformat(), "reason": r["reason"],
+                "client_id": r["client_id"], "domain": r["domain"], "detail": r["detail"], "payload": r["payload"],
+            }
+            for r in records
+        ]
+    )  # fmt: skip
+
+
+def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", "10")
     try:
         limit = int(raw)
@@ -231,7 +260,13 @@ async def events_recent(request: Request) -> JSONResponse:
         raise InvalidParameter("limit must be a whole number") from None
     if limit < 1:
         raise InvalidParameter("limit must be at least 1")
-    records = await services.store.recent(min(limit, MAX_RECENT), _client_filter(request))
+    return min(limit, MAX_RECENT)
+
+
+async def events_recent(request: Request) -> JSONResponse:
+    require_admin(request)
+    services = services_of(request.scope)
+    records = await services.store.recent(_limit(request), _client_filter(request))
     return JSONResponse(
         [
             {

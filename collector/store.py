@@ -148,11 +148,32 @@ class EventStore:
         return True
 
     async def count(self, client_id: str | None) -> int:
-        if client_id is None:
-            value = await self.pool.fetchval("SELECT count(*) FROM events_log")
-        else:
-            value = await self.pool.fetchval("SELECT count(*) FROM events_log WHERE client_id = $1", client_id)
+        """Rows stored (all clients, or one): from the flusher's per-client daily counts, not a scan of events_log."""
+        value = await self.pool.fetchval(
+            "SELECT coalesce(sum(count), 0) FROM client_daily_counts"
+            " WHERE metric = 'stored' AND ($1::text IS NULL OR client_id = $1)",
+            client_id,
+        )
         return int(value)
+
+    async def client_counts(self, client_id: str, days: int) -> list[asyncpg.Record]:
+        """One client's counts per day and metric ('stored', 'accepted', 'rejected:<reason>'), newest day first."""
+        return await self.pool.fetch(
+            "SELECT day, metric, count FROM client_daily_counts"
+            " WHERE client_id = $1 AND day > (now() AT TIME ZONE 'UTC')::date - $2::int ORDER BY day DESC, metric",
+            client_id,
+            days,
+        )
+
+    async def dead_letters(
+        self, limit: int, *, reason: str | None, client_id: str | None, domain: str | None
+    ) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "SELECT id, received_at, reason, client_id, domain, detail, payload FROM dead_letters"
+            " WHERE ($2::text IS NULL OR reason = $2) AND ($3::text IS NULL OR client_id = $3)"
+            " AND ($4::text IS NULL OR domain = $4) ORDER BY id DESC LIMIT $1",
+            limit, reason, client_id, domain,
+        )  # fmt: skip
 
     async def recent(self, limit: int, client_id: str | None) -> list[asyncpg.Record]:
         columns = "event_id, event_type, client_id, site_id, session_id, event_timestamp, received_at"

@@ -112,3 +112,13 @@ async def make_app(
 async def running(make_app: MakeApp) -> Running:
     """A collector with default test settings."""
     return await make_app()
+
+
+@pytest.fixture
+def running_admin(make_app: MakeApp) -> MakeApp:
+    """Factory: a collector whose in-process client is on loopback, so admin endpoints answer it."""
+
+    async def make(**overrides: Any) -> Running:
+        return await make_app(client_host="127.0.0.1", **overrides)
+
+    return make

@@ -1,0 +1,107 @@
+"""Accounting: per-client daily counts and a capped sample of rejected events, written to PostgreSQL in the background.
+
+The request path only bumps counters in memory and appends samples to a bounded deque; one task writes them every
+few seconds (and once more at shutdown), so operators can bill from `client_daily_counts` and site owners can see
+in `dead_letters` why their events bounce, without a write per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+logger = logging.getLogger(__name__)
+
+PAYLOAD_SAMPLE_BYTES = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str
+    client_id: str | None
+    domain: str | None
+    detail: str
+    payload: str
+
+
+def sample_payload(value: Any) -> str:
+    """A rejected event or body as text, truncated: enough to see what was wrong, never the whole of a huge body."""
+    if isinstance(value, bytes):
+        text = value[:PAYLOAD_SAMPLE_BYTES].decode("utf-8", errors="replace")
+    else:
+        try:
+            text = orjson.dumps(value)[:PAYLOAD_SAMPLE_BYTES].decode("utf-8", errors="replace")
+        except (TypeError, orjson.JSONEncodeError):
+            text = repr(value)[:PAYLOAD_SAMPLE_BYTES]
+    return text.replace("\x00", "\\u0000")
+
+
+class Accounting:
+    """Counters per (day, client, metric) and dead-letter samples, flushed every `interval_s` seconds."""
+
+    def __init__(self, pool: asyncpg.Pool, *, interval_s: float = 5.0, max_pending: int = 1000, keep: int = 10_000):
+        self._pool = pool
+        self._interval = interval_s
+        self._keep = keep
+        self.counts: Counter[tuple[date, str, str]] = Counter()
+        self.dead_letters: deque[DeadLetter] = deque(maxlen=max_pending)
+        self._task: asyncio.Task[None] | None = None
+
+    def count(self, client_id: str, metric: str, n: int) -> None:
+        self.counts[(datetime.now(UTC).date(), client_id, metric)] += n
+
+    def reject(self, reason: str, client_id: str | None, domain: str | None, detail: str, payload: Any) -> None:
+        """Record one rejected event (or request): a count for its client, when known, and a dead-letter sample."""
+        if client_id is not None:
+            self.count(client_id, f"rejected:{reason}", 1)
+        self.dead_letters.append(DeadLetter(reason, client_id, domain, detail[:500], sample_payload(payload)))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="accounting")
+
+    async def close(self) -> None:
+        """Stop the task, then write what is pending one last time."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write pending counts and samples; on failure keep the counts for the next round (samples may be lost)."""
+        counts, self.counts = self.counts, Counter()
+        letters = [self.dead_letters.popleft() for _ in range(len(self.dead_letters))]
+        if not counts and not letters:
+            return
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if counts:
+                    await conn.execute(
+                        "INSERT INTO client_daily_counts AS c (day, client_id, metric, count)"
+                        " SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::bigint[])"
+                        " ON CONFLICT (day, client_id, metric) DO UPDATE SET count = c.count + EXCLUDED.count",
+                        [k[0] for k in counts], [k[1] for k in counts], [k[2] for k in counts], list(counts.values()),
+                    )  # fmt: skip
+                if letters:
+                    await conn.executemany(
+                        "INSERT INTO dead_letters (reason, client_id, domain, detail, payload)"
+                        " VALUES ($1, $2, $3, $4, $5)",
+                        [(d.reason, d.client_id, d.domain, d.detail, d.payload) for d in letters],
+                    )
+                    await conn.execute(
+                        "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - $1", self._keep
+                    )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.counts.update(counts)
+            logger.warning("Writing client counts and dead letters failed (will retry): %r", exc)

@@ -1,0 +1,160 @@
+"""Durability in-process: journaling while PostgreSQL fails, replay, exactly-once batches, accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+from collector.events import EventParser, RequestContext, parse_body
+from collector.journal import Journal
+from collector.storage import Storage
+from collector.store import EventStore
+from tests.conftest import MakeApp
+
+
+async def count(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM events_log"))
+
+
+async def wait_for_count(db: asyncpg.Connection, expected: int, timeout_s: float = 15.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while await count(db) != expected:
+            await asyncio.sleep(0.05)
+
+
+def records(n: int, session: str = "s") -> list[bytes]:
+    """n COPY records for client_acme_corp, as ingest builds them."""
+    parser = EventParser(max_events_per_request=500, max_event_bytes=32768)
+    payload = parse_body(
+        b'{"eventType":"batch","siteId":"acme.com","sessionId":"'
+        + session.encode()
+        + b'","events":['
+        + b",".join(b'{"eventType":"e%d"}' % i for i in range(n))
+        + b"]}"
+    )
+    events = parser.events_of(payload)
+    ctx = RequestContext.build("acme.com", "client_acme_corp", "agent", "192.0.2.1", None)
+    rows, rejected = parser.rows(payload, events, ctx)
+    assert not rejected
+    return rows
+
+
+async def test_durable_requests_are_journaled_while_postgres_fails_then_replayed(
+    make_app: MakeApp, db: asyncpg.Connection
+) -> None:
+    """With COPY failing, durable requests still get 200 (fsync'd to the journal); once PostgreSQL takes rows
+    again the journal is replayed and every event is stored exactly once."""
+    running = await make_app(ack_mode="durable")
+    await db.execute("ALTER TABLE events_log RENAME TO events_log_away")
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(30)]
+        responses = await asyncio.gather(
+            *(running.post({"eventType": "e", "eventId": i, "siteId": "acme.com"}) for i in ids)
+        )
+        assert {r.status_code for r in responses} == {200}
+        health = (await running.client.get("/health")).json()
+        assert health["events"]["journaled"] == 30 and health["journal"]["bytes"] > 0
+        assert health["flusher"]["failing"] is True
+    finally:
+        await db.execute("ALTER TABLE events_log_away RENAME TO events_log")
+    await wait_for_count(db, 30)
+    stored = {str(r["event_id"]) for r in await db.fetch("SELECT event_id FROM events_log")}
+    assert stored == set(ids)
+    async with asyncio.timeout(10):
+        while (health := (await running.client.get("/health")).json())["journal"]["bytes"]:
+            await asyncio.sleep(0.05)
+    events = health["events"]
+    assert events["replayed"] == 30 and events["accepted"] == 30
+    assert events["accepted"] == events["stored"] + events["journaled"] + events["buffered"]
+
+
+async def test_a_batch_committed_before_is_not_stored_again(
+    database_url: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Replaying a journal record whose batch already committed (a crash between commit and segment deletion)
+    stores nothing twice and is counted as deduplicated."""
+    store = await EventStore.open(database_url, min_size=1, max_size=2, durable=True)
+    storage = Storage(
+        store.copy_writer(timeout_s=5), tmp_path / "journal", journal_max_bytes=1 << 20,
+        journal_segment_bytes=1 << 16, retry_initial_s=0.01, retry_max_s=0.1,
+    )  # fmt: skip
+    storage.open()
+    try:
+        rows = records(5)
+        batch_id = os.urandom(16)
+        assert await storage._copy(batch_id, rows, {"client_acme_corp": 5}) == 0
+        assert storage.journal is not None
+        storage.journal.append(batch_id, rows, {"client_acme_corp": 5})
+        while await storage.replay_step():
+            pass
+        assert storage.journal.empty
+        assert storage.stats.deduplicated == 5
+        assert await count(db) == 5
+        stored = await db.fetchval(
+            "SELECT count FROM client_daily_counts WHERE client_id = 'client_acme_corp' AND metric = 'stored'"
+        )
+        assert stored == 5, "the per-client count is kept in the COPY's transaction, so it is not doubled either"
+    finally:
+        await storage.close()
+        await store.close()
+
+
+async def test_a_journal_left_by_a_dead_worker_is_replayed_at_startup(
+    make_app: MakeApp, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Segments in a journal folder whose worker died are adopted by the next worker and stored."""
+    dead = Journal(tmp_path / "data" / "journal", max_bytes=1 << 20, segment_bytes=1 << 16)
+    dead.append(os.urandom(16), records(7, "left-behind"), {"client_acme_corp": 7})
+    dead._close_active()
+    os.close(dead._lock_fd)  # what a SIGKILL leaves: the files, and the lock released
+    running = await make_app()
+    await wait_for_count(db, 7)
+    assert {r["session_id"] for r in await db.fetch("SELECT session_id FROM events_log")} == {"left-behind"}
+    assert not dead.dir.exists()
+    async with asyncio.timeout(5):
+        while (await running.client.get("/health")).json()["journal"]["bytes"]:
+            await asyncio.sleep(0.05)
+
+
+async def test_client_retries_are_deduplicated_downstream(running_admin: MakeApp, db: asyncpg.Connection) -> None:
+    """The same eventId sent twice is stored twice in events_log and read once from events_unique."""
+    running = await running_admin()
+    event = {"eventType": "pageview", "eventId": str(uuid.uuid4()), "siteId": "acme.com"}
+    for _ in range(2):
+        assert (await running.post(event)).status_code == 202
+    await running.services.buffer.drain()
+    assert await count(db) == 2
+    assert await db.fetchval("SELECT count(*) FROM events_unique") == 1
+
+
+async def test_per_client_counts_and_dead_letters_add_up(running_admin: MakeApp, db: asyncpg.Connection) -> None:
+    """Accepted, stored and rejected-by-reason figures per client add up, and rejected events are sampled."""
+    running = await running_admin()
+    batch = {
+        "eventType": "batch", "siteId": "acme.com",
+        "events": [{"eventType": "ok"}, {"eventType": "ok"}, {"eventData": {"no": "type"}}],
+    }  # fmt: skip
+    assert (await running.post(batch)).status_code == 202
+    assert (await running.post({"eventType": "x", "siteId": "stranger.net"})).status_code == 403
+    assert (
+        await running.client.post("/collect", content=b"{oops", headers={"content-type": "text/plain"})
+    ).status_code == 400
+    await running.services.buffer.drain()
+    await running.services.accounting.flush()
+    body = (await running.client.get("/events/count", params={"client_id": "client_acme_corp"})).json()
+    assert body["total_events"] == 2
+    [today] = body["days"]
+    assert (today["accepted"], today["stored"], today["rejected"], today["received"]) == (2, 2, {"invalid_event": 1}, 3)
+    letters = (await running.client.get("/dead-letters", params={"limit": 10})).json()
+    assert {(d["reason"], d["client_id"], d["domain"]) for d in letters} == {
+        ("invalid_event", "client_acme_corp", "acme.com"),
+        ("domain_not_authorized", None, "stranger.net"),
+        ("invalid_json", None, None),
+    }
+    assert any('"no":"type"' in d["payload"] for d in letters)
+    only = (await running.client.get("/dead-letters", params={"reason": "invalid_json"})).json()
+    assert [d["payload"] for d in only] == ["{oops"]
