@@ -108,6 +108,7 @@ def create_app(settings: Settings) -> CollectorApp:
             buffer = WriteBehindBuffer(
                 storage,
                 max_events=settings.buffer_max_events,
+                max_bytes=settings.buffer_max_bytes,
                 flush_max_events=settings.flush_max_events,
                 flush_interval_s=settings.flush_interval_s,
                 drain_timeout_s=settings.drain_timeout_s,

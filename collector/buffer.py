@@ -46,6 +46,7 @@ class _Item:
     """One request's rows: an item per request, not per event, keeps the hot path cheap."""
 
     rows: Sequence[Row]
+    size: int  # bytes of the rows
     client_id: str | None
     enqueued_at: float
     done: asyncio.Future[None] | None  # on the request's (main) loop; set once the rows are stored
@@ -74,6 +75,7 @@ class WriteBehindBuffer:
         sink: Sink,
         *,
         max_events: int,
+        max_bytes: int,
         flush_max_events: int,
         flush_interval_s: float,
         drain_timeout_s: float,
@@ -81,16 +83,19 @@ class WriteBehindBuffer:
     ) -> None:
         self._sink = sink
         self.capacity = max_events
+        self.max_bytes = max_bytes
         self._flush_max = flush_max_events
         self._interval = flush_interval_s
         self._drain_timeout = drain_timeout_s
         # While PostgreSQL fails, batches stay in memory (and are retried) until the buffer is this full.
         self._high_water = int(max_events * spill_at)
+        self._high_water_bytes = int(max_bytes * spill_at)
         # Shared between the request loop and the flusher thread; every field below is guarded by _lock.
         self._lock = threading.Lock()
         self._queue: deque[_Item] = deque()
         self._queued = 0  # events in _queue
         self._writing = 0  # events taken by the flusher, not yet committed
+        self._bytes = 0  # bytes of the rows queued or being written
         self._waiters = 0  # items in _queue that a request awaits
         self._inflight: list[_Item] = []  # the items of the batch being written
         self._closing = False
@@ -113,6 +118,11 @@ class WriteBehindBuffer:
     def depth(self) -> int:
         """Events held only in memory: queued plus the batch being written."""
         return self._queued + self._writing
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the rows held only in memory."""
+        return self._bytes
 
     @property
     def accepting(self) -> bool:
@@ -149,13 +159,18 @@ class WriteBehindBuffer:
         self, rows: Sequence[Row], client_id: str | None, done: asyncio.Future[None] | None, force: bool = False
     ) -> None:
         n = len(rows)
+        size = sum(map(len, rows))
         with self._lock:
             if self._closing and not force:
                 raise ShuttingDown("the collector is shutting down; send again shortly")
-            if self._queued + self._writing + n > self.capacity:
-                raise BufferFull(f"the buffer holds {self.depth} of {self.capacity} events; send again shortly")
-            self._queue.append(_Item(rows, client_id, time.monotonic(), done))
+            if self._queued + self._writing + n > self.capacity or self._bytes + size > self.max_bytes:
+                raise BufferFull(
+                    f"the buffer holds {self.depth} events ({self._bytes} bytes) of {self.capacity}"
+                    f" ({self.max_bytes} bytes); send again shortly"
+                )
+            self._queue.append(_Item(rows, size, client_id, time.monotonic(), done))
             self._queued += n
+            self._bytes += size
             if done is not None:
                 self._waiters += 1
             # Wake a sleeping flusher only when it has something new to do: time a first item, or flush now.
@@ -198,7 +213,7 @@ class WriteBehindBuffer:
             lost = self._queued + self._writing
             self._queue.clear()
             self._inflight = []
-            self._queued = self._writing = self._waiters = 0
+            self._queued = self._writing = self._waiters = self._bytes = 0
         self.stats.lost_on_close += lost
         for item in items:
             if item.done is not None and not item.done.done():
@@ -299,6 +314,7 @@ class WriteBehindBuffer:
             )  # fmt: skip
         with self._lock:
             self._writing = 0
+            self._bytes -= sum(item.size for item in items)
             self._inflight = []
         waiting = [item.done for item in items if item.done is not None]
         if waiting:
@@ -312,6 +328,7 @@ class WriteBehindBuffer:
                 self._closing
                 or bool(self._waiters)
                 or self._queued + self._writing >= self._high_water
+                or self._bytes >= self._high_water_bytes
                 or any(item.done is not None for item in self._inflight)
             )
 

@@ -50,6 +50,7 @@ class Settings:
     flush_max_events: int = 1000
     flush_interval_ms: int = 50
     buffer_max_events: int = 100_000
+    buffer_max_bytes: int = 64 * 1024 * 1024
     drain_timeout_s: float = 20.0
     copy_timeout_s: float = 10.0
     journal_max_bytes: int = 1024 * 1024 * 1024
@@ -105,7 +106,7 @@ class Settings:
         """Cross-field rules; raises SettingsError naming the variable."""
         positive = (
             "port", "workers", "database_pool_size", "flush_max_events", "flush_interval_ms",
-            "buffer_max_events", "max_body_bytes", "max_events_per_request", "max_event_bytes",
+            "buffer_max_events", "buffer_max_bytes", "max_body_bytes", "max_events_per_request", "max_event_bytes",
             "export_batch_size", "auth_cache_size", "journal_max_bytes", "journal_segment_bytes", "copy_timeout_s",
         )  # fmt: skip
         for name in positive:
