@@ -252,9 +252,11 @@ class WriteBehindBuffer:
         assert self._wakeup is not None
         while True:
             with self._lock:
-                idle = not self._queue
-            if idle and not self._closing and await self._sink.replay_step():
-                continue  # journal replay, a record at a time, whenever live events leave room
+                urgent = self._closing or self._waiters or self._queued >= self._flush_max
+            if not urgent and await self._sink.replay_step():
+                # Journal replay, a record at a time, whenever no live flush is due: under steady load the queue
+                # is never empty, so waiting for an idle moment would starve the replay.
+                continue
             # Either flush now, or sleep until woken or `wait_s` seconds pass (None: until woken).
             wait_s: float | None = 0.0
             with self._lock:

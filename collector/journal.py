@@ -257,6 +257,13 @@ class Journal:
                              item.offset, target)  # fmt: skip
         return records
 
+    def quarantine(self, segment: Path) -> None:
+        """Move a whole segment aside (it cannot be read), out of the replay and of `size`."""
+        size = segment.stat().st_size
+        os.rename(segment, self.root / "quarantine" / f"{self.dir.name}-{segment.name}")
+        self.size -= size
+        self.stats.corrupt_records += 1
+
     def remove(self, segment: Path) -> None:
         """Delete a segment once every record in it is committed to PostgreSQL."""
         size = segment.stat().st_size

@@ -118,7 +118,13 @@ class Storage:
             segment = journal.oldest_segment()
             if segment is None:
                 return False
-            self._replaying = (segment, deque(journal.records(segment)))
+            try:
+                self._replaying = (segment, deque(journal.records(segment)))
+            except OSError:
+                # Unreadable: set it aside rather than fail on it again and again.
+                logger.exception("Journal: cannot read %s; moving it to quarantine", segment.name)
+                journal.quarantine(segment)
+                return True
         segment, records = self._replaying
         if records:
             record = records[0]

@@ -158,3 +158,22 @@ async def test_per_client_counts_and_dead_letters_add_up(running_admin: MakeApp,
     assert any('"no":"type"' in d["payload"] for d in letters)
     only = (await running.client.get("/dead-letters", params={"reason": "invalid_json"})).json()
     assert [d["payload"] for d in only] == ["{oops"]
+
+
+async def test_replay_is_not_starved_by_steady_load(make_app: MakeApp, db: asyncpg.Connection, tmp_path: Path) -> None:
+    """An adopted journal is replayed while live events keep arriving, not only when the buffer is idle."""
+    dead = Journal(tmp_path / "data" / "journal", max_bytes=1 << 22, segment_bytes=1 << 14)
+    for _ in range(20):
+        dead.append(os.urandom(16), records(50, "left-behind"), {"client_acme_corp": 50})
+    dead._close_active()
+    os.close(dead._lock_fd)
+    running = await make_app(flush_interval_ms=200)
+    sent = 0
+    async with asyncio.timeout(20):
+        while (await running.client.get("/health")).json()["journal"]["bytes"]:
+            assert (await running.post({"eventType": "live", "siteId": "acme.com"})).status_code == 202
+            sent += 1
+    assert sent > 0, "the load was running while the journal drained"
+    await running.services.buffer.drain()
+    assert await db.fetchval("SELECT count(*) FROM events_log WHERE session_id = 'left-behind'") == 1000
+    assert await db.fetchval("SELECT count(*) FROM events_log WHERE event_type = 'live'") == sent
