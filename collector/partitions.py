@@ -1,4 +1,4 @@
-"""PartitionMaintainer: keeps tomorrow's daily partitions of events_log created ahead of time."""
+"""PartitionMaintainer: creates daily partitions of events_log ahead of time and prunes old batch ids."""
 
 from __future__ import annotations
 
@@ -33,5 +33,6 @@ class PartitionMaintainer:
             await asyncio.sleep(self._interval)
             try:
                 await self._store.ensure_partitions(datetime.now(UTC).date())
+                await self._store.prune_batches()
             except Exception:  # the DEFAULT partition still takes rows; try again next round
-                logger.exception("Creating daily partitions failed")
+                logger.exception("Daily partition maintenance failed")

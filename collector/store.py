@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 # One key for every schema change across workers and instances; an arbitrary constant of ours.
 SCHEMA_LOCK_KEY = 0x636F6C6C_6563_7401
 PARTITION_DAYS_AHEAD = 2
+BATCH_IDS_KEPT_DAYS = 7
 
 
 def _encode_jsonb(value: Any) -> bytes:
@@ -136,6 +137,13 @@ class EventStore:
         if created:
             logger.info("Created partitions %s", ", ".join(created))
         return created
+
+    async def prune_batches(self, keep_days: int = BATCH_IDS_KEPT_DAYS) -> int:
+        """Forget batch ids older than `keep_days`: a journal older than that would be replayed without dedup."""
+        status = await self.pool.execute(
+            "DELETE FROM ingest_batches WHERE committed_at < now() - make_interval(days => $1)", keep_days
+        )
+        return int(status.split()[-1])
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
         """True if a connection answers a trivial query within `timeout_s` seconds."""

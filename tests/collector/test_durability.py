@@ -177,3 +177,17 @@ async def test_replay_is_not_starved_by_steady_load(make_app: MakeApp, db: async
     await running.services.buffer.drain()
     assert await db.fetchval("SELECT count(*) FROM events_log WHERE session_id = 'left-behind'") == 1000
     assert await db.fetchval("SELECT count(*) FROM events_log WHERE event_type = 'live'") == sent
+
+
+async def test_old_batch_ids_are_pruned(database_url: str, db: asyncpg.Connection) -> None:
+    """Batch ids older than the kept days are deleted; recent ones stay (they guard replays)."""
+    store = await EventStore.open(database_url, min_size=1, max_size=1, durable=False)
+    try:
+        await db.execute(
+            "INSERT INTO ingest_batches (batch_id, row_count, committed_at) VALUES"
+            " ('\\x01'::bytea, 1, now() - interval '8 days'), ('\\x02'::bytea, 1, now() - interval '1 day')"
+        )
+        assert await store.prune_batches(keep_days=7) == 1
+        assert await db.fetchval("SELECT count(*) FROM ingest_batches") == 1
+    finally:
+        await store.close()
