@@ -36,5 +36,11 @@ bench: install
 	@command -v wrk || { if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; else echo "install wrk (apt-get install wrk)"; exit 1; fi; }
 	$(BIN)/python deploy/bench/bench.py
 
+# Fault injection, long variants: SIGKILLs, PostgreSQL restarts, outages and hangs under load; prints the figures.
+# (The fast variants run in `make test`.)
+.PHONY: faults
+faults: install
+	FAULTS_LONG=1 $(BIN)/python -m pytest -m faults tests/faults -v -s
+
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

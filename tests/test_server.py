@@ -3,110 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
+from tests.harness import Ledger, collector_process, stored_ids, wait_until_live
+
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextmanager
-def collector_process(
-    database_url: str | None, tmp_path: Path, **env: str
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Start `python -m collector` on a free loopback port (no DATABASE_URL: embedded); kill it if left running."""
-    port = free_port()
-    log = (tmp_path / "collector.log").open("wb")
-    inherited = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    full_env = {
-        **inherited,
-        **({"DATABASE_URL": database_url} if database_url else {}),
-        "PORT": str(port),
-        "DATABASE_POOL_SIZE": "2",
-        "DATABASE_MAX_OVERFLOW": "2",
-        "DATA_DIR": str(tmp_path / "data"),
-        **env,
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "collector"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield proc, f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-async def wait_until_live(proc: subprocess.Popen[bytes], url: str) -> None:
-    async with httpx.AsyncClient() as client, asyncio.timeout(30):
-        while True:
-            assert proc.poll() is None, "the collector exited during startup"
-            try:
-                if (await client.get(f"{url}/livez")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-
-
-class Ledger:
-    """The load driver's record of every event id the collector acknowledged with a 2xx."""
-
-    def __init__(self) -> None:
-        self.acked: set[uuid.UUID] = set()
-        self.refused = 0
-        self.pids: set[int] = set()
-
-    async def drive(self, url: str, stop: asyncio.Event, *, connections: int = 8, batch: int = 5) -> None:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
-            await asyncio.gather(*(self._loop(client, stop, batch) for _ in range(connections)))
-
-    async def _loop(self, client: httpx.AsyncClient, stop: asyncio.Event, batch: int) -> None:
-        while not stop.is_set():
-            ids = [uuid.uuid4() for _ in range(batch)]
-            payload = {
-                "eventType": "batch",
-                "siteId": "localhost",
-                "sessionId": "load",
-                "events": [{"eventType": "load", "eventId": str(i)} for i in ids],
-            }
-            try:
-                response = await client.post("/collect", json=payload)
-            except httpx.TransportError:
-                self.refused += 1
-                await asyncio.sleep(0.01)
-                continue
-            if 200 <= response.status_code < 300:
-                self.acked.update(ids)
-            else:
-                assert response.status_code == 503, response.text
-                self.refused += 1
-
-
-async def stored_ids(database_url: str) -> set[uuid.UUID]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return {r["event_id"] for r in await conn.fetch("SELECT event_id FROM events_log WHERE event_type = 'load'")}
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
