@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 SCHEMA_LOCK_KEY = 0x636F6C6C_6563_7401
 PARTITION_DAYS_AHEAD = 2
 BATCH_IDS_KEPT_DAYS = 7
+# Admin and maintenance queries: a hung server must not hold a request (or a schema migration) forever.
+QUERY_TIMEOUT_S = 60.0
 
 
 def _encode_jsonb(value: Any) -> bytes:
@@ -72,8 +74,9 @@ class EventStore:
         while True:
             try:
                 pool = await asyncpg.create_pool(
-                    dsn, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=server_settings
-                )
+                    dsn, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=server_settings,
+                    command_timeout=QUERY_TIMEOUT_S,
+                )  # fmt: skip
                 break
             except (OSError, asyncpg.PostgresError) as exc:
                 if asyncio.get_running_loop().time() + delay > deadline:
@@ -146,14 +149,27 @@ class EventStore:
         return int(status.split()[-1])
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
-        """True if a connection answers a trivial query within `timeout_s` seconds."""
+        """True if a connection answers a trivial query within `timeout_s` seconds; never waits much longer.
+
+        A connection that did not answer is terminated rather than released: releasing it would wait, with no
+        limit, for a cancel request a hung server never answers.
+        """
+        errors = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
         try:
-            async with asyncio.timeout(timeout_s):
-                async with self.pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn = await self.pool.acquire(timeout=timeout_s)
+        except errors:
             return False
-        return True
+        try:
+            await conn.fetchval("SELECT 1", timeout=timeout_s)
+            return True
+        except errors:
+            conn.terminate()
+            return False
+        finally:
+            try:
+                await self.pool.release(conn, timeout=timeout_s)
+            except errors:
+                conn.terminate()
 
     async def count(self, client_id: str | None) -> int:
         """Rows stored (all clients, or one): from the flusher's per-client daily counts, not a scan of events_log."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -54,11 +55,13 @@ class CopyWriter:
         """
         conn = self._conn
         if conn is None or conn.is_closed():
+            # command_timeout also bounds what asyncpg sends on its own (BEGIN, COMMIT): a hung server must not
+            # hold the flusher on any statement.
             conn = self._conn = await asyncpg.connect(
-                self._dsn, server_settings=self._server_settings, timeout=self._timeout
+                self._dsn, server_settings=self._server_settings, timeout=self._timeout, command_timeout=self._timeout
             )
         try:
-            async with conn.transaction():
+            async with asyncio.timeout(self._timeout * 4), conn.transaction():
                 claimed = await conn.fetchval(
                     _CLAIM_BATCH, batch_id, len(rows), list(clients), list(clients.values()), timeout=self._timeout
                 )

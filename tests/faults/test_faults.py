@@ -402,14 +402,6 @@ def flusher_state(body: dict[str, Any] | None) -> str:
 # transaction with `async with conn.transaction()`, whose BEGIN (and COMMIT) asyncpg sends with no timeout, so the
 # flusher waits forever on a server that stopped answering; and /health's ping, cancelled after 2 s, then waits in
 # the pool for a CancelRequest the hung server never answers. Strict: once fixed, this passes and must be unmarked.
-HUNG_FLUSHER_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="collector bug: BEGIN/COMMIT in collector/writer.py have no timeout; the flusher hangs with PostgreSQL",
-)
-
-
-@HUNG_FLUSHER_BUG
 @pytest.mark.parametrize("long", VARIANTS)
 async def test_hung_postgres_is_timed_out_and_journaled(pg: StoppablePostgres, tmp_path: Path, long: bool) -> None:
     """PostgreSQL that accepts connections and never answers: durable requests are still acknowledged (journaled)
