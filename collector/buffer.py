@@ -250,12 +250,14 @@ class WriteBehindBuffer:
 
     async def _run(self) -> None:
         assert self._wakeup is not None
+        replay_turn = False
         while True:
             with self._lock:
                 urgent = self._closing or self._waiters or self._queued >= self._flush_max
-            if not urgent and await self._sink.replay_step():
-                # Journal replay, a record at a time, whenever no live flush is due: under steady load the queue
-                # is never empty, so waiting for an idle moment would starve the replay.
+            # Journal replay, a record at a time: whenever no live flush is due, and after every live flush even
+            # when one is (under durable load a request always waits, so "when idle" would starve the replay).
+            if (not urgent or replay_turn) and await self._sink.replay_step():
+                replay_turn = False
                 continue
             # Either flush now, or sleep until woken or `wait_s` seconds pass (None: until woken).
             wait_s: float | None = 0.0
@@ -272,6 +274,7 @@ class WriteBehindBuffer:
                     self._wakeup.clear()
             if wait_s == 0.0:
                 await self._flush(self._take())
+                replay_turn = True
                 continue
             try:
                 async with asyncio.timeout(wait_s):

@@ -12,19 +12,23 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from collector.journal import Journal, JournalFull, Record
-from collector.writer import PermanentWriteError
+from collector.writer import Batch, PermanentWriteError
 
 logger = logging.getLogger(__name__)
+
+REPLAY_ROWS = 10_000  # rows per replay transaction
 
 
 class BatchWriter(Protocol):
     async def copy_batch(self, batch_id: bytes, rows: list[bytes], clients: dict[str, int]) -> bool: ...
+
+    async def copy_batches(self, batches: Sequence[Batch]) -> set[bytes]: ...
 
     async def close(self) -> None: ...
 
@@ -127,20 +131,38 @@ class Storage:
                 return True
         segment, records = self._replaying
         if records:
-            record = records[0]
+            # Durable group commits journal many small records: replay them several to a transaction.
+            chunk = [records[0]]
+            size = len(records[0].rows)
+            while len(chunk) < len(records) and size + len(records[len(chunk)].rows) <= REPLAY_ROWS:
+                size += len(records[len(chunk)].rows)
+                chunk.append(records[len(chunk)])
             try:
-                dropped = await self._copy(record.batch_id, record.rows, record.clients)
+                dropped = await self._replay(chunk)
             except Exception as exc:
-                self._failed(exc, len(record.rows))
+                self._failed(exc, size)
                 return False
             self._recovered()
-            records.popleft()
-            self.stats.replayed += len(record.rows) - dropped
+            for _ in chunk:
+                records.popleft()
+            self.stats.replayed += size - dropped
         if not records:
             journal.remove(segment)
             self._replaying = None
             logger.info("Journal: replayed %s; %d bytes left", segment.name, journal.size)
         return not journal.empty
+
+    async def _replay(self, records: list[Record]) -> int:
+        """Commit journal records in one transaction (one at a time if one of them is refused); return rows dropped."""
+        try:
+            claimed = await self._writer.copy_batches([(r.batch_id, r.rows, r.clients) for r in records])
+        except PermanentWriteError:
+            dropped = 0
+            for record in records:
+                dropped += await self._copy(record.batch_id, record.rows, record.clients)
+            return dropped
+        self.stats.deduplicated += sum(len(r.rows) for r in records if r.batch_id not in claimed)
+        return 0
 
     async def _copy(self, batch_id: bytes, rows: list[bytes], clients: dict[str, int]) -> int:
         """Commit the batch (once, whatever the retries); return how many unstorable rows were dropped."""

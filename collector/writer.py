@@ -26,6 +26,21 @@ SELECT count(*) FROM batch
 """
 
 
+# The same for several batches at once (journal replay): returns the ids that were new; only their rows are copied.
+_CLAIM_BATCHES = """
+INSERT INTO ingest_batches (batch_id, row_count) SELECT * FROM unnest($1::bytea[], $2::int[])
+ON CONFLICT (batch_id) DO NOTHING
+RETURNING batch_id
+"""
+_COUNT_STORED = """
+INSERT INTO client_daily_counts AS c (day, client_id, metric, count)
+SELECT (now() AT TIME ZONE 'UTC')::date, client, 'stored', n FROM unnest($1::text[], $2::bigint[]) AS u(client, n)
+ON CONFLICT (day, client_id, metric) DO UPDATE SET count = c.count + EXCLUDED.count
+"""
+
+Batch = tuple[bytes, Sequence[bytes], dict[str, int]]  # batch id, rows, rows per client
+
+
 class PermanentWriteError(Exception):
     """PostgreSQL refused the rows' content (not a connection problem): retrying the same rows cannot help."""
 
@@ -53,13 +68,7 @@ class CopyWriter:
         Raises PermanentWriteError when PostgreSQL refuses the content, anything else when it could not answer
         (within `timeout_s` seconds per statement: a hung server must not hang the flusher).
         """
-        conn = self._conn
-        if conn is None or conn.is_closed():
-            # command_timeout also bounds what asyncpg sends on its own (BEGIN, COMMIT): a hung server must not
-            # hold the flusher on any statement.
-            conn = self._conn = await asyncpg.connect(
-                self._dsn, server_settings=self._server_settings, timeout=self._timeout, command_timeout=self._timeout
-            )
+        conn = await self._connection()
         try:
             async with asyncio.timeout(self._timeout * 4), conn.transaction():
                 claimed = await conn.fetchval(
@@ -82,6 +91,48 @@ class CopyWriter:
             conn.terminate()
             raise
         return True
+
+    async def copy_batches(self, batches: Sequence[Batch]) -> set[bytes]:
+        """Store several batches in one transaction (journal replay: records are small, round trips are not);
+        return the ids that were new. Raises like copy_batch."""
+        conn = await self._connection()
+        try:
+            async with asyncio.timeout(self._timeout * 4), conn.transaction():
+                claimed_rows = await conn.fetch(
+                    _CLAIM_BATCHES, [b[0] for b in batches], [len(b[1]) for b in batches], timeout=self._timeout
+                )
+                claimed = {r["batch_id"] for r in claimed_rows}
+                new = [b for b in batches if b[0] in claimed]
+                if new:
+                    clients: dict[str, int] = {}
+                    for _, _, counts in new:
+                        for client, n in counts.items():
+                            clients[client] = clients.get(client, 0) + n
+                    await conn.execute(_COUNT_STORED, list(clients), list(clients.values()), timeout=self._timeout)
+                    await conn.copy_to_table(
+                        "events_log",
+                        source=_one_chunk(copyformat.payload([row for b in new for row in b[1]])),
+                        columns=copyformat.COLUMNS,
+                        format="binary",
+                        timeout=self._timeout,
+                    )
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            raise PermanentWriteError(str(exc)) from exc
+        except BaseException:
+            self._conn = None
+            conn.terminate()
+            raise
+        return claimed
+
+    async def _connection(self) -> asyncpg.Connection:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            # command_timeout also bounds what asyncpg sends on its own (BEGIN, COMMIT): a hung server must not
+            # hold the flusher on any statement.
+            conn = self._conn = await asyncpg.connect(
+                self._dsn, server_settings=self._server_settings, timeout=self._timeout, command_timeout=self._timeout
+            )
+        return conn
 
     async def close(self) -> None:
         if self._conn is not None:
