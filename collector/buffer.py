@@ -262,6 +262,13 @@ class WriteBehindBuffer:
             # Either flush now, or sleep until woken or `wait_s` seconds pass (None: until woken).
             wait_s: float | None = 0.0
             with self._lock:
+                closing_and_done = self._closing and not self._queue
+            if closing_and_done:
+                # What time is left of the drain goes to the journal; what remains of it waits for the next start.
+                if not self._sink.failing and await self._sink.replay_step():
+                    continue
+                return
+            with self._lock:
                 if not self._queue:
                     if self._closing:
                         return
