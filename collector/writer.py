@@ -9,21 +9,25 @@ import asyncpg
 
 from collector import copyformat
 
-# Records the batch and counts its rows per client, only if the batch is new; the COPY follows in the same
-# transaction. A retried or replayed batch finds its id and the whole transaction stores nothing.
-_CLAIM_BATCH = """
-WITH batch AS (
-    INSERT INTO ingest_batches (batch_id, row_count) VALUES ($1, $2)
-    ON CONFLICT (batch_id) DO NOTHING
-    RETURNING 1
-), counts AS (
-    INSERT INTO client_daily_counts AS c (day, client_id, metric, count)
-    SELECT (now() AT TIME ZONE 'UTC')::date, client, 'stored', n FROM unnest($3::text[], $4::bigint[]) AS u(client, n)
-    WHERE EXISTS (SELECT FROM batch)
-    ON CONFLICT (day, client_id, metric) DO UPDATE SET count = c.count + EXCLUDED.count
-)
-SELECT count(*) FROM batch
-"""
+
+def _claim_script(batch_id: bytes, rows: int, clients: dict[str, int]) -> str:
+    """BEGIN, then claim the batch id (a unique violation if it was committed before: the caller rolls back) and
+    count the rows per client; the COPY and COMMIT follow. A simple-query script so that it is one round trip:
+    every value is ours (hex, integers, client ids validated at authorization), quoted all the same."""
+    statements = [
+        "BEGIN",
+        f"INSERT INTO ingest_batches (batch_id, row_count) VALUES ('\\x{batch_id.hex()}'::bytea, {int(rows)})",
+    ]
+    if clients:
+        values = ", ".join(
+            f"((now() AT TIME ZONE 'UTC')::date, '{client.replace(chr(39), chr(39) * 2)}', 'stored', {int(n)})"
+            for client, n in clients.items()
+        )
+        statements.append(
+            f"INSERT INTO client_daily_counts AS c (day, client_id, metric, count) VALUES {values}"
+            " ON CONFLICT (day, client_id, metric) DO UPDATE SET count = c.count + EXCLUDED.count"
+        )
+    return ";\n".join(statements)
 
 
 # The same for several batches at once (journal replay): returns the ids that were new; only their rows are copied.
@@ -70,21 +74,27 @@ class CopyWriter:
         """
         conn = await self._connection()
         try:
-            async with asyncio.timeout(self._timeout * 4), conn.transaction():
-                claimed = await conn.fetchval(
-                    _CLAIM_BATCH, batch_id, len(rows), list(clients), list(clients.values()), timeout=self._timeout
-                )
-                if not claimed:
-                    return False
-                await conn.copy_to_table(
-                    "events_log",
-                    source=_one_chunk(copyformat.payload(list(rows))),
-                    columns=copyformat.COLUMNS,
-                    format="binary",
-                    timeout=self._timeout,
-                )
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            raise PermanentWriteError(str(exc)) from exc
+            async with asyncio.timeout(self._timeout * 4):
+                try:
+                    # BEGIN, the claim and the counts in one message: a durable request waits for every round trip.
+                    await conn.execute(_claim_script(batch_id, len(rows), clients), timeout=self._timeout)
+                except asyncpg.UniqueViolationError:
+                    await conn.execute("ROLLBACK", timeout=self._timeout)
+                    return False  # committed before: a retry after a lost answer, or a replay
+                try:
+                    await conn.copy_to_table(
+                        "events_log",
+                        source=_one_chunk(copyformat.payload(list(rows))),
+                        columns=copyformat.COLUMNS,
+                        format="binary",
+                        timeout=self._timeout,
+                    )
+                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                    await conn.execute("ROLLBACK", timeout=self._timeout)
+                    raise PermanentWriteError(str(exc)) from exc
+                await conn.execute("COMMIT", timeout=self._timeout)
+        except PermanentWriteError:
+            raise
         except BaseException:
             # After a failed or cancelled statement the session's state is unknown: start the next one afresh.
             self._conn = None
