@@ -60,18 +60,6 @@ def text(value: str | None) -> bytes:
 cached_text = lru_cache(maxsize=16384)(text)
 
 
-def raw(value: bytes | None) -> bytes:
-    """A field whose binary value is already made (jsonb with its version byte, inet from inet())."""
-    if value is None:
-        return NULL
-    return _length(len(value)) + value
-
-
-def uuid(value: bytes) -> bytes:
-    """A uuid field from its 16 bytes."""
-    return UUID_LENGTH + value
-
-
 def timestamp(value: datetime) -> bytes:
     """A timestamptz field: microseconds since 2000-01-01 UTC. `value` must be timezone-aware."""
     return TIMESTAMP_LENGTH + _int64((value - _PG_EPOCH) // _MICROSECOND)

@@ -42,8 +42,6 @@ class JournalFull(Exception):
 class JournalStats:
     records_written: int = 0
     rows_written: int = 0
-    records_replayed: int = 0
-    rows_replayed: int = 0
     torn_tails: int = 0
     corrupt_records: int = 0
     adopted_segments: int = 0
