@@ -82,13 +82,7 @@ class CopyWriter:
                     await conn.execute("ROLLBACK", timeout=self._timeout)
                     return False  # committed before: a retry after a lost answer, or a replay
                 try:
-                    await conn.copy_to_table(
-                        "events_log",
-                        source=_one_chunk(copyformat.payload(list(rows))),
-                        columns=copyformat.COLUMNS,
-                        format="binary",
-                        timeout=self._timeout,
-                    )
+                    await self._copy_rows(conn, list(rows))
                 except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                     await conn.execute("ROLLBACK", timeout=self._timeout)
                     raise PermanentWriteError(str(exc)) from exc
@@ -119,13 +113,7 @@ class CopyWriter:
                         for client, n in counts.items():
                             clients[client] = clients.get(client, 0) + n
                     await conn.execute(_COUNT_STORED, list(clients), list(clients.values()), timeout=self._timeout)
-                    await conn.copy_to_table(
-                        "events_log",
-                        source=_one_chunk(copyformat.payload([row for b in new for row in b[1]])),
-                        columns=copyformat.COLUMNS,
-                        format="binary",
-                        timeout=self._timeout,
-                    )
+                    await self._copy_rows(conn, [row for b in new for row in b[1]])
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             raise PermanentWriteError(str(exc)) from exc
         except BaseException:
@@ -133,6 +121,15 @@ class CopyWriter:
             conn.terminate()
             raise
         return claimed
+
+    async def _copy_rows(self, conn: asyncpg.Connection, rows: list[bytes]) -> None:
+        await conn.copy_to_table(
+            "events_log",
+            source=_one_chunk(copyformat.payload(rows)),
+            columns=copyformat.COLUMNS,
+            format="binary",
+            timeout=self._timeout,
+        )
 
     async def _connection(self) -> asyncpg.Connection:
         conn = self._conn
