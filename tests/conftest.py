@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -57,6 +58,18 @@ async def pixel() -> AsyncIterator[PixelManagement]:
     await server.start()
     yield server
     await server.stop()
+
+
+async def count_rows(db: asyncpg.Connection) -> int:
+    """Rows in events_log."""
+    return int(await db.fetchval("SELECT count(*) FROM events_log"))
+
+
+async def wait_for_rows(db: asyncpg.Connection, expected: int, timeout_s: float = 15.0) -> None:
+    """Poll until events_log holds `expected` rows (flushes and replays happen in the background)."""
+    async with asyncio.timeout(timeout_s):
+        while await count_rows(db) != expected:
+            await asyncio.sleep(0.02)
 
 
 @dataclasses.dataclass

@@ -8,17 +8,7 @@ import logging
 import asyncpg
 import pytest
 
-from tests.conftest import MakeApp
-
-
-async def count(db: asyncpg.Connection, table: str = "events_log") -> int:
-    return int(await db.fetchval(f"SELECT count(*) FROM {table}"))
-
-
-async def wait_for_count(db: asyncpg.Connection, expected: int, timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while await count(db) != expected:
-            await asyncio.sleep(0.02)
+from tests.conftest import MakeApp, count_rows, wait_for_rows
 
 
 async def test_flush_by_size(make_app: MakeApp, db: asyncpg.Connection) -> None:
@@ -27,9 +17,9 @@ async def test_flush_by_size(make_app: MakeApp, db: asyncpg.Connection) -> None:
     batch = {"eventType": "batch", "siteId": "acme.com", "events": [{"eventType": "e"}] * 4}
     assert (await running.post(batch)).status_code == 202
     await asyncio.sleep(0.3)
-    assert await count(db) == 0, "four events are below the size threshold and the interval is a minute"
+    assert await count_rows(db) == 0, "four events are below the size threshold and the interval is a minute"
     assert (await running.post({"eventType": "fifth", "siteId": "acme.com"})).status_code == 202
-    await wait_for_count(db, 5)
+    await wait_for_rows(db, 5)
 
 
 async def test_flush_by_time(make_app: MakeApp, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture) -> None:
@@ -37,8 +27,8 @@ async def test_flush_by_time(make_app: MakeApp, db: asyncpg.Connection, caplog: 
     caplog.set_level(logging.INFO, logger="collector.buffer")
     running = await make_app(flush_max_events=1000, flush_interval_ms=300)
     assert (await running.post({"eventType": "lonely", "siteId": "acme.com"})).status_code == 202
-    assert await count(db) == 0
-    await wait_for_count(db, 1)
+    assert await count_rows(db) == 0
+    await wait_for_rows(db, 1)
     assert "Bulk inserted 1 events for 1 client(s) in" in caplog.text
 
 
@@ -62,7 +52,7 @@ async def test_copy_failure_keeps_the_batch_and_recovers(
         assert health.json()["buffer"]["depth"] == 10
     finally:
         await db.execute("ALTER TABLE events_log_away RENAME TO events_log")
-    await wait_for_count(db, 10, timeout_s=15)
+    await wait_for_rows(db, 10, timeout_s=15)
     assert len({r["event_type"] for r in await db.fetch("SELECT event_type FROM events_log")}) == 10
     assert not running.services.buffer.failing
     assert caplog.text.count("failed; retrying") == 1, "one log line per failure streak"
@@ -91,7 +81,7 @@ async def test_full_buffer_answers_503_with_retry_after(make_app: MakeApp, db: a
         assert ready.status_code == 503 and "buffer_full" in ready.json()["reasons"]
     finally:
         await db.execute("ALTER TABLE events_log_away RENAME TO events_log")
-    await wait_for_count(db, 3, timeout_s=15)
+    await wait_for_rows(db, 3, timeout_s=15)
 
 
 async def test_durable_mode_answers_after_the_rows_are_visible(make_app: MakeApp, db: asyncpg.Connection) -> None:
@@ -100,7 +90,7 @@ async def test_durable_mode_answers_after_the_rows_are_visible(make_app: MakeApp
     response = await running.post({"eventType": "batch", "siteId": "acme.com", "events": [{"eventType": "a"}] * 3})
     assert response.status_code == 200
     assert response.json()["message"] == "3 event(s) received and stored"
-    assert await count(db) == 3, "a durable answer must not wait for, or run ahead of, the flush"
+    assert await count_rows(db) == 3, "a durable answer must not wait for, or run ahead of, the flush"
 
 
 async def test_durable_requests_share_commits(make_app: MakeApp, db: asyncpg.Connection) -> None:
@@ -108,7 +98,7 @@ async def test_durable_requests_share_commits(make_app: MakeApp, db: asyncpg.Con
     running = await make_app(ack_mode="durable", flush_interval_ms=5000)
     responses = await asyncio.gather(*(running.post({"eventType": f"e{i}", "siteId": "acme.com"}) for i in range(50)))
     assert {r.status_code for r in responses} == {200}
-    assert await count(db) == 50
+    assert await count_rows(db) == 50
     assert running.services.buffer.stats.batches < 50
 
 

@@ -13,17 +13,7 @@ from collector.events import EventParser, RequestContext, parse_body
 from collector.journal import Journal
 from collector.storage import Storage
 from collector.store import EventStore
-from tests.conftest import MakeApp
-
-
-async def count(db: asyncpg.Connection) -> int:
-    return int(await db.fetchval("SELECT count(*) FROM events_log"))
-
-
-async def wait_for_count(db: asyncpg.Connection, expected: int, timeout_s: float = 15.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while await count(db) != expected:
-            await asyncio.sleep(0.05)
+from tests.conftest import MakeApp, count_rows, wait_for_rows
 
 
 def records(n: int, session: str = "s") -> list[bytes]:
@@ -61,7 +51,7 @@ async def test_durable_requests_are_journaled_while_postgres_fails_then_replayed
         assert health["flusher"]["failing"] is True
     finally:
         await db.execute("ALTER TABLE events_log_away RENAME TO events_log")
-    await wait_for_count(db, 30)
+    await wait_for_rows(db, 30)
     stored = {str(r["event_id"]) for r in await db.fetch("SELECT event_id FROM events_log")}
     assert stored == set(ids)
     async with asyncio.timeout(10):
@@ -93,7 +83,7 @@ async def test_a_batch_committed_before_is_not_stored_again(
             pass
         assert storage.journal.empty
         assert storage.stats.deduplicated == 5
-        assert await count(db) == 5
+        assert await count_rows(db) == 5
         stored = await db.fetchval(
             "SELECT count FROM client_daily_counts WHERE client_id = 'client_acme_corp' AND metric = 'stored'"
         )
@@ -112,7 +102,7 @@ async def test_a_journal_left_by_a_dead_worker_is_replayed_at_startup(
     dead._close_active()
     os.close(dead._lock_fd)  # what a SIGKILL leaves: the files, and the lock released
     running = await make_app()
-    await wait_for_count(db, 7)
+    await wait_for_rows(db, 7)
     assert {r["session_id"] for r in await db.fetch("SELECT session_id FROM events_log")} == {"left-behind"}
     assert not dead.dir.exists()
     async with asyncio.timeout(5):
@@ -127,7 +117,7 @@ async def test_client_retries_are_deduplicated_downstream(running_admin: MakeApp
     for _ in range(2):
         assert (await running.post(event)).status_code == 202
     await running.services.buffer.drain()
-    assert await count(db) == 2
+    assert await count_rows(db) == 2
     assert await db.fetchval("SELECT count(*) FROM events_unique") == 1
 
 
