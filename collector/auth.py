@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -33,6 +34,10 @@ class DomainDirectory(Protocol):
         """The domain's config, None if it is not authorized; raise DirectoryUnavailable if unknown."""
         ...
 
+    async def lookup_client(self, client_id: str) -> dict[str, Any] | None:
+        """A client's config (processing needs its privacy level), None if unknown; DirectoryUnavailable likewise."""
+        ...
+
     async def close(self) -> None: ...
 
     def describe(self) -> str: ...
@@ -50,7 +55,12 @@ class PixelManagementDirectory:
         )
 
     async def lookup(self, domain: str) -> dict[str, Any] | None:
-        url = f"{self._base}/api/v1/config/domain/{domain}"
+        return await self._get(f"{self._base}/api/v1/config/domain/{domain}")
+
+    async def lookup_client(self, client_id: str) -> dict[str, Any] | None:
+        return await self._get(f"{self._base}/api/v1/config/client/{quote(client_id, safe='')}")
+
+    async def _get(self, url: str) -> dict[str, Any] | None:
         try:
             async with self._session.get(url) as response:
                 if response.status in (400, 404):
@@ -99,6 +109,9 @@ class FileDirectory:
 
     async def lookup(self, domain: str) -> dict[str, Any] | None:
         return self._configs.get(domain)
+
+    async def lookup_client(self, client_id: str) -> dict[str, Any] | None:
+        return next((c for c in self._configs.values() if c.get("client_id") == client_id), None)
 
     async def close(self) -> None:
         return None

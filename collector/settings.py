@@ -60,8 +60,13 @@ class Settings:
     max_events_per_request: int = 500
     max_event_bytes: int = 32 * 1024
 
-    # Pipeline (the S3 stages use these; see pipeline/).
+    # Pipeline (the S3 stages; see pipeline/). No buckets: a directory store under DATA_DIR/objects.
     export_batch_size: int = 10_000
+    export_interval_s: float = 60.0
+    process_interval_s: float = 60.0
+    export_format: str = "json"
+    retention_days: int = 7
+    client_storage_file: str | None = None
     raw_s3_bucket: str | None = None
     processed_s3_bucket: str | None = None
     raw_s3_access_key: str | None = field(default=None, repr=False)
@@ -71,6 +76,8 @@ class Settings:
     processed_s3_secret_key: str | None = field(default=None, repr=False)
     processed_s3_region: str | None = None
     s3_endpoint_url: str | None = None
+    raw_s3_endpoint_url: str | None = None  # per-bucket endpoints override S3_ENDPOINT_URL
+    processed_s3_endpoint_url: str | None = None
 
     @property
     def flush_interval_s(self) -> float:
@@ -108,6 +115,7 @@ class Settings:
             "port", "workers", "database_pool_size", "flush_max_events", "flush_interval_ms",
             "buffer_max_events", "buffer_max_bytes", "max_body_bytes", "max_events_per_request", "max_event_bytes",
             "export_batch_size", "auth_cache_size", "journal_max_bytes", "journal_segment_bytes", "copy_timeout_s",
+            "export_interval_s", "process_interval_s", "retention_days",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -184,6 +192,9 @@ _CASTERS: dict[str, Callable[[str], Any]] = {
     "database_url": _database_url,
     "pixel_management_url": _http_url,
     "s3_endpoint_url": _http_url,
+    "raw_s3_endpoint_url": _http_url,
+    "processed_s3_endpoint_url": _http_url,
+    "export_format": _one_of("json", "ndjson.gz"),
 }
 
 

@@ -13,6 +13,9 @@ from typing import Any, Literal
 IpMode = Literal["store", "hash", "none"]
 
 _LABELS = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$")
+# Development only (production refuses to start without IP_HASH_SECRET): hashes made with it are not secret.
+DEV_IP_HASH_SECRET = "development-only-ip-hash-secret"
+
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 

@@ -36,11 +36,14 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to the test database, with events_log emptied before the test."""
+    """A connection to the test database, with events_log and the pipeline's tables emptied before the test."""
     conn = await asyncpg.connect(database_url)
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     if await conn.fetchval("SELECT to_regclass('events_log') IS NOT NULL"):
-        await conn.execute("TRUNCATE events_log")
+        await conn.execute("TRUNCATE events_log RESTART IDENTITY")
+    if await conn.fetchval("SELECT to_regclass('raw_objects') IS NOT NULL"):
+        await conn.execute("TRUNCATE processed_objects, processed_event_ids, raw_objects, pipeline_runs")
+        await conn.execute("UPDATE export_state SET watermark = 0")
     if await conn.fetchval("SELECT to_regclass('ingest_batches') IS NOT NULL"):
         await conn.execute("TRUNCATE ingest_batches, client_daily_counts, dead_letters")
     yield conn

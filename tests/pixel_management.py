@@ -27,7 +27,8 @@ def site_config(client_id: str, privacy_level: str = "standard", *, ip_enabled: 
 
 
 class PixelManagement:
-    """Serves /api/v1/config/domain/{domain} from `domains`; `status` forces an outage, `delay_s` slows it."""
+    """Serves the domain, client and domain-list endpoints from `domains`; `status` forces an outage, `delay_s`
+    slows domain lookups."""
 
     def __init__(self) -> None:
         self.domains: dict[str, dict[str, Any]] = {}
@@ -51,12 +52,23 @@ class PixelManagement:
             return web.json_response({"detail": "Domain not authorized"}, status=404)
         return web.json_response(config)
 
+    async def _client(self, request: web.Request) -> web.Response:
+        client_id = request.match_info["client_id"]
+        self.lookups[f"client:{client_id}"] += 1
+        if self.status is not None:
+            return web.json_response({"detail": "unavailable"}, status=self.status)
+        for config in self.domains.values():
+            if config["client_id"] == client_id:
+                return web.json_response(config)
+        return web.json_response({"detail": "Client not found"}, status=404)
+
     async def _all(self, request: web.Request) -> web.Response:
         return web.json_response({"domains": sorted(self.domains), "count": len(self.domains)})
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/api/v1/config/domain/{domain}", self._domain)
+        app.router.add_get("/api/v1/config/client/{client_id}", self._client)
         app.router.add_get("/api/v1/domains/all", self._all)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
