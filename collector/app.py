@@ -30,13 +30,13 @@ from collector.errors import CollectorError
 from collector.ingest import Ingest
 from collector.partitions import PartitionMaintainer
 from collector.settings import Settings, redact_url
+from collector.sites import DEV_IP_HASH_SECRET
 from collector.storage import Storage
 from collector.store import EventStore
+from pipeline import api as pipeline_api
+from pipeline.scheduler import Pipeline, open_pipeline
 
 logger = logging.getLogger(__name__)
-
-# Development only (production refuses to start without IP_HASH_SECRET): hashes made with it are not secret.
-DEV_IP_HASH_SECRET = "development-only-ip-hash-secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,7 @@ class Services:
     storage: Storage
     accounting: Accounting
     ingest: Ingest
+    pipeline: Pipeline
 
 
 def make_directory(settings: Settings) -> DomainDirectory:
@@ -119,15 +120,20 @@ def create_app(settings: Settings) -> CollectorApp:
             accounting.start()
             stack.push_async_callback(_logged("accounting", accounting.close))
             ingest = Ingest(settings, authorizer, buffer, accounting)
-            app.state.services = Services(settings, store, authorizer, buffer, storage, accounting, ingest)
+            pipeline = await open_pipeline(settings, database_url, authorizer.directory, stack)
+            pipeline.start()
+            stack.push_async_callback(_logged("pipeline", pipeline.close))
+            app.state.services = Services(settings, store, authorizer, buffer, storage, accounting, ingest, pipeline)
             # Everything allocated so far lives as long as the process: out of the collector's sight, a full
             # collection no longer walks it (a pause that showed in the tail latency).
             gc.collect()
             gc.freeze()
             logger.info(
-                "Collector ready: ack_mode=%s flush=%d events/%d ms buffer=%d database=%s authorization=%s",
+                "Collector ready: ack_mode=%s flush=%d events/%d ms buffer=%d database=%s authorization=%s"
+                " raw=%s processed=%s",
                 settings.ack_mode, settings.flush_max_events, settings.flush_interval_ms,
                 settings.buffer_max_events, redact_url(database_url), authorizer.directory.describe(),
+                pipeline.exporter.objects.name, pipeline.processor.default_store_name,
             )  # fmt: skip
             yield
 
@@ -139,6 +145,7 @@ def create_app(settings: Settings) -> CollectorApp:
             Route("/events/count", routes.events_count),
             Route("/events/recent", routes.events_recent),
             Route("/dead-letters", routes.dead_letters),
+            *pipeline_api.ROUTES,
         ],
         exception_handlers={CollectorError: _collector_error, HTTPException: _http_error},
         lifespan=lifespan,

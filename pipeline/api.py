@@ -1,0 +1,155 @@
+"""HTTP handlers of the pipeline's admin endpoints: run a stage now, and report both stages and retention."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from collector.errors import CollectorError, Unavailable
+from collector.routes import JSONResponse, now_iso, require_admin, services_of
+from pipeline.export import ExportStalled
+from pipeline.objects import ObjectStoreError
+from pipeline.retention import daily_partitions
+from pipeline.scheduler import StageBusy
+from pipeline.status import export_status, process_status
+
+
+class StageRunning(CollectorError):
+    status, error = 409, "stage_running"
+
+
+class ObjectStoreUnavailable(Unavailable):
+    error = "object_store_unavailable"
+    retry_after_s = 30
+
+
+class ExportBlocked(CollectorError):
+    status, error = 500, "export_blocked"
+
+
+async def export_run(request: Request) -> JSONResponse:
+    """Export now (the schedule runs it every EXPORT_INTERVAL_S anyway)."""
+    require_admin(request)
+    pipeline = services_of(request.scope).pipeline
+    try:
+        result = await pipeline.run_export()
+    except StageBusy as exc:
+        raise StageRunning(str(exc)) from None
+    except ObjectStoreError as exc:
+        raise ObjectStoreUnavailable(
+            f"upload failed; nothing was marked exported, the next run retries: {exc}"
+        ) from None
+    except ExportStalled as exc:
+        raise ExportBlocked(str(exc)) from None
+    retention = pipeline.last_retention
+    return JSONResponse({
+        "status": "success",
+        "message": f"Exported {result.rows} events in {result.objects} object(s)",
+        "events_exported": result.rows,
+        "objects": result.keys,
+        "watermark_id": result.watermark,
+        "waiting_for_transactions_older_than": result.waiting_for_xid,
+        "partitions_dropped": retention.dropped if retention else [],
+        "timestamp": now_iso(),
+    })  # fmt: skip
+
+
+async def process_run(request: Request) -> JSONResponse:
+    """Process exported raw objects now."""
+    require_admin(request)
+    try:
+        result = await services_of(request.scope).pipeline.run_process()
+    except StageBusy as exc:
+        raise StageRunning(str(exc)) from None
+    return JSONResponse({
+        "status": "success" if not result.failed else "partial",
+        "message": f"Processed {result.raw_objects} raw object(s) into {result.client_objects} client object(s)",
+        "raw_objects_processed": result.raw_objects,
+        "events_processed": result.rows,
+        "duplicates_skipped": result.duplicates,
+        "dropped": result.dropped,
+        "objects": result.keys,
+        "failed": result.failed,
+        "timestamp": now_iso(),
+    })  # fmt: skip
+
+
+async def export_status_route(request: Request) -> JSONResponse:
+    require_admin(request)
+    return JSONResponse({**await export_status(services_of(request.scope).store.pool), "timestamp": now_iso()})
+
+
+async def process_status_route(request: Request) -> JSONResponse:
+    require_admin(request)
+    return JSONResponse({**await process_status(services_of(request.scope).store.pool), "timestamp": now_iso()})
+
+
+async def export_config(request: Request) -> JSONResponse:
+    """Where and how the pipeline writes; never credentials."""
+    require_admin(request)
+    services = services_of(request.scope)
+    settings, pipeline = services.settings, services.pipeline
+    return JSONResponse({
+        "raw_store": pipeline.exporter.objects.name,
+        "processed_store": pipeline.processor.default_store_name,
+        "format": pipeline.exporter.fmt,
+        "export_batch_size": pipeline.exporter.batch_size,
+        "export_interval_s": pipeline.export_interval_s,
+        "process_interval_s": pipeline.process_interval_s,
+        "retention_days": pipeline.retention_days,
+        "s3_endpoint_url": settings.s3_endpoint_url,
+        "raw_credentials": "explicit" if settings.raw_s3_access_key else "default chain",
+        "processed_credentials": "explicit" if settings.processed_s3_access_key else "default chain",
+    })  # fmt: skip
+
+
+async def pipeline_status(request: Request) -> JSONResponse:
+    """Both stages, retention, and the age of the oldest event not yet exported."""
+    require_admin(request)
+    services = services_of(request.scope)
+    pipeline = services.pipeline
+    pool = services.store.pool
+    export = await export_status(pool)
+    process = await process_status(pool)
+    partitions = await daily_partitions(pool)
+    retention = pipeline.last_retention
+    body: dict[str, Any] = {
+        "export": export,
+        "process": process,
+        "retention": {
+            "retention_days": pipeline.retention_days,
+            "oldest_partition": partitions[0][0] if partitions else None,
+            "partitions": len(partitions),
+            "last_dropped": retention.dropped if retention else [],
+            "kept_unexported": retention.kept_unexported if retention else [],
+        },
+        "oldest_unexported_event_age_seconds": export["lag_seconds"],
+        "worker": {
+            "export": _stage(pipeline.stats.export),
+            "process": _stage(pipeline.stats.process),
+        },
+        "timestamp": now_iso(),
+    }
+    return JSONResponse(body)
+
+
+def _stage(stats: Any) -> dict[str, Any]:
+    last = stats.last_success
+    return {
+        "runs": stats.runs, "failures": stats.failures, "skipped_busy": stats.skipped,
+        "objects": stats.objects, "rows": stats.rows, "last_error": stats.last_error,
+        "last_success_at": None if last is None else datetime.fromtimestamp(last, UTC).isoformat(),
+    }  # fmt: skip
+
+
+ROUTES = [
+    Route("/export/run", export_run, methods=["POST"]),
+    Route("/export/status", export_status_route),
+    Route("/export/config", export_config),
+    Route("/process/run", process_run, methods=["POST"]),
+    Route("/process/status", process_status_route),
+    Route("/pipeline/status", pipeline_status),
+]

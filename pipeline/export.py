@@ -1,0 +1,166 @@
+"""Stage 1: rows of events_log, in id order up to a safe bound, into raw objects; the manifest in raw_objects."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from pipeline.formats import CONTENT_TYPES, encode
+from pipeline.objects import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+RAW_PREFIX = "raw-events/"
+SETTLE_POLL_S = 0.05
+
+# Text and timestamps as PostgreSQL renders them in UTC ISO 8601; jsonb as its own text, embedded unparsed.
+_COLUMNS = """
+    id, event_id::text AS event_id, event_type, session_id, visitor_id, site_id, client_id,
+    to_char(event_timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS event_timestamp,
+    url, path, referrer, user_agent, host(ip) AS ip, ip_hash, event_data::text AS event_data, extra::text AS extra,
+    to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS received_at
+"""
+_NEW_ROWS = f"SELECT {_COLUMNS} FROM events_log WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
+_RANGE_ROWS = f"SELECT {_COLUMNS} FROM events_log WHERE id >= $1 AND id <= $2 ORDER BY id"
+
+
+class ExportStalled(Exception):
+    """The manifest and the table disagree (a claimed range's rows changed): exporting stops until looked at."""
+
+
+@dataclass(slots=True)
+class ExportResult:
+    objects: int = 0
+    rows: int = 0
+    keys: list[str] = field(default_factory=list)
+    watermark: int = 0
+    waiting_for_xid: str | None = None  # transactions older than this were still running: newer rows wait
+
+
+def raw_key(created: datetime, first_id: int, last_id: int, fmt: str) -> str:
+    """raw-events/YYYY/MM/DD/raw_export_YYYYMMDD_HHMMSS_<first>-<last>.<fmt>: one key per id range."""
+    return f"{RAW_PREFIX}{created:%Y/%m/%d}/raw_export_{created:%Y%m%d_%H%M%S}_{first_id}-{last_id}.{fmt}"
+
+
+def event_document(row: asyncpg.Record) -> dict[str, Any]:
+    """One exported event, snake_case as in the table; jsonb columns embedded as the JSON they are."""
+    event = dict(row)
+    for name in ("event_data", "extra"):
+        value = event[name]
+        event[name] = None if value is None else orjson.Fragment(value)
+    return event
+
+
+class Exporter:
+    """Exports with a connection the caller holds the export lock on (pipeline.scheduler): one exporter at a time.
+
+    Safe bound: rows are exported up to the id sequence's value L read at the start of a run, once every
+    transaction that could hold an id <= L has ended. A writer takes its transaction id before its first row id,
+    so any such transaction's id is below X = pg_snapshot_xmax read right after L; when the oldest running
+    transaction (pg_snapshot_xmin) is >= X, every row with id <= L is committed and visible, or rolled back for
+    good. Several flushers committing out of order therefore cannot make a run skip a row that commits later.
+
+    Exactly once: a range is claimed in raw_objects (key, ids) before its upload and marked exported, with the
+    watermark moved, only after it; a run first finishes claimed ranges, re-reading the same rows into the same
+    key. A failed upload leaves the claim for the next run; nothing is skipped or written under a second key.
+    """
+
+    def __init__(self, objects: ObjectStore, *, fmt: str, batch_size: int, settle_timeout_s: float = 10.0) -> None:
+        self.objects = objects
+        self.fmt = fmt
+        self.batch_size = batch_size
+        self.settle_timeout_s = settle_timeout_s
+
+    async def run(self, conn: asyncpg.Connection) -> ExportResult:
+        """Export everything safely exportable now; raises ObjectStoreError (nothing marked) if an upload fails."""
+        result = ExportResult()
+        for claim in await conn.fetch(
+            "SELECT key, range_start, first_id, last_id, row_count, created_at FROM raw_objects"
+            " WHERE exported_at IS NULL ORDER BY range_start"
+        ):
+            rows = await conn.fetch(_RANGE_ROWS, claim["range_start"], claim["last_id"])
+            if len(rows) != claim["row_count"]:
+                raise ExportStalled(
+                    f"{claim['key']}: claimed {claim['row_count']} rows, the table now holds {len(rows)} in its range"
+                )
+            await self._upload(conn, claim["key"], rows, claim["created_at"], result)
+        bound, result.waiting_for_xid = await self.safe_bound(conn)
+        while True:
+            watermark: int = await conn.fetchval("SELECT watermark FROM export_state")
+            result.watermark = watermark
+            if watermark >= bound:
+                break
+            rows = await conn.fetch(_NEW_ROWS, watermark, bound, self.batch_size)
+            if not rows:
+                break  # ids up to the bound that never became rows (rolled back): the next object's range covers them
+            created = datetime.now(UTC).replace(microsecond=0)
+            first_id, last_id = rows[0]["id"], rows[-1]["id"]
+            key = raw_key(created, first_id, last_id, self.fmt)
+            await conn.execute(
+                "INSERT INTO raw_objects (key, range_start, first_id, last_id, row_count, format, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                key, watermark + 1, first_id, last_id, len(rows), self.fmt, created,
+            )  # fmt: skip
+            await self._upload(conn, key, rows, created, result)
+        return result
+
+    async def safe_bound(self, conn: asyncpg.Connection) -> tuple[int, str | None]:
+        """The highest id safe to export now (see the class docstring), and the xid still waited on, if any."""
+        last = await conn.fetchval("SELECT pg_sequence_last_value('events_log_id_seq')")
+        if last is None:
+            return 0, None  # no row was ever inserted
+        xmax = int(await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())"))
+        deadline = time.monotonic() + self.settle_timeout_s
+        while not await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::xid8", xmax):
+            if time.monotonic() >= deadline:
+                logger.warning(
+                    "Export waits for transactions older than %s (still running after %.0f s); rows after the"
+                    " last export stay for the next run",
+                    xmax, self.settle_timeout_s,
+                )  # fmt: skip
+                return 0, str(xmax)
+            await asyncio.sleep(SETTLE_POLL_S)
+        return int(last), None
+
+    async def _upload(
+        self, conn: asyncpg.Connection, key: str, rows: list[asyncpg.Record], created: datetime, result: ExportResult
+    ) -> None:
+        events = [event_document(row) for row in rows]
+        metadata = {
+            "export_id": key.rsplit("/", 1)[-1].split(".", 1)[0],
+            "export_time": created.isoformat().replace("+00:00", "Z"),
+            "event_count": len(events),
+            "format": self.fmt,
+            "pipeline_stage": "raw",
+            "id_range": {"first": rows[0]["id"], "last": rows[-1]["id"]},
+            "time_range": {
+                "start": min(row["received_at"] for row in rows),
+                "end": max(row["received_at"] for row in rows),
+            },
+        }
+        body = encode(self.fmt, "export_metadata", metadata, events)
+        await self.objects.put(key, body, CONTENT_TYPES[self.fmt])
+        last_id = rows[-1]["id"]
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE raw_objects SET exported_at = now(), checksum = $2, bytes = $3 WHERE key = $1",
+                key, hashlib.sha256(body).hexdigest(), len(body),
+            )  # fmt: skip
+            moved = await conn.execute(
+                "UPDATE export_state SET watermark = $1, updated_at = now() WHERE watermark < $1", last_id
+            )
+            if moved != "UPDATE 1":
+                raise ExportStalled(f"{key}: the watermark is already past {last_id}")
+        result.objects += 1
+        result.rows += len(rows)
+        result.keys.append(key)
+        result.watermark = last_id
+        logger.info("Successfully uploaded %d events to raw S3: %s", len(rows), key)

@@ -1,0 +1,209 @@
+"""Pipeline: runs export, retention and processing on a schedule and on demand, one runner per stage anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+
+from collector.settings import Settings
+from collector.sites import DEV_IP_HASH_SECRET
+from pipeline.clients import ClientDirectory, ClientSettingsSource, load_destinations
+from pipeline.export import Exporter, ExportResult
+from pipeline.process import Processor, ProcessResult
+from pipeline.retention import RetentionResult, drop_expired
+from pipeline.stores import Stores
+
+logger = logging.getLogger(__name__)
+
+# Advisory lock keys, one per stage, held on a connection of the run's own: if its process dies, PostgreSQL
+# releases the lock with the connection, and the next cycle on any worker or instance takes over.
+EXPORT_LOCK_KEY = 0x636F6C6C_6578_7001
+PROCESS_LOCK_KEY = 0x636F6C6C_7072_6F01
+CONNECT_TIMEOUT_S = 10.0
+STATEMENT_TIMEOUT_S = 120.0
+
+T = TypeVar("T")
+
+
+class StageBusy(Exception):
+    """Another worker or instance is running this stage right now."""
+
+
+@dataclass(slots=True)
+class StageStats:
+    """This worker's runs of one stage (other workers count their own; the tables hold the shared last run)."""
+
+    runs: int = 0
+    failures: int = 0
+    skipped: int = 0  # another runner held the lock
+    objects: int = 0
+    rows: int = 0
+    last_success: float | None = None  # time.time()
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    export: StageStats = field(default_factory=StageStats)
+    process: StageStats = field(default_factory=StageStats)
+    retention_dropped: int = 0
+
+
+class Pipeline:
+    """Both stages, each run holding its stage's advisory lock on a dedicated connection."""
+
+    def __init__(
+        self,
+        dsn: str,
+        exporter: Exporter,
+        processor: Processor,
+        *,
+        retention_days: int,
+        export_interval_s: float,
+        process_interval_s: float,
+    ) -> None:
+        self._dsn = dsn
+        self.exporter = exporter
+        self.processor = processor
+        self.retention_days = retention_days
+        self.export_interval_s = export_interval_s
+        self.process_interval_s = process_interval_s
+        self.stats = PipelineStats()
+        self.last_retention: RetentionResult | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def run_export(self) -> ExportResult:
+        """Export now, then apply retention; StageBusy if another runner holds the export lock."""
+
+        async def work(conn: asyncpg.Connection) -> ExportResult:
+            result = await self.exporter.run(conn)
+            self.last_retention = await drop_expired(
+                conn, retention_days=self.retention_days, today=datetime.now(UTC).date()
+            )
+            self.stats.retention_dropped += len(self.last_retention.dropped)
+            return result
+
+        started = time.monotonic()
+        result = await self._locked("export", EXPORT_LOCK_KEY, self.stats.export, work)
+        self.stats.export.objects += result.objects
+        self.stats.export.rows += result.rows
+        logger.info("Export run: objects=%d rows=%d watermark=%d duration_ms=%.0f",
+                    result.objects, result.rows, result.watermark, (time.monotonic() - started) * 1000)  # fmt: skip
+        return result
+
+    async def run_process(self) -> ProcessResult:
+        """Process now; StageBusy if another runner holds the processing lock."""
+        started = time.monotonic()
+        result = await self._locked("process", PROCESS_LOCK_KEY, self.stats.process, self.processor.run)
+        self.stats.process.objects += result.client_objects
+        self.stats.process.rows += result.rows
+        if result.failed:
+            self.stats.process.last_error = f"{len(result.failed)} raw object(s) failed, first {result.failed[0]}"
+        logger.info("Processing run: raw_objects=%d client_objects=%d rows=%d duplicates=%d failed=%d duration_ms=%.0f",
+                    result.raw_objects, result.client_objects, result.rows, result.duplicates, len(result.failed),
+                    (time.monotonic() - started) * 1000)  # fmt: skip
+        return result
+
+    async def _locked(
+        self, stage: str, key: int, stats: StageStats, work: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
+        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S, command_timeout=STATEMENT_TIMEOUT_S)
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                stats.skipped += 1
+                raise StageBusy(f"another worker or instance is running the {stage} stage")
+            stats.runs += 1
+            try:
+                result = await work(conn)
+            except Exception as exc:
+                stats.failures += 1
+                stats.last_error = f"{type(exc).__name__}: {exc}"
+                await _record(conn, stage, ok=False, error=stats.last_error, objects=None, rows=None)
+                raise
+            stats.last_success = time.time()
+            stats.last_error = None
+            objects, rows = _counts(result)
+            await _record(conn, stage, ok=True, error=None, objects=objects, rows=rows)
+            return result
+        finally:
+            # Closing the connection releases the lock too; terminate if the server does not answer.
+            try:
+                await conn.close(timeout=5)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._every(self.export_interval_s, self.run_export), name="export"),
+            asyncio.create_task(self._every(self.process_interval_s, self.run_process), name="process"),
+        ]
+
+    async def close(self) -> None:
+        """Stop both schedules; a run in progress is cancelled (its claims make the next run finish it)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    @staticmethod
+    async def _every(interval_s: float, run: Callable[[], Awaitable[Any]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await run()
+            except StageBusy:
+                pass  # the leader is elsewhere this cycle
+            except Exception:  # the stage's own state makes the next cycle pick up where this one stopped
+                logger.exception("Scheduled pipeline run failed")
+
+
+def _counts(result: object) -> tuple[int, int]:
+    if isinstance(result, ExportResult):
+        return result.objects, result.rows
+    if isinstance(result, ProcessResult):
+        return result.client_objects, result.rows
+    return 0, 0
+
+
+async def _record(
+    conn: asyncpg.Connection, stage: str, *, ok: bool, error: str | None, objects: int | None, rows: int | None
+) -> None:
+    try:
+        await conn.execute(
+            "INSERT INTO pipeline_runs AS r (stage, last_run_at, last_success_at, last_result, last_error,"
+            " last_objects, last_rows) VALUES ($1, now(), CASE WHEN $2 THEN now() END, $3, $4, $5, $6)"
+            " ON CONFLICT (stage) DO UPDATE SET last_run_at = now(),"
+            " last_success_at = coalesce(EXCLUDED.last_success_at, r.last_success_at),"
+            " last_result = EXCLUDED.last_result, last_error = EXCLUDED.last_error,"
+            " last_objects = EXCLUDED.last_objects, last_rows = EXCLUDED.last_rows",
+            stage, ok, "success" if ok else "failure", error, objects, rows,
+        )  # fmt: skip
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        logger.warning("Could not record the %s run in pipeline_runs", stage, exc_info=True)
+
+
+async def open_pipeline(settings: Settings, dsn: str, directory: ClientDirectory, stack: AsyncExitStack) -> Pipeline:
+    """Both stages as Settings describe them, their stores closing with `stack`; not started."""
+    stores = await Stores.open(settings, stack)
+    destinations = load_destinations(Path(settings.client_storage_file)) if settings.client_storage_file else {}
+    clients = ClientSettingsSource(
+        directory, stores.processed, stores.client_bucket, destinations=destinations, ttl_s=settings.auth_cache_ttl_s
+    )
+    return Pipeline(
+        dsn,
+        Exporter(stores.raw, fmt=settings.export_format, batch_size=settings.export_batch_size),
+        # Development has no secret of its own; production refuses to start without IP_HASH_SECRET.
+        Processor(stores.raw, clients, ip_hash_secret=settings.ip_hash_secret or DEV_IP_HASH_SECRET),
+        retention_days=settings.retention_days,
+        export_interval_s=settings.export_interval_s,
+        process_interval_s=settings.process_interval_s,
+    )

@@ -1,0 +1,93 @@
+"""What /export/status, /process/status and /pipeline/status report, read from the pipeline's tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+# A pool or a connection: each status query stands alone.
+Queryable = asyncpg.Pool | asyncpg.Connection
+
+
+async def _row(db: Queryable, query: str, *args: Any) -> asyncpg.Record:
+    record = await db.fetchrow(query, *args)
+    assert record is not None  # aggregate and single-row queries always return a row
+    return record
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+async def _last_run(db: Queryable, stage: str) -> dict[str, Any] | None:
+    run = await db.fetchrow("SELECT * FROM pipeline_runs WHERE stage = $1", stage)
+    if run is None:
+        return None
+    return {
+        "at": _iso(run["last_run_at"]),
+        "result": run["last_result"],
+        "error": run["last_error"],
+        "objects": run["last_objects"],
+        "rows": run["last_rows"],
+        "last_success_at": _iso(run["last_success_at"]),
+    }
+
+
+async def export_status(db: Queryable) -> dict[str, Any]:
+    """Rows exported and pending, the last object, and the age of the oldest row not exported yet."""
+    state = await _row(db, "SELECT watermark, updated_at, now() AS now FROM export_state")
+    watermark: int = state["watermark"]
+    exported = await _row(
+        db,
+        "SELECT count(*) AS objects, coalesce(sum(row_count), 0) AS rows FROM raw_objects"
+        " WHERE exported_at IS NOT NULL",
+    )
+    pending = await db.fetchval("SELECT count(*) FROM events_log WHERE id > $1", watermark)
+    oldest = await db.fetchval("SELECT received_at FROM events_log WHERE id > $1 ORDER BY id LIMIT 1", watermark)
+    last = await db.fetchrow(
+        "SELECT key, row_count, exported_at FROM raw_objects WHERE exported_at IS NOT NULL"
+        " ORDER BY range_start DESC LIMIT 1"
+    )
+    claimed = await db.fetchval("SELECT count(*) FROM raw_objects WHERE exported_at IS NULL")
+    lag = 0.0 if oldest is None else max(0.0, (state["now"] - oldest).total_seconds())
+    return {
+        "total_events": int(exported["rows"]) + int(pending),
+        "exported_events": int(exported["rows"]),
+        "pending_events": int(pending),
+        "objects": int(exported["objects"]),
+        "claimed_not_uploaded": int(claimed),
+        "watermark_id": watermark,
+        "last_object": None if last is None else {
+            "key": last["key"], "events": last["row_count"], "exported_at": _iso(last["exported_at"]),
+        },
+        "oldest_unexported_event_at": _iso(oldest),
+        "lag_seconds": round(lag, 3),
+        "last_run": await _last_run(db, "export"),
+    }  # fmt: skip
+
+
+async def process_status(db: Queryable) -> dict[str, Any]:
+    """Raw objects waiting for processing, the oldest of them, and the last run."""
+    row = await _row(
+        db,
+        "SELECT count(*) AS waiting, coalesce(sum(row_count), 0) AS rows, min(exported_at) AS oldest, now() AS now"
+        " FROM raw_objects WHERE exported_at IS NOT NULL AND processed_at IS NULL",
+    )
+    done = await _row(
+        db,
+        "SELECT count(*) AS objects, count(DISTINCT client_id) AS clients, coalesce(sum(row_count), 0) AS rows"
+        " FROM processed_objects",
+    )
+    lag = 0.0 if row["oldest"] is None else max(0.0, (row["now"] - row["oldest"]).total_seconds())
+    return {
+        "unprocessed_raw_objects": int(row["waiting"]),
+        "unprocessed_events": int(row["rows"]),
+        "oldest_unprocessed_exported_at": _iso(row["oldest"]),
+        "lag_seconds": round(lag, 3),
+        "processed_objects": int(done["objects"]),
+        "processed_events": int(done["rows"]),
+        "clients": int(done["clients"]),
+        "last_run": await _last_run(db, "process"),
+    }
