@@ -102,8 +102,18 @@ class Pipeline:
 
     async def run_process(self) -> ProcessResult:
         """Process now; StageBusy if another runner holds the processing lock."""
+
+        async def work(conn: asyncpg.Connection) -> ProcessResult:
+            result = await self.processor.run(conn)
+            # Resends come within minutes; ids older than the retention window only cost space.
+            await conn.execute(
+                "DELETE FROM processed_event_ids WHERE processed_at < now() - make_interval(days => $1)",
+                self.retention_days,
+            )
+            return result
+
         started = time.monotonic()
-        result = await self._locked("process", PROCESS_LOCK_KEY, self.stats.process, self.processor.run)
+        result = await self._locked("process", PROCESS_LOCK_KEY, self.stats.process, work)
         self.stats.process.objects += result.client_objects
         self.stats.process.rows += result.rows
         if result.failed:
