@@ -70,6 +70,10 @@ def timestamp_ns(unix_ns: int) -> bytes:
     return TIMESTAMP_LENGTH + _int64(unix_ns // 1000 - _PG_EPOCH_UNIX_US)
 
 
+# JSONB_HEADER(len(json) + 1, JSONB_VERSION): the field's length and the version byte that precede its JSON.
+JSONB_HEADER = struct.Struct(">ic").pack
+
+
 def jsonb(json_text: bytes | None) -> bytes:
     """A jsonb field from serialized JSON."""
     if json_text is None:
