@@ -38,7 +38,7 @@ def load(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def make_handler(configs: dict[str, dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
-    by_client = {}
+    by_client: dict[str, dict[str, Any]] = {}
     for config in configs.values():
         by_client.setdefault(config["client_id"], config)
 
