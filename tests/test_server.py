@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from tests.harness import Ledger, collector_process, stored_ids, wait_until_live
-from tests.scrape import parse, run_promtool, value
+from tests.scrape import Samples, parse, run_promtool, value
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -146,3 +147,44 @@ async def test_metrics_sum_both_workers(clean_db: str, tmp_path: Path) -> None:
         assert await asyncio.to_thread(proc.wait, 30) == 0
     assert not (tmp_path / "data" / "metrics").exists(), "the metrics folder was left behind"
     assert ledger.acked == await stored_ids(clean_db)
+
+
+async def test_metrics_forget_a_killed_worker_but_keep_its_counts(clean_db: str, tmp_path: Path) -> None:
+    """WORKERS=2, one worker SIGKILLed and restarted by uvicorn: its gauges leave the scrape, its counters stay."""
+    with collector_process(clean_db, tmp_path, WORKERS="2", FLUSH_INTERVAL_MS="50") as (proc, url):
+        await wait_until_live(proc, url)
+        async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+
+            async def live_pids(exclude: set[int]) -> set[int]:
+                pids: set[int] = set()
+                async with asyncio.timeout(60):
+                    while len(pids) < 2:
+                        for health in await asyncio.gather(*(client.get("/health") for _ in range(8))):
+                            pids.add(health.json()["worker_pid"])
+                        pids -= exclude
+                return pids
+
+            async def scrape_when(check: Callable[[Samples], bool]) -> Samples:
+                async with asyncio.timeout(30):
+                    while not check(samples := parse((await client.get("/metrics")).text)):
+                        await asyncio.sleep(0.2)
+                return samples
+
+            def gauge_pids(samples: Samples) -> set[str]:
+                return {dict(ls)["pid"] for (name, ls) in samples if name == "collector_buffer_capacity_events"}
+
+            first = await live_pids(set())
+            batch = {"eventType": "batch", "siteId": "localhost", "events": [{"eventType": "e"}] * 5}
+            for _ in range(20):
+                assert (await client.post("/collect", json=batch)).status_code == 202
+            before = await scrape_when(lambda s: value(s, "collector_events_stored_total") == 100)
+            assert gauge_pids(before) == {str(p) for p in first}
+            victim = min(first)
+            os.kill(victim, signal.SIGKILL)
+            now = await live_pids({victim})
+            assert len(now) == 2 and victim not in now
+            after = await scrape_when(lambda s: gauge_pids(s) == {str(p) for p in now})
+        assert value(after, "collector_events_stored_total") == 100, "a dead worker's counts must stay in the sum"
+        assert value(after, "collector_buffer_capacity_events") == 200_000
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
