@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck all clean bench
+.PHONY: install run test lint typecheck all clean bench promtool
 
 install: $(STAMP)
 
@@ -18,8 +18,18 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/python -m collector
 
-test: install
+test: install promtool
 	$(BIN)/python -m pytest
+
+# promtool (Debian's `prometheus` package) checks the /metrics scrape, the alert rules and their unit tests in
+# `make test`; those tests skip with a message without it. Installed when missing and running as root. Only the
+# binary is needed: where the install started the daemon (a machine with systemd), it is stopped and disabled again.
+promtool:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
+	    && { ! command -v systemctl >/dev/null || systemctl disable --now prometheus 2>/dev/null || true; }; \
+	  else echo "promtool not found: apt-get install prometheus (its tests will be skipped)"; fi; }
 
 lint: install
 	$(BIN)/ruff check collector pipeline tests

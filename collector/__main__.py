@@ -12,6 +12,7 @@ import uvicorn
 
 from collector.app import CollectorApp, create_app
 from collector.embedded import embedded_postgres
+from collector.metrics import MULTIPROC_ENV, prepare_multiprocess_dir, remove_multiprocess_dir
 from collector.settings import Settings, SettingsError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s:%(name)s:%(message)s"
@@ -51,6 +52,12 @@ def main() -> None:
         if settings.database_url is None:
             # One embedded database for the whole run; workers find it through the inherited variable.
             os.environ["DATABASE_URL"] = stack.enter_context(embedded_postgres(settings.data_dir))
+        if settings.workers > 1:
+            # Set before the workers start (and import prometheus_client): their metric values then live in files
+            # there that any of them sums for a scrape. Emptied first: a previous run's counters are not ours.
+            folder = prepare_multiprocess_dir(settings.data_dir)
+            os.environ[MULTIPROC_ENV] = str(folder)
+            stack.callback(remove_multiprocess_dir, folder)
         uvicorn.run(
             "collector.__main__:worker_app",
             factory=True,

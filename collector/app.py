@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from collector import routes
 from collector.accounting import Accounting
@@ -28,6 +28,7 @@ from collector.auth import (
 from collector.buffer import WriteBehindBuffer
 from collector.errors import CollectorError
 from collector.ingest import Ingest
+from collector.metrics import Metrics, MetricsSync, RequestCounts, multiprocess_dir, snapshot_of
 from collector.partitions import PartitionMaintainer
 from collector.settings import Settings, redact_url
 from collector.sites import DEV_IP_HASH_SECRET
@@ -50,6 +51,7 @@ class Services:
     storage: Storage
     accounting: Accounting
     ingest: Ingest
+    metrics: MetricsSync
     pipeline: Pipeline
 
 
@@ -75,10 +77,13 @@ def create_app(settings: Settings) -> CollectorApp:
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (the embedded database is started by __main__)")
     database_url = settings.database_url
+    requests = RequestCounts()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            # WORKERS>1: every worker writes its values under DATA_DIR/metrics (see collector.metrics).
+            metrics = Metrics(multiproc_dir=multiprocess_dir(settings.data_dir) if settings.workers > 1 else None)
             store = await EventStore.open(
                 database_url,
                 min_size=settings.pool_min_size,
@@ -86,6 +91,9 @@ def create_app(settings: Settings) -> CollectorApp:
                 durable=settings.ack_mode == "durable",
             )
             stack.push_async_callback(_logged("database pool", store.close))
+            # Closed after the buffer and the rest (before the pool): its last sync counts the final flushes.
+            metrics_sync = MetricsSync(metrics)
+            stack.push_async_callback(_logged("metrics", metrics_sync.close))
             partitions = PartitionMaintainer(store)
             partitions.start()
             stack.push_async_callback(_logged("partition maintainer", partitions.close))
@@ -96,6 +104,7 @@ def create_app(settings: Settings) -> CollectorApp:
                 negative_ttl_s=settings.auth_negative_ttl_s,
                 stale_max_s=settings.auth_stale_max_s,
                 max_entries=settings.auth_cache_size,
+                on_lookup=metrics.observe_lookup,
             )
             stack.push_async_callback(_logged("authorizer", authorizer.close))
             storage = Storage(
@@ -113,6 +122,7 @@ def create_app(settings: Settings) -> CollectorApp:
                 flush_max_events=settings.flush_max_events,
                 flush_interval_s=settings.flush_interval_s,
                 drain_timeout_s=settings.drain_timeout_s,
+                on_flush=metrics.observe_flush,
             )
             await buffer.start()
             stack.push_async_callback(_logged("buffer", buffer.close))
@@ -123,7 +133,15 @@ def create_app(settings: Settings) -> CollectorApp:
             pipeline = await open_pipeline(settings, database_url, authorizer.directory, stack)
             pipeline.start()
             stack.push_async_callback(_logged("pipeline", pipeline.close))
-            app.state.services = Services(settings, store, authorizer, buffer, storage, accounting, ingest, pipeline)
+            services = Services(
+                settings, store, authorizer, buffer, storage, accounting, ingest, metrics_sync, pipeline
+            )
+            app.state.services = services
+
+            async def ready() -> bool:
+                return not await routes.not_ready_reasons(services)
+
+            await metrics_sync.start(lambda: snapshot_of(services, requests), ready)
             # Everything allocated so far lives as long as the process: out of the collector's sight, a full
             # collection no longer walks it (a pause that showed in the tail latency).
             gc.collect()
@@ -142,6 +160,7 @@ def create_app(settings: Settings) -> CollectorApp:
             Route("/health", routes.health),
             Route("/livez", routes.livez),
             Route("/readyz", routes.readyz),
+            Route("/metrics", routes.metrics),
             Route("/events/count", routes.events_count),
             Route("/events/recent", routes.events_recent),
             Route("/dead-letters", routes.dead_letters),
@@ -150,7 +169,7 @@ def create_app(settings: Settings) -> CollectorApp:
         exception_handlers={CollectorError: _collector_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
-    return CollectorApp(app)
+    return CollectorApp(app, requests)
 
 
 class CollectorApp:
@@ -160,8 +179,10 @@ class CollectorApp:
     hot path does its own error handling (routes.collect), so it needs neither.
     """
 
-    def __init__(self, starlette: Starlette) -> None:
+    def __init__(self, starlette: Starlette, requests: RequestCounts) -> None:
         self.starlette = starlette
+        self.requests = requests
+        self._routes = frozenset(route.path for route in starlette.routes if isinstance(route, Route))
         self._services: Services | None = None
 
     @property
@@ -175,11 +196,30 @@ class CollectorApp:
             services = self._services
             if services is None:
                 services = self._services = self.services
-            await routes.collect(services, scope, receive, send)
+            self.requests.collect[await routes.collect(services, scope, receive, send)] += 1
             return
         if scope["type"] == "lifespan":
             self._services = None
-        await self.starlette(scope, receive, send)
+            await self.starlette(scope, receive, send)
+            return
+        await self._counted(scope, receive, send)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Any other route, counted by route and status; unknown paths share one label (cardinality stays low)."""
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.starlette(scope, receive, send_status)
+        finally:
+            if scope["type"] == "http":
+                route = scope["path"] if scope["path"] in self._routes else "other"
+                self.requests.other[(route, status or 500)] += 1
 
 
 async def _collector_error(request: Request, exc: Exception) -> Response:

@@ -153,8 +153,10 @@ class DomainAuthorizer:
         stale_max_s: float,
         max_entries: int,
         clock: Callable[[], float] = time.monotonic,
+        on_lookup: Callable[[float], None] | None = None,
     ) -> None:
         self.directory = directory
+        self._on_lookup = on_lookup  # seconds of each directory lookup (per cache miss, not per request)
         self._secret = ip_hash_secret
         self._ttl = ttl_s
         self._negative_ttl = negative_ttl_s
@@ -197,8 +199,13 @@ class DomainAuthorizer:
 
     async def _fetch(self, domain: str) -> _Entry:
         self.stats.lookups += 1
+        started = time.perf_counter()
         try:
-            config = await self.directory.lookup(domain)
+            try:
+                config = await self.directory.lookup(domain)
+            finally:
+                if self._on_lookup is not None:
+                    self._on_lookup(time.perf_counter() - started)
             site = None if config is None else SiteConfig.from_config(config, self._secret)
         except InvalidSiteConfig as exc:
             self.stats.lookup_failures += 1

@@ -80,8 +80,11 @@ class WriteBehindBuffer:
         flush_interval_s: float,
         drain_timeout_s: float,
         spill_at: float = 0.5,
+        on_flush: Callable[[int, float], None] | None = None,
     ) -> None:
         self._sink = sink
+        # Called from the flusher thread with (events, seconds) once per flush: per batch, never per request.
+        self._on_flush = on_flush
         self.capacity = max_events
         self.max_bytes = max_bytes
         self._flush_max = flush_max_events
@@ -318,12 +321,12 @@ class WriteBehindBuffer:
                 if item.rows and item.client_id is not None:
                     clients[item.client_id] = clients.get(item.client_id, 0) + len(item.rows)
             await self._sink.store(rows, clients, self._should_spill)
+            elapsed = time.perf_counter() - started
             self.stats.batches += 1
             self.stats.rows += len(rows)
-            logger.info(
-                "Bulk inserted %d events for %d client(s) in %.1f ms",
-                len(rows), len(clients), (time.perf_counter() - started) * 1000,
-            )  # fmt: skip
+            if self._on_flush is not None:
+                self._on_flush(len(rows), elapsed)
+            logger.info("Bulk inserted %d events for %d client(s) in %.1f ms", len(rows), len(clients), elapsed * 1000)
         with self._lock:
             self._writing = 0
             self._bytes -= sum(item.size for item in items)

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 JSON_TYPES = frozenset((b"application/json", b"text/plain"))
 MAX_RECENT = 1000
+# The classic text format, which every Prometheus 2.x and 3.x reads (what generate_latest writes for our names).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class JSONResponse(Response):
@@ -53,8 +55,11 @@ def services_of(scope: Scope) -> Services:
     return services
 
 
-async def collect(services: Services, scope: Scope, receive: Receive, send: Send) -> None:
-    """/collect as raw ASGI: the hot path reads headers and body itself, with no Request object or middleware."""
+async def collect(services: Services, scope: Scope, receive: Receive, send: Send) -> int:
+    """/collect as raw ASGI: the hot path reads headers and body itself, with no Request object or middleware.
+
+    Returns the status it answered (for the request counters).
+    """
     try:
         if scope["method"] != "POST":
             raise MethodNotAllowed("use POST to send events", headers={"allow": "POST"})
@@ -77,12 +82,15 @@ async def collect(services: Services, scope: Scope, receive: Receive, send: Send
         )
         status = 200 if services.ingest.durable else 202
         await _send_json(send, status, orjson.dumps(result), ())
+        return status
     except CollectorError as exc:
         headers = tuple((k.encode(), v.encode()) for k, v in exc.headers.items())
         await _send_json(send, exc.status, orjson.dumps(exc.body()), headers)
+        return exc.status
     except Exception:  # a bug: log it, and tell the client nothing of it
         logger.exception("Unexpected error in /collect")
         await _send_json(send, 500, b'{"error":"internal_error","detail":"internal error"}', ())
+        return 500
 
 
 async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes:
@@ -194,8 +202,8 @@ async def livez(request: Request) -> JSONResponse:
     return JSONResponse({"status": "alive"})
 
 
-async def readyz(request: Request) -> JSONResponse:
-    services = services_of(request.scope)
+async def not_ready_reasons(services: Services) -> list[str]:
+    """Why this worker should get no traffic now (empty: ready); /readyz and the collector_ready gauge."""
     buffer = services.buffer
     reasons = []
     if not buffer.accepting:
@@ -204,9 +212,21 @@ async def readyz(request: Request) -> JSONResponse:
         reasons.append("buffer_full")
     if not await services.store.ping(timeout_s=1.0):
         reasons.append("database_unreachable")
+    return reasons
+
+
+async def readyz(request: Request) -> JSONResponse:
+    reasons = await not_ready_reasons(services_of(request.scope))
     if reasons:
         return JSONResponse({"status": "not_ready", "reasons": reasons}, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: this worker synced now, the others as of their last sync (within a second)."""
+    services = services_of(request.scope)
+    services.metrics.sync()
+    return Response(services.metrics.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
 def _client_filter(request: Request) -> str | None:

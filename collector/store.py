@@ -171,6 +171,14 @@ class EventStore:
             except errors:
                 conn.terminate()
 
+    def pool_stats(self) -> tuple[int, int, int, int]:
+        """(open, in use, max, waiting) connections of the pool, for the metrics."""
+        pool = self.pool
+        size, idle = pool.get_size(), pool.get_idle_size()
+        # asyncpg counts no waiters; the tasks blocked on its free-connection queue are them.
+        waiting = len(getattr(getattr(pool, "_queue", None), "_getters", ()))
+        return size, size - idle, pool.get_max_size(), waiting
+
     async def count(self, client_id: str | None) -> int:
         """Rows stored (all clients, or one): from the flusher's per-client daily counts, not a scan of events_log."""
         value = await self.pool.fetchval(

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 EXPORT_LOCK_KEY = 0x636F6C6C_6578_7001
 PROCESS_LOCK_KEY = 0x636F6C6C_7072_6F01
 CONNECT_TIMEOUT_S = 10.0
+LAG_REFRESH_S = 15.0
 STATEMENT_TIMEOUT_S = 120.0
 
 T = TypeVar("T")
@@ -56,6 +57,9 @@ class PipelineStats:
     export: StageStats = field(default_factory=StageStats)
     process: StageStats = field(default_factory=StageStats)
     retention_dropped: int = 0
+    # Unix times read from the tables by every worker (see Pipeline.refresh_lag), None when nothing waits.
+    oldest_unexported_at: float | None = None  # receive time of the oldest event not yet exported
+    oldest_unprocessed_at: float | None = None  # export time of the oldest raw object not yet processed
 
 
 class Pipeline:
@@ -151,10 +155,28 @@ class Pipeline:
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 conn.terminate()
 
+    async def refresh_lag(self) -> None:
+        """Read what waits for each stage from the shared tables, so every worker reports the leader's progress."""
+        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S, command_timeout=STATEMENT_TIMEOUT_S)
+        try:
+            watermark = await conn.fetchval("SELECT watermark FROM export_state")
+            oldest = await conn.fetchval(
+                "SELECT extract(epoch FROM received_at) FROM events_log WHERE id > $1 ORDER BY id LIMIT 1", watermark
+            )
+            waiting = await conn.fetchval(
+                "SELECT extract(epoch FROM min(exported_at)) FROM raw_objects"
+                " WHERE exported_at IS NOT NULL AND processed_at IS NULL"
+            )
+        finally:
+            await conn.close(timeout=5)
+        self.stats.oldest_unexported_at = None if oldest is None else float(oldest)
+        self.stats.oldest_unprocessed_at = None if waiting is None else float(waiting)
+
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._every(self.export_interval_s, self.run_export), name="export"),
             asyncio.create_task(self._every(self.process_interval_s, self.run_process), name="process"),
+            asyncio.create_task(self._every(LAG_REFRESH_S, self.refresh_lag), name="pipeline-lag"),
         ]
 
     async def close(self) -> None:
@@ -173,7 +195,7 @@ class Pipeline:
             except StageBusy:
                 pass  # the leader is elsewhere this cycle
             except Exception:  # the stage's own state makes the next cycle pick up where this one stopped
-                logger.exception("Scheduled pipeline run failed")
+                logger.exception("Scheduled pipeline task %s failed", getattr(run, "__name__", run))
 
 
 def _counts(result: object) -> tuple[int, int]:

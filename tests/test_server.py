@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 from tests.harness import Ledger, collector_process, stored_ids, wait_until_live
+from tests.scrape import Samples, parse, run_promtool, value
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,3 +102,89 @@ async def test_make_run_defaults_serve_the_seed_examples(tmp_path: Path) -> None
     log = (tmp_path / "collector.log").read_text()
     assert "Started embedded PostgreSQL" in log and "Stopped embedded PostgreSQL" in log
     assert not (tmp_path / "data" / "postgres" / "postmaster.pid").exists(), "the embedded database was left running"
+
+
+async def test_metrics_sum_both_workers(clean_db: str, tmp_path: Path) -> None:
+    """WORKERS=2: whichever worker answers a scrape reports both workers' events, and the metrics folder is removed
+    at exit."""
+    with collector_process(clean_db, tmp_path, WORKERS="2", FLUSH_INTERVAL_MS="100") as (proc, url):
+        await wait_until_live(proc, url)
+        assert (tmp_path / "data" / "metrics").is_dir()
+        ledger = Ledger()
+        stop = asyncio.Event()
+        load = asyncio.create_task(ledger.drive(url, stop))
+        await asyncio.sleep(1.5)
+        stop.set()
+        await load
+        assert ledger.acked and ledger.refused == 0
+        async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            accepted_by_pid: dict[int, int] = {}
+            async with asyncio.timeout(30):
+                while len(accepted_by_pid) < 2:
+                    for health in await asyncio.gather(*(client.get("/health") for _ in range(8))):
+                        accepted_by_pid[health.json()["worker_pid"]] = health.json()["events"]["accepted"]
+            pids = set(accepted_by_pid)
+            assert all(accepted_by_pid.values()), f"the load reached one worker only: {accepted_by_pid}"
+            # Each worker syncs its counters every second: poll until every acknowledged event shows as stored.
+            async with asyncio.timeout(30):
+                while True:
+                    text = (await client.get("/metrics")).text
+                    samples = parse(text)
+                    if value(samples, "collector_events_stored_total") == len(ledger.acked):
+                        break
+                    await asyncio.sleep(0.2)
+        assert value(samples, "collector_events_accepted_total") == sum(accepted_by_pid.values()) == len(ledger.acked)
+        assert value(samples, "collector_events_received_total") == len(ledger.acked)
+        assert value(samples, "collector_flush_batch_size_events_sum") == len(ledger.acked)
+        capacity = {dict(labels)["pid"] for (name, labels) in samples if name == "collector_buffer_capacity_events"}
+        assert capacity == {str(pid) for pid in pids}, "one buffer capacity series per live worker"
+        assert value(samples, "collector_buffer_capacity_events") == 200_000
+        assert value(samples, "collector_build_info") == 1
+        if shutil.which("promtool"):
+            check = run_promtool("check", "metrics", stdin=text)
+            assert check.returncode == 0, check.stdout + check.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    assert not (tmp_path / "data" / "metrics").exists(), "the metrics folder was left behind"
+    assert ledger.acked == await stored_ids(clean_db)
+
+
+async def test_metrics_forget_a_killed_worker_but_keep_its_counts(clean_db: str, tmp_path: Path) -> None:
+    """WORKERS=2, one worker SIGKILLed and restarted by uvicorn: its gauges leave the scrape, its counters stay."""
+    with collector_process(clean_db, tmp_path, WORKERS="2", FLUSH_INTERVAL_MS="50") as (proc, url):
+        await wait_until_live(proc, url)
+        async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+
+            async def live_pids(exclude: set[int]) -> set[int]:
+                pids: set[int] = set()
+                async with asyncio.timeout(60):
+                    while len(pids) < 2:
+                        for health in await asyncio.gather(*(client.get("/health") for _ in range(8))):
+                            pids.add(health.json()["worker_pid"])
+                        pids -= exclude
+                return pids
+
+            async def scrape_when(check: Callable[[Samples], bool]) -> Samples:
+                async with asyncio.timeout(30):
+                    while not check(samples := parse((await client.get("/metrics")).text)):
+                        await asyncio.sleep(0.2)
+                return samples
+
+            def gauge_pids(samples: Samples) -> set[str]:
+                return {dict(ls)["pid"] for (name, ls) in samples if name == "collector_buffer_capacity_events"}
+
+            first = await live_pids(set())
+            batch = {"eventType": "batch", "siteId": "localhost", "events": [{"eventType": "e"}] * 5}
+            for _ in range(20):
+                assert (await client.post("/collect", json=batch)).status_code == 202
+            before = await scrape_when(lambda s: value(s, "collector_events_stored_total") == 100)
+            assert gauge_pids(before) == {str(p) for p in first}
+            victim = min(first)
+            os.kill(victim, signal.SIGKILL)
+            now = await live_pids({victim})
+            assert len(now) == 2 and victim not in now
+            after = await scrape_when(lambda s: gauge_pids(s) == {str(p) for p in now})
+        assert value(after, "collector_events_stored_total") == 100, "a dead worker's counts must stay in the sum"
+        assert value(after, "collector_buffer_capacity_events") == 200_000
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0

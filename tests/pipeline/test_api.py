@@ -82,6 +82,10 @@ async def test_development_mode_exports_to_a_local_directory(
     assert (await app.client.post("/process/run")).json()["events_processed"] == 1
     clients = [p.name for p in (tmp_path / "data" / "objects" / "processed" / "processed-events").iterdir()]
     assert clients == ["client_acme_corp"]
+    scrape = (await app.client.get("/metrics")).text
+    assert 'collector_pipeline_runs_total{result="success",stage="export"} 1.0' in scrape
+    assert 'collector_pipeline_rows_total{stage="process"} 1.0' in scrape
+    assert 'collector_pipeline_last_success_timestamp_seconds{stage="export"}' in scrape
 
 
 async def test_pipeline_endpoints_need_admin(running: Any) -> None:

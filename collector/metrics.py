@@ -1,0 +1,382 @@
+"""Metrics: the Prometheus metric objects, synced from the plain counters the service keeps, and /metrics' text.
+
+The hot path only bumps plain ints (`Ingest.accepted`, `Ingest.rejected`, `BufferStats`, `StorageStats`,
+`AuthStats`, the request counters of `CollectorApp`); `MetricsSync` turns them into Prometheus metrics once a second
+and at every scrape, incrementing each counter by what it grew since the last sync. Histograms are observed where
+the thing happens, once per flush and once per authorization lookup — never once per request.
+
+With WORKERS>1, prometheus-client's multiprocess mode sums the workers: `__main__` points
+PROMETHEUS_MULTIPROC_DIR at DATA_DIR/metrics (emptied at start and removed at exit) before any worker starts, each
+worker writes its values there, and whichever worker answers a scrape reads them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import shutil
+import time
+from collections import Counter as PlainCounter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from collector import routes
+
+if TYPE_CHECKING:
+    from collector.app import Services
+
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SYNC_INTERVAL_S = 1.0
+# Readiness pings PostgreSQL; once every few syncs is plenty for an alert that waits minutes.
+READY_EVERY_SYNCS = 5
+
+# The reasons Ingest counts and the buffer drops for, exported at 0 from the start so that rate() and alerts see
+# a series before the first occurrence.
+REJECT_REASONS = (
+    "invalid_json", "invalid_event", "domain_not_authorized", "authorization_unavailable", "buffer_full",
+    "shutting_down",
+)  # fmt: skip
+DROP_REASONS = ("lost_on_close", "unstorable")
+
+FLUSH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+FLUSH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LOOKUP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+def multiprocess_dir(data_dir: str) -> Path:
+    """Where the workers of one service keep their metric files."""
+    return Path(data_dir) / "metrics"
+
+
+def prepare_multiprocess_dir(data_dir: str) -> Path:
+    """Empty (a previous run's files would be summed in) and create the metrics folder; before workers start."""
+    folder = multiprocess_dir(data_dir)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def remove_multiprocess_dir(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything one sync reads from the service: plain numbers, gathered on the request loop."""
+
+    counters: dict[str, float] = field(default_factory=dict)
+    labelled: dict[str, Mapping[tuple[str, ...], float]] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
+    labelled_gauges: dict[str, Mapping[tuple[str, ...], float]] = field(default_factory=dict)
+
+
+class Metrics:
+    """One worker's metric objects in its own registry (two apps in one process, as in tests, do not collide)."""
+
+    def __init__(self, *, multiproc_dir: Path | None, version: str | None = None) -> None:
+        if multiproc_dir is not None and values.ValueClass is values.MutexValue:
+            raise RuntimeError(
+                f"WORKERS>1 needs {MULTIPROC_ENV} set before prometheus_client is imported"
+                " (python -m collector does it)"
+            )
+        self.multiproc_dir = multiproc_dir
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(name, doc, list(labels), registry=r)
+
+        def gauge(name: str, doc: str, labels: Iterable[str] = (), mode: str = "liveall") -> Gauge:
+            # liveall: one series per live worker (label pid), so that a full buffer in one worker is not averaged
+            # away; a single-process service has no pid label.
+            return Gauge(name, doc, list(labels), registry=r, multiprocess_mode=mode)  # type: ignore[arg-type]
+
+        self.counters: dict[str, Counter] = {
+            "requests": counter("collector_http_requests_total", "HTTP requests answered", ("route", "status")),
+            "received": counter("collector_events_received_total", "Events received (accepted + rejected)"),
+            "accepted": counter("collector_events_accepted_total", "Events accepted into the buffer"),
+            "rejected": counter("collector_events_rejected_total", "Events (or requests) refused", ("reason",)),
+            "stored": counter("collector_events_stored_total", "Events committed to PostgreSQL by live flushes"),
+            "journaled": counter("collector_events_journaled_total", "Events fsync'd to the spill journal"),
+            "replayed": counter("collector_events_replayed_total", "Journaled events committed on replay"),
+            "deduplicated": counter(
+                "collector_events_deduplicated_total", "Events of batches found already committed (retries, replays)"
+            ),
+            "dropped": counter("collector_events_dropped_total", "Accepted events not kept (stays 0)", ("reason",)),
+            "flushes": counter("collector_flushes_total", "Batches the flusher got committed or journaled"),
+            "flush_failures": counter("collector_flush_failures_total", "Failed COPY attempts (each retry counts)"),
+            "journal_full": counter("collector_journal_full_total", "Batches that found no room in the journal"),
+            "journal_corrupt": counter(
+                "collector_journal_corrupt_records_total", "Corrupt journal records moved to quarantine"
+            ),
+            "auth_hits": counter("collector_auth_cache_hits_total", "Authorizations answered from a fresh cache entry"),
+            "auth_misses": counter("collector_auth_cache_misses_total", "Authorizations that needed a lookup"),
+            "auth_stale": counter(
+                "collector_auth_stale_served_total", "Cached decisions served past their TTL while lookups failed"
+            ),
+            "auth_lookups": counter("collector_auth_lookups_total", "Lookups sent to the domain directory"),
+            "auth_failures": counter("collector_auth_lookup_failures_total", "Lookups that failed (unavailable)"),
+            "pipeline_runs": counter(
+                "collector_pipeline_runs_total",
+                "Export / processing runs by result (busy: another held the lock)",
+                ("stage", "result"),
+            ),
+            "pipeline_objects": counter(
+                "collector_pipeline_objects_total", "Objects written (raw; per client for process)", ("stage",)
+            ),
+            "pipeline_rows": counter("collector_pipeline_rows_total", "Events written to objects", ("stage",)),
+            "retention_dropped": counter(
+                "collector_retention_partitions_dropped_total", "Day partitions dropped by retention"
+            ),
+        }
+        self.gauges: dict[str, Gauge] = {
+            "buffer_events": gauge("collector_buffer_events", "Events held only in this worker's memory"),
+            "buffer_capacity": gauge("collector_buffer_capacity_events", "BUFFER_MAX_EVENTS"),
+            "buffer_bytes": gauge("collector_buffer_bytes", "Bytes of rows held only in memory"),
+            "buffer_capacity_bytes": gauge("collector_buffer_capacity_bytes", "BUFFER_MAX_BYTES"),
+            "journal_bytes": gauge("collector_journal_bytes", "Bytes in this worker's spill journal"),
+            "pool_size": gauge("collector_db_pool_connections", "Connections open in the pool"),
+            "pool_max": gauge("collector_db_pool_max_connections", "DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW"),
+            "pool_in_use": gauge("collector_db_pool_in_use_connections", "Pool connections checked out"),
+            "pool_waiting": gauge("collector_db_pool_waiting_requests", "Tasks waiting for a pool connection"),
+            "ready": gauge("collector_ready", "1 when /readyz would answer 200, else 0"),
+            # max across workers and instances: the last success anywhere, and the lag every worker reads from the
+            # same tables (so a non-leader reports the leader's progress, not a stale value of its own).
+            "pipeline_last_success": gauge(
+                "collector_pipeline_last_success_timestamp_seconds",
+                "Unix time of the last successful run of a stage",
+                ("stage",),
+                "max",
+            ),
+            "pipeline_lag": gauge(
+                "collector_pipeline_lag_seconds",
+                "export: age of the oldest event not exported; process: age of the oldest raw object not processed",
+                ("stage",),
+                "livemax",
+            ),
+        }
+        self.flush_size = Histogram(
+            "collector_flush_batch_size_events", "Events per flush", buckets=FLUSH_SIZE_BUCKETS, registry=r
+        )
+        self.flush_seconds = Histogram(
+            "collector_flush_duration_seconds",
+            "Time to get one batch committed or journaled, retries included",
+            buckets=FLUSH_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.lookup_seconds = Histogram(
+            "collector_auth_lookup_duration_seconds",
+            "Domain directory lookup latency",
+            buckets=LOOKUP_SECONDS_BUCKETS,
+            registry=r,
+        )
+        build = gauge("collector_build_info", "Collector and Python versions", ("version", "python"), "livemax")
+        build.labels(version or _version(), platform.python_version()).set(1)
+        for reason in REJECT_REASONS:
+            self.counters["rejected"].labels(reason)
+        for reason in DROP_REASONS:
+            self.counters["dropped"].labels(reason)
+        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+        if multiproc_dir is not None:
+            self._scrape_registry = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(self._scrape_registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
+        else:
+            self._scrape_registry = self.registry
+
+    def observe_flush(self, events: int, seconds: float) -> None:
+        """One flush (from the flusher thread; prometheus-client values are thread-safe)."""
+        self.flush_size.observe(events)
+        self.flush_seconds.observe(seconds)
+
+    def observe_lookup(self, seconds: float) -> None:
+        self.lookup_seconds.observe(seconds)
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Bring the metrics up to a snapshot: counters by what they grew since the last one, gauges set."""
+        for key, value in snapshot.counters.items():
+            self._advance(key, (), value)
+        for key, by_labels in snapshot.labelled.items():
+            for labels, value in by_labels.items():
+                self._advance(key, labels, value)
+        for key, value in snapshot.gauges.items():
+            self.gauges[key].set(value)
+        for key, by_labels in snapshot.labelled_gauges.items():
+            for labels, value in by_labels.items():
+                self.gauges[key].labels(*labels).set(value)
+
+    def _advance(self, key: str, labels: tuple[str, ...], value: float) -> None:
+        last = self._last.get((key, labels), 0.0)
+        if value > last:
+            metric = self.counters[key]
+            (metric.labels(*labels) if labels else metric).inc(value - last)
+            self._last[(key, labels)] = value
+
+    def render(self) -> bytes:
+        """The exposition text of the whole service (every worker, in multiprocess mode)."""
+        return generate_latest(self._scrape_registry)
+
+    def forget_dead_workers(self) -> None:
+        """Drop the live gauges of workers that died without cleaning up (SIGKILL, OOM): they no longer exist."""
+        if self.multiproc_dir is None:
+            return
+        for path in self.multiproc_dir.glob("gauge_live*_*.db"):
+            pid = int(path.stem.rsplit("_", 1)[1])
+            if not _alive(pid):
+                mark_process_dead(pid, str(self.multiproc_dir))  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        """This worker is leaving: its live gauges go, its counters stay summed in (they are totals)."""
+        if self.multiproc_dir is not None:
+            mark_process_dead(os.getpid(), str(self.multiproc_dir))  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _version() -> str:
+    try:
+        return metadata.version("collection-api")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class MetricsSync:
+    """The one background task that syncs the plain counters into Prometheus metrics every second."""
+
+    def __init__(self, metrics: Metrics, *, interval_s: float = SYNC_INTERVAL_S) -> None:
+        self.metrics = metrics
+        self._interval = interval_s
+        self._snapshot: Callable[[], Snapshot] | None = None
+        self._ready: Callable[[], Awaitable[bool]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def sync(self) -> None:
+        """Sync now (the scrape handler calls this so that this worker's figures are exact)."""
+        if self._snapshot is not None:
+            self.metrics.apply(self._snapshot())
+
+    async def check_ready(self) -> None:
+        if self._ready is not None:
+            self.metrics.gauges["ready"].set(1 if await self._ready() else 0)
+
+    async def start(self, snapshot: Callable[[], Snapshot], ready: Callable[[], Awaitable[bool]]) -> None:
+        """Sync from `snapshot` every second, and from `ready` (which may ping PostgreSQL) every few seconds."""
+        self._snapshot, self._ready = snapshot, ready
+        self.metrics.forget_dead_workers()
+        self.sync()
+        await self.check_ready()
+        self._task = asyncio.create_task(self._run(), name="metrics")
+
+    async def close(self) -> None:
+        """Stop the task, sync a last time (a scrape may still read this worker's counter files), and leave."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            self.metrics.gauges["ready"].set(0)
+            self.sync()
+        finally:
+            self.metrics.close()
+
+    async def _run(self) -> None:
+        syncs = 0
+        while True:
+            await asyncio.sleep(self._interval)
+            syncs += 1
+            try:
+                self.sync()
+                if syncs % READY_EVERY_SYNCS == 0:
+                    await self.check_ready()
+            except Exception:  # metrics must never take the service down; try again next second
+                logger.exception("Metrics sync failed")
+
+
+def labelled(counts: PlainCounter[str] | Mapping[str, int]) -> dict[tuple[str, ...], float]:
+    """A plain counter keyed by one label value, as Snapshot.labelled wants it."""
+    return {(k,): float(v) for k, v in counts.items()}
+
+
+@dataclass(slots=True)
+class RequestCounts:
+    """Answered requests, bumped by CollectorApp: /collect by status alone (one int-keyed bump on the hot path)."""
+
+    collect: PlainCounter[int] = field(default_factory=PlainCounter)
+    other: PlainCounter[tuple[str, int]] = field(default_factory=PlainCounter)
+
+
+def snapshot_of(services: Services, requests: RequestCounts) -> Snapshot:
+    """Read the service's plain counters and gauges (on the request loop; the flusher's ints are read as they are)."""
+    events = routes.accounting(services)
+    storage, auth, buffer = services.storage.stats, services.authorizer.stats, services.buffer
+    journal = services.storage.journal
+    pool_size, pool_in_use, pool_max, pool_waiting = services.store.pool_stats()
+    by_route: dict[tuple[str, ...], float] = {("/collect", str(s)): float(n) for s, n in requests.collect.items()}
+    by_route.update({(route, str(status)): float(n) for (route, status), n in requests.other.items()})
+    pipeline = services.pipeline.stats
+    stages = {"export": pipeline.export, "process": pipeline.process}
+    now = time.time()
+    oldest = {"export": pipeline.oldest_unexported_at, "process": pipeline.oldest_unprocessed_at}
+    return Snapshot(
+        counters={
+            "received": events["received"],
+            "accepted": events["accepted"],
+            "stored": events["stored"],
+            "journaled": events["journaled"],
+            "replayed": events["replayed"],
+            "deduplicated": events["deduplicated"],
+            "flushes": buffer.stats.batches,
+            "flush_failures": storage.copy_failures,
+            "journal_full": storage.journal_full,
+            "journal_corrupt": journal.stats.corrupt_records if journal is not None else 0,
+            "auth_hits": auth.hits,
+            "auth_misses": auth.misses,
+            "auth_stale": auth.stale_served,
+            "auth_lookups": auth.lookups,
+            "auth_failures": auth.lookup_failures,
+            "retention_dropped": pipeline.retention_dropped,
+        },
+        labelled={
+            "requests": by_route,
+            "rejected": labelled(events["rejected"]),
+            "dropped": labelled(events["dropped"]),
+            "pipeline_runs": {
+                (stage, result): float(n)
+                for stage, s in stages.items()
+                for result, n in (("success", s.runs - s.failures), ("failure", s.failures), ("busy", s.skipped))
+            },
+            "pipeline_objects": {(stage,): float(s.objects) for stage, s in stages.items()},
+            "pipeline_rows": {(stage,): float(s.rows) for stage, s in stages.items()},
+        },
+        gauges={
+            "buffer_events": buffer.depth,
+            "buffer_capacity": buffer.capacity,
+            "buffer_bytes": buffer.bytes,
+            "buffer_capacity_bytes": buffer.max_bytes,
+            "journal_bytes": services.storage.journal_bytes,
+            "pool_size": pool_size,
+            "pool_max": pool_max,
+            "pool_in_use": pool_in_use,
+            "pool_waiting": pool_waiting,
+        },
+        labelled_gauges={
+            "pipeline_last_success": {(k,): s.last_success for k, s in stages.items() if s.last_success is not None},
+            "pipeline_lag": {(k,): 0.0 if t is None else max(0.0, now - t) for k, t in oldest.items()},
+        },
+    )

@@ -1,0 +1,101 @@
+"""A tiny pixel-management stand-in for docker compose: serves the documented read API from a JSON file.
+
+    python standin.py --domains domains.json --port 8080
+
+The file maps domain -> the config pixel-management returns (the same shape as collector/authorized_domains.json).
+Standard library only, so that it runs on a bare python:3.11-slim image. Contract (shared/pixel-management-api.md):
+  GET /api/v1/config/domain/{domain}  200 config | 404 {"detail": "Domain not authorized"} | 400 malformed domain
+  GET /api/v1/config/client/{client}  200 config | 404 {"detail": "Client not found"}
+  GET /api/v1/domains/all             {"domains": [...], "count": N}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+DOMAIN_PREFIX = "/api/v1/config/domain/"
+CLIENT_PREFIX = "/api/v1/config/client/"
+
+
+def load(path: Path) -> dict[str, dict[str, Any]]:
+    """Domain (lower-cased) -> config; refuses a file that is not a mapping of objects with a client_id."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: must map domain names to config objects")
+    configs = {}
+    for domain, config in raw.items():
+        if not isinstance(config, dict) or not isinstance(config.get("client_id"), str):
+            raise ValueError(f"{path}: {domain}: a config object with a client_id is needed")
+        configs[domain.lower()] = config
+    return configs
+
+
+def make_handler(configs: dict[str, dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
+    by_client: dict[str, dict[str, Any]] = {}
+    for config in configs.values():
+        by_client.setdefault(config["client_id"], config)
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "pixel-management-standin/1"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path.startswith(DOMAIN_PREFIX):
+                domain = unquote(path[len(DOMAIN_PREFIX) :]).lower()
+                if len(domain) < 3 or "/" in domain:
+                    self._json(400, {"detail": "Invalid domain"})
+                elif domain in configs:
+                    self._json(200, configs[domain])
+                else:
+                    self._json(404, {"detail": "Domain not authorized"})
+            elif path.startswith(CLIENT_PREFIX):
+                client = unquote(path[len(CLIENT_PREFIX) :])
+                if client in by_client:
+                    self._json(200, by_client[client])
+                else:
+                    self._json(404, {"detail": "Client not found"})
+            elif path == "/api/v1/domains/all":
+                self._json(200, {"domains": sorted(configs), "count": len(configs)})
+            else:
+                self._json(404, {"detail": "Not Found"})
+
+        def _json(self, status: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:  # one line per request is noise here
+            return
+
+    return Handler
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domains", type=Path, default=Path(__file__).with_name("domains.json"))
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    configs = load(args.domains)
+    server = ThreadingHTTPServer((args.host, args.port), make_handler(configs))
+    # docker stop sends SIGTERM: leave serve_forever cleanly instead of dying mid-response.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"pixel-management stand-in: {len(configs)} domains on {args.host}:{server.server_port}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
