@@ -138,9 +138,10 @@ def _depth_exceeds(root: Any, limit: int) -> bool:
 class EventParser:
     """Turns a parsed /collect payload into COPY rows, rejecting invalid events one by one."""
 
-    def __init__(self, *, max_events_per_request: int, max_event_bytes: int) -> None:
+    def __init__(self, *, max_events_per_request: int, max_event_bytes: int, max_event_data_keys: int = 100) -> None:
         self.max_events_per_request = max_events_per_request
         self.max_event_bytes = max_event_bytes
+        self.max_event_data_keys = max_event_data_keys
 
     def events_of(self, payload: dict[str, Any]) -> list[Any]:
         """The events a payload carries: its `events` for a batch, else the payload itself."""
@@ -223,6 +224,9 @@ class EventParser:
         if data is None:
             event_data = copyformat.NULL
         elif type(data) is dict:
+            if len(data) > self.max_event_data_keys:
+                limit = self.max_event_data_keys
+                raise EventRejected(f"`eventData` has {len(data)} keys; at most {limit} are accepted")
             event_data = copyformat.jsonb(self._json(data, "eventData", 3 if is_batch else 1))
         else:
             raise EventRejected("`eventData` must be a JSON object")
