@@ -117,7 +117,12 @@ class Ingest:
             raise RateLimited(f"too many requests for {domain}; retry in {wait} s", retry_after_s=wait)
         ip, ip_hash = site.ip_columns(ip)
         ctx = RequestContext.build(domain, site.client_id, user_agent, ip, ip_hash)
-        rows, rejections = self.parser.rows(payload, events, ctx)
+        try:
+            rows, rejections = self.parser.rows(payload, events, ctx)
+        except CollectorError as exc:  # JSON nested too deep, found only while encoding the events
+            self.rejected[exc.error] += 1
+            self.accounting.reject(exc.error, site.client_id, domain, exc.detail, sample)
+            raise
         rejected = [{"index": r.index, "error": r.error} for r in rejections]
         if rejected:
             self.rejected["invalid_event"] += len(rejected)
