@@ -106,15 +106,8 @@ class Ingest:
             if exc.status < 500:  # the sender's mistake: keep a sample so the site owner can see why
                 self.accounting.reject(exc.error, None, domain, exc.detail, sample)
             raise
-        if origin is not None and not within(origin, domain):
-            mismatch = OriginMismatch(f"events of {domain} are not accepted from a page on {origin or 'no site'}")
-            self.rejected[mismatch.error] += len(events)
-            self.accounting.reject(mismatch.error, site.client_id, domain, mismatch.detail, sample, n=len(events))
-            raise mismatch
-        if self.site_limiter is not None and (wait := self.site_limiter.take(domain)):
-            self.rejected["rate_limited"] += len(events)
-            self.accounting.count(site.client_id, "rejected:rate_limited", len(events))
-            raise RateLimited(f"too many requests for {domain}; retry in {wait} s", retry_after_s=wait)
+        if origin is not None or self.site_limiter is not None:
+            self._check_sender(origin, domain, site.client_id, len(events), sample)
         ip, ip_hash = site.ip_columns(ip)
         ctx = RequestContext.build(domain, site.client_id, user_agent, ip, ip_hash)
         try:
@@ -156,6 +149,18 @@ class Ingest:
         if rejected:
             response["events_rejected"] = rejected
         return response
+
+    def _check_sender(self, origin: str | None, domain: str, client_id: str, n: int, sample: Any) -> None:
+        """Refuse (and count) the request's `n` events if its page is not on the site, or the site is over its rate."""
+        if origin is not None and not within(origin, domain):
+            mismatch = OriginMismatch(f"events of {domain} are not accepted from a page on {origin or 'no site'}")
+            self.rejected[mismatch.error] += n
+            self.accounting.reject(mismatch.error, client_id, domain, mismatch.detail, sample, n=n)
+            raise mismatch
+        if self.site_limiter is not None and (wait := self.site_limiter.take(domain)):
+            self.rejected["rate_limited"] += n
+            self.accounting.count(client_id, "rejected:rate_limited", n)
+            raise RateLimited(f"too many requests for {domain}; retry in {wait} s", retry_after_s=wait)
 
     def _iso_millis(self, unix_ns: int) -> str:
         """The receive time as the response's ISO 8601 string; formatted once per millisecond, not per request."""

@@ -1,4 +1,4 @@
-"""schemathesis against the real collector under uvicorn: every endpoint of /openapi.json, fuzzed and conformance-checked.
+"""schemathesis against the real collector under uvicorn: every operation of /openapi.json, fuzzed and checked.
 
 `make test` runs a short pass (FUZZ_EXAMPLES=5); `make fuzz` a long one (FUZZ_EXAMPLES=300 unless set).
 """
