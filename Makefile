@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck all clean bench promtool
+.PHONY: install run test lint typecheck all clean bench promtool browser fuzz
 
 install: $(STAMP)
 
@@ -18,9 +18,6 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/python -m collector
 
-test: install promtool
-	$(BIN)/python -m pytest
-
 # promtool (Debian's `prometheus` package) checks the /metrics scrape, the alert rules and their unit tests in
 # `make test`; those tests skip with a message without it. Installed when missing and running as root. Only the
 # binary is needed: where the install started the daemon (a machine with systemd), it is stopped and disabled again.
@@ -30,6 +27,22 @@ promtool:
 	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
 	    && { ! command -v systemctl >/dev/null || systemctl disable --now prometheus 2>/dev/null || true; }; \
 	  else echo "promtool not found: apt-get install prometheus (its tests will be skipped)"; fi; }
+
+test: install promtool browser
+	$(BIN)/python -m pytest
+
+# The browser test drives the system Chromium (Debian packages, never a browser download). Installed here when
+# missing and running as root; elsewhere (or if apt fails) that one test skips with a message saying so.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    { apt-get update && apt-get install -y chromium chromium-driver; } || echo "*** installing chromium failed: the browser test will skip"; \
+	  else echo "*** /usr/bin/chromium missing (apt-get install chromium chromium-driver): the browser test will skip"; fi; }
+
+# schemathesis against a live collector under uvicorn, FUZZ_EXAMPLES (default 300) per operation and phase;
+# `make test` runs the same with 5. FUZZ_SEED varies the run.
+fuzz: install
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest tests/test_fuzz.py -v -s
 
 lint: install
 	$(BIN)/ruff check collector pipeline tests

@@ -13,6 +13,7 @@ import uvicorn
 from collector.app import CollectorApp, create_app
 from collector.embedded import embedded_postgres
 from collector.metrics import MULTIPROC_ENV, prepare_multiprocess_dir, remove_multiprocess_dir
+from collector.protocol import EdgeProtocol
 from collector.settings import Settings, SettingsError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s:%(name)s:%(message)s"
@@ -35,6 +36,7 @@ def worker_app() -> CollectorApp:
     """The app factory each uvicorn worker calls; the parent already checked these settings."""
     settings = load_settings()
     configure_logging(settings.log_level)
+    EdgeProtocol.configure(settings)  # before uvicorn accepts this worker's first connection
     return create_app(settings)
 
 
@@ -65,7 +67,8 @@ def main() -> None:
             port=settings.port,
             workers=settings.workers,
             loop="uvloop",
-            http="httptools",
+            # httptools, plus a header size limit and a read deadline (collector/protocol.py).
+            http=EdgeProtocol,
             lifespan="on",
             access_log=False,
             # X-Forwarded-For is judged by our own TRUSTED_PROXIES (collector/proxies.py); uvicorn's middleware

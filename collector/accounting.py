@@ -57,10 +57,12 @@ class Accounting:
     def count(self, client_id: str, metric: str, n: int) -> None:
         self.counts[(datetime.now(UTC).date(), client_id, metric)] += n
 
-    def reject(self, reason: str, client_id: str | None, domain: str | None, detail: str, payload: Any) -> None:
-        """Record one rejected event (or request): a count for its client, when known, and a dead-letter sample."""
+    def reject(
+        self, reason: str, client_id: str | None, domain: str | None, detail: str, payload: Any, n: int = 1
+    ) -> None:
+        """Record `n` rejected events (or one request): a count for their client, when known, and one sample."""
         if client_id is not None:
-            self.count(client_id, f"rejected:{reason}", 1)
+            self.count(client_id, f"rejected:{reason}", n)
         self.dead_letters.append(DeadLetter(reason, client_id, domain, detail[:500], sample_payload(payload)))
 
     def start(self) -> None:

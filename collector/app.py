@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from collector import routes
+from collector import openapi, routes
 from collector.accounting import Accounting
 from collector.auth import (
     DEFAULT_DOMAINS_FILE,
@@ -34,6 +34,7 @@ from collector.settings import Settings, redact_url
 from collector.sites import DEV_IP_HASH_SECRET
 from collector.storage import Storage
 from collector.store import EventStore
+from collector.tracker import TrackerScript
 from pipeline import api as pipeline_api
 from pipeline.scheduler import Pipeline, open_pipeline
 
@@ -155,8 +156,18 @@ def create_app(settings: Settings) -> CollectorApp:
             )  # fmt: skip
             yield
 
+    document = openapi.document(settings)
+
+    async def openapi_json(request: Request) -> Response:
+        # Introspection is for operators in production: there it needs the admin token like /events/recent.
+        if settings.environment == "production":
+            routes.require_admin(request)
+        return routes.JSONResponse(document)
+
     app = Starlette(
         routes=[
+            Route("/openapi.json", openapi_json),
+            Route(settings.tracker_path, TrackerScript(settings.collect_alias_path).serve),
             Route("/health", routes.health),
             Route("/livez", routes.livez),
             Route("/readyz", routes.readyz),
@@ -166,22 +177,23 @@ def create_app(settings: Settings) -> CollectorApp:
             Route("/dead-letters", routes.dead_letters),
             *pipeline_api.ROUTES,
         ],
-        exception_handlers={CollectorError: _collector_error, HTTPException: _http_error},
+        exception_handlers={CollectorError: _collector_error, HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
-    return CollectorApp(app, requests)
+    return CollectorApp(app, requests, settings.collect_alias_path)
 
 
 class CollectorApp:
-    """The ASGI entry: POST /collect goes straight to its handler, the rest (and lifespan) to Starlette.
+    """The ASGI entry: /collect (and its alias) goes straight to its handler, the rest (and lifespan) to Starlette.
 
     Starlette's middleware stack and router cost about as much per request as our whole ingest work; the
     hot path does its own error handling (routes.collect), so it needs neither.
     """
 
-    def __init__(self, starlette: Starlette, requests: RequestCounts) -> None:
+    def __init__(self, starlette: Starlette, requests: RequestCounts, alias_path: str = "/e") -> None:
         self.starlette = starlette
         self.requests = requests
+        self._alias = alias_path
         self._routes = frozenset(route.path for route in starlette.routes if isinstance(route, Route))
         self._services: Services | None = None
 
@@ -192,7 +204,7 @@ class CollectorApp:
         return services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/collect":
+        if scope["type"] == "http" and (scope["path"] == "/collect" or scope["path"] == self._alias):
             services = self._services
             if services is None:
                 services = self._services = self.services
@@ -225,6 +237,11 @@ class CollectorApp:
 async def _collector_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CollectorError)
     return routes.error_response(exc)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Starlette logs the traceback; the client learns nothing of it.
+    return routes.JSONResponse({"error": "internal_error", "detail": "internal error"}, status_code=500)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

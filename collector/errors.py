@@ -41,6 +41,16 @@ class Forbidden(CollectorError):
     status, error = 403, "forbidden"
 
 
+class InvalidEncoding(CollectorError):
+    status, error = 400, "invalid_encoding"
+
+
+class OriginMismatch(CollectorError):
+    """The request's Origin (or Referer) is not the event's authorized site nor one of its subdomains."""
+
+    status, error = 403, "origin_mismatch"
+
+
 class DomainNotAuthorized(CollectorError):
     status, error = 403, "domain_not_authorized"
 
@@ -78,6 +88,15 @@ class Unavailable(CollectorError):
     def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
         seconds = self.retry_after_s if retry_after_s is None else retry_after_s
         super().__init__(detail, headers={"retry-after": str(seconds)})
+
+
+class RateLimited(CollectorError):
+    """429 with Retry-After: this client address or site sends faster than its token bucket refills."""
+
+    status, error = 429, "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"retry-after": str(retry_after_s)})
 
 
 class AuthorizationUnavailable(Unavailable):

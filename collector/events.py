@@ -148,9 +148,10 @@ def _depth_exceeds(root: Any, limit: int) -> bool:
 class EventParser:
     """Turns a parsed /collect payload into COPY rows, rejecting invalid events one by one."""
 
-    def __init__(self, *, max_events_per_request: int, max_event_bytes: int) -> None:
+    def __init__(self, *, max_events_per_request: int, max_event_bytes: int, max_event_data_keys: int = 100) -> None:
         self.max_events_per_request = max_events_per_request
         self.max_event_bytes = max_event_bytes
+        self.max_event_data_keys = max_event_data_keys
 
     def events_of(self, payload: dict[str, Any]) -> list[Any]:
         """The events a payload carries: its `events` for a batch, else the payload itself."""
@@ -200,14 +201,18 @@ class EventParser:
         # of ours: per event, calling _row and _json cost more than their work. What this path does not take on
         # (its own fields or id, a long or escaped eventData, an odd type) goes to _row, which checks it in full.
         fast = is_batch
-        room, limit, middle, tail = MAX_JSON_DEPTH - 3, self.max_event_bytes, defaults.middle, ctx.tail
+        room, limit, max_keys = MAX_JSON_DEPTH - 3, self.max_event_bytes, self.max_event_data_keys
+        middle, tail = defaults.middle, ctx.tail
         dumps, join, text, jsonb_header = orjson.dumps, b"".join, copyformat.cached_text, _JSONB_HEADER
         heads = _ids.heads  # popped here directly: a call of ours per event would cost as much as the pop saves
         version = JSONB_VERSION
         for index, event in enumerate(events):
             if fast and type(event) is dict and event.keys() <= BATCH_FAST_FIELDS:
                 event_type, data = event.get("eventType"), event.get("eventData")
-                if type(event_type) is str and type(data) is dict and 0 < len(event_type) <= MAX_EVENT_TYPE_CHARS:
+                if (
+                    type(event_type) is str and type(data) is dict
+                    and 0 < len(event_type) <= MAX_EVENT_TYPE_CHARS and len(data) <= max_keys
+                ):  # fmt: skip
                     try:
                         encoded, type_field = dumps(data), text(event_type)
                     except (orjson.JSONEncodeError, copyformat.Unencodable):
@@ -260,6 +265,9 @@ class EventParser:
         if data is None:
             data_head, data_json = copyformat.NULL, b""
         elif type(data) is dict:
+            if len(data) > self.max_event_data_keys:
+                limit = self.max_event_data_keys
+                raise EventRejected(f"`eventData` has {len(data)} keys; at most {limit} are accepted")
             # The jsonb field's header and its JSON go into the row's join as two pieces: concatenating them
             # first would copy the JSON once more per event.
             data_json = self._json(data, "eventData", 3 if is_batch else 1)

@@ -9,9 +9,11 @@ from typing import Any
 from collector.accounting import Accounting
 from collector.auth import DomainAuthorizer
 from collector.buffer import WriteBehindBuffer
-from collector.errors import CollectorError, InvalidEvent
+from collector.errors import CollectorError, InvalidEvent, OriginMismatch, RateLimited
 from collector.events import EventParser, RequestContext, parse_body
+from collector.origins import RememberedOrigins, within
 from collector.proxies import client_ip
+from collector.ratelimit import limiter
 from collector.settings import Settings
 
 
@@ -22,7 +24,9 @@ class Ingest:
         self, settings: Settings, authorizer: DomainAuthorizer, buffer: WriteBehindBuffer, accounting: Accounting
     ) -> None:
         self.parser = EventParser(
-            max_events_per_request=settings.max_events_per_request, max_event_bytes=settings.max_event_bytes
+            max_events_per_request=settings.max_events_per_request,
+            max_event_bytes=settings.max_event_bytes,
+            max_event_data_keys=settings.max_event_data_keys,
         )
         self.authorizer = authorizer
         self.buffer = buffer
@@ -32,27 +36,86 @@ class Ingest:
         self.max_body_bytes = settings.max_body_bytes
         self._verb = "stored" if self.durable else "queued"
         self._last_millis = (0, "")
+        self.ip_limiter = limiter(settings.rate_limit_ip_per_s, settings.rate_limit_ip_burst)
+        self.site_limiter = limiter(settings.rate_limit_site_per_s, settings.rate_limit_site_burst)
+        self.origins = RememberedOrigins()
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
+        self.preflights: Counter[str] = Counter()  # CORS preflights "allowed" / "refused" (not events)
 
     async def collect(
-        self, body: bytes, *, peer: str | None, forwarded_for: str | None, user_agent: str | None
+        self,
+        body: bytes,
+        *,
+        peer: str | None,
+        forwarded_for: str | None,
+        user_agent: str | None,
+        origin: str | None = None,
     ) -> dict[str, Any]:
-        """Store (or queue) the valid events of one request; the success body, or a CollectorError."""
-        domain = None
+        """Store (or queue) the valid events of one request; the success body, or a CollectorError.
+
+        `origin` is the normalized host of the request's Origin (else Referer) header, "" when that header is
+        unusable, None when there is neither (a server-side sender, judged by siteId alone).
+        """
+        ip = self._admit(peer, forwarded_for)
         try:
             payload = parse_body(body)
+        except CollectorError as exc:
+            self.refused(exc, body)
+            raise
+        return await self._ingest(payload, body, ip, user_agent, origin)
+
+    async def collect_payload(
+        self,
+        payload: dict[str, Any],
+        sample: Any,
+        *,
+        peer: str | None,
+        forwarded_for: str | None,
+        user_agent: str | None,
+        origin: str | None = None,
+    ) -> dict[str, Any]:
+        """collect() for a payload already built (the GET pixel's query); `sample` goes to dead letters."""
+        ip = self._admit(peer, forwarded_for)
+        return await self._ingest(payload, sample, ip, user_agent, origin)
+
+    def refused(self, exc: CollectorError, sample: Any) -> None:
+        """Count a request refused before its events were known (and keep a sample of the sender's mistakes)."""
+        self.rejected[exc.error] += 1
+        if exc.status < 500 and exc.status != 429:
+            self.accounting.reject(exc.error, None, None, exc.detail, sample)
+
+    def _admit(self, peer: str | None, forwarded_for: str | None) -> str | None:
+        """The client address, once its rate limit lets the request through (else RateLimited, counted)."""
+        ip = client_ip(peer, forwarded_for, self._trusted)
+        if self.ip_limiter is not None and ip is not None and (wait := self.ip_limiter.take(ip)):
+            self.rejected["rate_limited"] += 1
+            raise RateLimited(f"too many requests from this address; retry in {wait} s", retry_after_s=wait)
+        return ip
+
+    async def _ingest(
+        self, payload: dict[str, Any], sample: Any, ip: str | None, user_agent: str | None, origin: str | None
+    ) -> dict[str, Any]:
+        domain = None
+        try:
             events = self.parser.events_of(payload)
             domain = self.parser.domain_of(payload, events)
             site = await self.authorizer.authorize(domain)
         except CollectorError as exc:
             self.rejected[exc.error] += 1
             if exc.status < 500:  # the sender's mistake: keep a sample so the site owner can see why
-                self.accounting.reject(exc.error, None, domain, exc.detail, body)
+                self.accounting.reject(exc.error, None, domain, exc.detail, sample)
             raise
-        ip, ip_hash = site.ip_columns(client_ip(peer, forwarded_for, self._trusted))
+        if origin is not None or self.site_limiter is not None:
+            self._check_sender(origin, domain, site.client_id, len(events), sample)
+        ip, ip_hash = site.ip_columns(ip)
         ctx = RequestContext.build(domain, site.client_id, user_agent, ip, ip_hash)
-        rows, rejections = self.parser.rows(payload, events, ctx)
+        try:
+            rows, rejections = self.parser.rows(payload, events, ctx)
+        except CollectorError as exc:  # JSON nested too deep, found only while encoding the events
+            self.rejected[exc.error] += 1
+            self.accounting.reject(exc.error, site.client_id, domain, exc.detail, sample)
+            raise
         rejected = [{"index": r.index, "error": r.error} for r in rejections]
         if rejected:
             self.rejected["invalid_event"] += len(rejected)
@@ -86,6 +149,18 @@ class Ingest:
         if rejected:
             response["events_rejected"] = rejected
         return response
+
+    def _check_sender(self, origin: str | None, domain: str, client_id: str, n: int, sample: Any) -> None:
+        """Refuse (and count) the request's `n` events if its page is not on the site, or the site is over its rate."""
+        if origin is not None and not within(origin, domain):
+            mismatch = OriginMismatch(f"events of {domain} are not accepted from a page on {origin or 'no site'}")
+            self.rejected[mismatch.error] += n
+            self.accounting.reject(mismatch.error, client_id, domain, mismatch.detail, sample, n=n)
+            raise mismatch
+        if self.site_limiter is not None and (wait := self.site_limiter.take(domain)):
+            self.rejected["rate_limited"] += n
+            self.accounting.count(client_id, "rejected:rate_limited", n)
+            raise RateLimited(f"too many requests for {domain}; retry in {wait} s", retry_after_s=wait)
 
     def _iso_millis(self, unix_ns: int) -> str:
         """The receive time as the response's ISO 8601 string; formatted once per millisecond, not per request."""

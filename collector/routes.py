@@ -6,6 +6,7 @@ import hmac
 import ipaddress
 import logging
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from collector import browser
+from collector.bodies import ClientDisconnected, read_body
 from collector.errors import (
-    BodyTooLarge,
     CollectorError,
     Forbidden,
     InvalidParameter,
@@ -23,6 +25,8 @@ from collector.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+from collector.origins import cors_headers, host_of
+from collector.protocol import EdgeProtocol
 
 if TYPE_CHECKING:
     from collector.app import Services
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 JSON_TYPES = frozenset((b"application/json", b"text/plain"))
+ALLOW = {"allow": "POST, GET, OPTIONS"}
 MAX_RECENT = 1000
 # The classic text format, which every Prometheus 2.x and 3.x reads (what generate_latest writes for our names).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -55,15 +60,17 @@ def services_of(scope: Scope) -> Services:
     return services
 
 
-async def collect(services: Services, scope: Scope, receive: Receive, send: Send) -> int:
+async def collect(services: Services, scope: Scope, receive: Receive, send: Send) -> int:  # noqa: C901
     """/collect as raw ASGI: the hot path reads headers and body itself, with no Request object or middleware.
 
-    Returns the status it answered (for the request counters).
+    POST (fetch, sendBeacon, servers) answers JSON; GET is the pixel and OPTIONS the CORS preflight (browser.py).
+    One function on purpose: the header scan and the branches are inlined, each call level costs per request.
+    Returns the status it answered (for the request counters; 499 when the client left first).
     """
+    ingest = services.ingest
+    origin = None
     try:
-        if scope["method"] != "POST":
-            raise MethodNotAllowed("use POST to send events", headers={"allow": "POST"})
-        content_type = content_length = user_agent = forwarded_for = None
+        content_type = content_length = user_agent = forwarded_for = encoding = referer = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value
@@ -71,58 +78,61 @@ async def collect(services: Services, scope: Scope, receive: Receive, send: Send
                 content_length = value
             elif name == b"user-agent":
                 user_agent = value.decode("latin-1")
+            elif name == b"origin":
+                origin = value
+            elif name == b"referer":
+                referer = value
             elif name == b"x-forwarded-for":
                 forwarded_for = value.decode("latin-1")
-        if content_type is not None and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES:
-            raise UnsupportedMediaType("send events as application/json or text/plain (JSON either way)")
-        body = await read_body(receive, services.ingest.max_body_bytes, content_length)
+            elif name == b"content-encoding":
+                encoding = value
+        # Browsers send Origin on every cross-origin POST; an <img> pixel sends only (maybe) a Referer.
+        site_host = host_of(origin) if origin is not None else None if referer is None else host_of(referer)
+        method = scope["method"]
+        if method != "POST":
+            if method == "GET":
+                await browser.pixel(services, scope, send, user_agent, forwarded_for, site_host)
+                return 200
+            if method == "OPTIONS":
+                await browser.preflight(services, origin, send)
+                return 204
+            raise MethodNotAllowed("use POST (or GET for the pixel) to send events", headers=ALLOW)
+        try:
+            if content_type is not None and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES:
+                raise UnsupportedMediaType("send events as application/json or text/plain (JSON either way)")
+            body = await read_body(receive, ingest.max_body_bytes, content_length, encoding)
+        except CollectorError as exc:
+            ingest.refused(exc, b"")
+            raise
         client = scope.get("client")
-        result = await services.ingest.collect(
-            body, peer=client[0] if client else None, forwarded_for=forwarded_for, user_agent=user_agent
-        )
-        status = 200 if services.ingest.durable else 202
-        await _send_json(send, status, orjson.dumps(result), ())
+        result = await ingest.collect(
+            body, peer=client[0] if client else None, forwarded_for=forwarded_for, user_agent=user_agent,
+            origin=site_host,
+        )  # fmt: skip
+        status = 200 if ingest.durable else 202
+        if origin is None:
+            await _send_json(send, status, orjson.dumps(result), ())
+        else:
+            ingest.origins.add(origin)
+            await _send_json(send, status, orjson.dumps(result), cors_headers(origin))
         return status
     except CollectorError as exc:
-        headers = tuple((k.encode(), v.encode()) for k, v in exc.headers.items())
+        headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+        if origin is not None and origin in ingest.origins:
+            headers += cors_headers(origin)
+        if exc.status in (408, 413):
+            headers.append((b"connection", b"close"))  # the rest of the body is not read
         await _send_json(send, exc.status, orjson.dumps(exc.body()), headers)
         return exc.status
+    except ClientDisconnected:
+        return 499
     except Exception:  # a bug: log it, and tell the client nothing of it
         logger.exception("Unexpected error in /collect")
         await _send_json(send, 500, b'{"error":"internal_error","detail":"internal error"}', ())
         return 500
 
 
-async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes:
-    """The request body, refusing (413) as soon as it passes `limit` bytes, whatever Content-Length said."""
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError:
-            declared = 0
-        if declared > limit:
-            raise BodyTooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise BodyTooLarge(f"the body is larger than {limit} bytes")
-        return body
-    chunks = [body]
-    size = len(body)
-    while message.get("more_body", False):
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _send_json(send: Send, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...]) -> None:
+async def _send_json(send: Send, status: int, body: bytes, extra: Sequence[tuple[bytes, bytes]]) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -170,6 +180,10 @@ async def health(request: Request) -> JSONResponse:
         "journal": {"bytes": services.storage.journal_bytes},
         "authorization": {"source": services.authorizer.directory.describe(), **vars_of(services.authorizer.stats)},
         "events": accounting(services),
+        "edge": {
+            "preflights": dict(services.ingest.preflights),
+            "connections_refused": vars_of(EdgeProtocol.stats),
+        },
         "worker_pid": os.getpid(),
     }
     return JSONResponse(body, status_code=200 if database_ok else 503)
@@ -230,9 +244,17 @@ async def metrics(request: Request) -> Response:
 
 
 def _client_filter(request: Request) -> str | None:
-    value = request.query_params.get("client_id")
+    value = _text_param(request, "client_id")
     if value is not None and not (0 < len(value) <= 128):
         raise InvalidParameter("client_id must be 1 to 128 characters")
+    return value
+
+
+def _text_param(request: Request, name: str) -> str | None:
+    """A text filter, refused (422) when PostgreSQL could not even compare it: NUL, or absurdly long."""
+    value = request.query_params.get(name)
+    if value is not None and ("\x00" in value or len(value) > 256):
+        raise InvalidParameter(f"{name} must be at most 256 characters, without NUL")
     return value
 
 
@@ -263,9 +285,11 @@ async def dead_letters(request: Request) -> JSONResponse:
     """The newest rejected-event samples: why a site's events bounce."""
     require_admin(request)
     services = services_of(request.scope)
-    params = request.query_params
     records = await services.store.dead_letters(
-        _limit(request), reason=params.get("reason"), client_id=_client_filter(request), domain=params.get("domain")
+        _limit(request),
+        reason=_text_param(request, "reason"),
+        client_id=_client_filter(request),
+        domain=_text_param(request, "domain"),
     )
     return JSONResponse(
         [

@@ -12,6 +12,12 @@ Environment = Literal["development", "production"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# Paths of the fixed endpoints, which the configurable ones may not shadow.
+RESERVED_PATHS = frozenset((
+    "/health", "/livez", "/readyz", "/events/count", "/events/recent", "/dead-letters", "/openapi.json", "/metrics",
+    "/export/run", "/export/status", "/export/config", "/process/run", "/process/status", "/pipeline/status",
+))  # fmt: skip
+
 
 class SettingsError(ValueError):
     """A variable is missing or malformed; the message names it."""
@@ -59,6 +65,22 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     max_events_per_request: int = 500
     max_event_bytes: int = 32 * 1024
+    max_event_data_keys: int = 100
+    # Request line plus headers, per request (uvicorn's httptools parser has no limit of its own).
+    max_header_bytes: int = 32 * 1024
+    # From a request's first byte to its last: a client that trickles its headers or body is cut off with 408.
+    read_timeout_s: float = 10.0
+
+    # The browser edge: the GET/POST alias of /collect and the tracker script's path (short names that
+    # ad-block lists do not target), and how long a browser may cache a CORS preflight answer.
+    collect_alias_path: str = "/e"
+    tracker_path: str = "/s.js"
+    cors_max_age_s: int = 7200
+    # Token buckets per worker: requests per second (0 = off) and the burst allowed above that rate.
+    rate_limit_ip_per_s: float = 0.0
+    rate_limit_ip_burst: int = 100
+    rate_limit_site_per_s: float = 0.0
+    rate_limit_site_burst: int = 1000
 
     # Pipeline (the S3 stages; see pipeline/). No buckets: a directory store under DATA_DIR/objects.
     export_batch_size: int = 10_000
@@ -116,12 +138,19 @@ class Settings:
             "buffer_max_events", "buffer_max_bytes", "max_body_bytes", "max_events_per_request", "max_event_bytes",
             "export_batch_size", "auth_cache_size", "journal_max_bytes", "journal_segment_bytes", "copy_timeout_s",
             "export_interval_s", "process_interval_s", "retention_days",
+            "max_event_data_keys", "max_header_bytes", "read_timeout_s", "rate_limit_ip_burst", "rate_limit_site_burst",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()}: must be a positive number")
         if self.database_max_overflow < 0:
             raise SettingsError("DATABASE_MAX_OVERFLOW: must be zero or more")
+        for name in ("rate_limit_ip_per_s", "rate_limit_site_per_s", "cors_max_age_s"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name.upper()}: must be zero or more")
+        paths = {"/collect", self.collect_alias_path, self.tracker_path}
+        if len(paths) != 3 or paths & RESERVED_PATHS:
+            raise SettingsError("COLLECT_ALIAS_PATH, TRACKER_PATH: must differ from each other and from other paths")
         if self.flush_max_events > self.buffer_max_events:
             raise SettingsError("FLUSH_MAX_EVENTS: must not exceed BUFFER_MAX_EVENTS")
         if self.environment == "production":
@@ -167,6 +196,12 @@ def _networks(raw: str) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
 
 
+def _path(raw: str) -> str:
+    if not raw.startswith("/") or len(raw) < 2 or any(c in raw for c in "?#% "):
+        raise ValueError("expected an absolute URL path such as /e")
+    return raw
+
+
 def _database_url(raw: str) -> str:
     if not raw.startswith(("postgresql://", "postgres://")):
         raise ValueError("expected a postgresql:// URL")
@@ -195,6 +230,8 @@ _CASTERS: dict[str, Callable[[str], Any]] = {
     "raw_s3_endpoint_url": _http_url,
     "processed_s3_endpoint_url": _http_url,
     "export_format": _one_of("json", "ndjson.gz"),
+    "collect_alias_path": _path,
+    "tracker_path": _path,
 }
 
 

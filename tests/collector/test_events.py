@@ -56,6 +56,7 @@ def test_fast_path_rows_equal_the_full_paths(sub_event: dict[str, Any]) -> None:
         {"eventType": "batch", "eventData": {}},
         {"eventType": "nul", "eventData": {"k": "a\u0000b"}},
         {"eventType": "big", "eventData": {"k": "v" * 3000}},
+        {"eventType": "many_keys", "eventData": {f"k{i}": i for i in range(101)}},
         {"eventType": "", "eventData": {}},
         {"eventType": "x" * 101, "eventData": {}},
     ],

@@ -1,0 +1,96 @@
+"""Origins: which browser origins may send a site's events, and the CORS headers that tell the browser so.
+
+"Authorized" means the Origin's host (or, without an Origin, the Referer's) is the event's authorized site domain
+or a subdomain of it. This stops a copied snippet from feeding another site's data in browsers; it does not stop
+forged server-side traffic, which sends any header it likes (or none, and is then judged by siteId alone).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from collector.auth import DomainAuthorizer
+from collector.errors import DomainNotAuthorized
+from collector.sites import normalize_domain
+
+# A preflight names no site: its origin's host is looked up, then its parents, at most this many domains.
+MAX_PREFLIGHT_LOOKUPS = 4
+ALLOW_METHODS = b"POST, GET, OPTIONS"
+ALLOW_HEADERS = b"content-type, content-encoding"
+EXPOSE_HEADERS = b"retry-after"
+# Origins that passed a check before: their error answers carry CORS headers too, so the tracker can read
+# Retry-After. Bounded; cleared when full.
+MAX_REMEMBERED_ORIGINS = 10_000
+
+
+@lru_cache(maxsize=4096)
+def host_of(header: bytes) -> str:
+    """The normalized host of an Origin or Referer value; "" (matching no site) for `null` (an opaque
+    origin: sandboxed frame, file://) or anything else without a host."""
+    try:
+        text = header.decode("ascii")
+    except UnicodeDecodeError:
+        return ""
+    if "://" not in text:
+        return ""
+    return normalize_domain(text) or ""
+
+
+def within(host: str, domain: str) -> bool:
+    """`host` is `domain` or one of its subdomains."""
+    return host == domain or (host.endswith(domain) and host[-len(domain) - 1] == ".")
+
+
+def candidates(host: str) -> list[str]:
+    """The domains that could authorize `host`: itself, then its parents with two labels or more."""
+    if ":" in host or host.replace(".", "").isdigit():  # an IP address has no parent domains
+        return [host]
+    labels = host.split(".")
+    return [".".join(labels[i:]) for i in range(max(1, len(labels) - 1))][:MAX_PREFLIGHT_LOOKUPS]
+
+
+async def origin_allowed(authorizer: DomainAuthorizer, host: str) -> bool:
+    """True if `host` or one of its parent domains is authorized (cached lookups; AuthorizationUnavailable
+    propagates: a preflight must not be refused because pixel-management is down)."""
+    for domain in candidates(host):
+        try:
+            await authorizer.authorize(domain)
+        except DomainNotAuthorized:
+            continue
+        return True
+    return False
+
+
+def cors_headers(origin: bytes) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"access-control-allow-origin", origin),
+        (b"access-control-expose-headers", EXPOSE_HEADERS),
+        (b"vary", b"origin"),
+    ]
+
+
+def preflight_headers(origin: bytes, max_age_s: int) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"access-control-allow-origin", origin),
+        (b"access-control-allow-methods", ALLOW_METHODS),
+        (b"access-control-allow-headers", ALLOW_HEADERS),
+        (b"access-control-max-age", str(max_age_s).encode()),
+        (b"vary", b"origin"),
+    ]
+
+
+class RememberedOrigins:
+    """Origin header values that passed a check in this worker, so that even their errors carry CORS headers."""
+
+    def __init__(self, max_entries: int = MAX_REMEMBERED_ORIGINS) -> None:
+        self._seen: set[bytes] = set()
+        self._max = max_entries
+
+    def add(self, origin: bytes) -> None:
+        if origin not in self._seen:
+            if len(self._seen) >= self._max:
+                self._seen.clear()
+            self._seen.add(origin)
+
+    def __contains__(self, origin: bytes) -> bool:
+        return origin in self._seen
