@@ -16,6 +16,7 @@ import orjson
 from cachetools import LRUCache
 
 from collector.errors import AuthorizationUnavailable, DomainNotAuthorized
+from collector.jsonfile import read_json_object
 from collector.sites import InvalidSiteConfig, SiteConfig, normalize_domain
 
 logger = logging.getLogger(__name__)
@@ -90,12 +91,7 @@ class FileDirectory:
 
     def __init__(self, path: Path, ip_hash_secret: str) -> None:
         self._path = path
-        try:
-            raw = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise ValueError(f"AUTHORIZED_DOMAINS_FILE {path}: cannot be read as JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"AUTHORIZED_DOMAINS_FILE {path}: must map domain names to config objects")
+        raw = read_json_object(path, "AUTHORIZED_DOMAINS_FILE", "domain names to config objects")
         self._configs: dict[str, dict[str, Any]] = {}
         for name, config in raw.items():
             domain = normalize_domain(name)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
 from cachetools import TTLCache
 
+from collector.jsonfile import read_json_object
 from pipeline.objects import ObjectStore
 from pipeline.privacy import LEVELS
 
@@ -52,12 +52,7 @@ class Destination:
 
 def load_destinations(path: Path) -> dict[str, Destination]:
     """CLIENT_STORAGE_FILE: {"client_id": {"processed_bucket": "...", "processed_prefix": "..."}, ...}."""
-    try:
-        raw = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise ValueError(f"CLIENT_STORAGE_FILE {path}: cannot be read as JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"CLIENT_STORAGE_FILE {path}: must map client ids to objects")
+    raw = read_json_object(path, "CLIENT_STORAGE_FILE", "client ids to objects")
     found = {}
     for client_id, value in raw.items():
         destination = Destination.parse(value, f"CLIENT_STORAGE_FILE {path}: {client_id}")

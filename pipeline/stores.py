@@ -51,20 +51,18 @@ class Stores:
 
 
 def _location(settings: Settings, bucket: str, *, raw_bucket: bool) -> S3Location:
-    if raw_bucket:
-        return S3Location(
-            bucket,
-            endpoint_url=settings.raw_s3_endpoint_url or settings.s3_endpoint_url,
-            region=settings.raw_s3_region,
-            access_key=settings.raw_s3_access_key,
-            secret_key=settings.raw_s3_secret_key,
-        )
+    s = settings
+    endpoint, region, access_key, secret_key = (
+        (s.raw_s3_endpoint_url, s.raw_s3_region, s.raw_s3_access_key, s.raw_s3_secret_key)
+        if raw_bucket
+        else (s.processed_s3_endpoint_url, s.processed_s3_region, s.processed_s3_access_key, s.processed_s3_secret_key)
+    )
     return S3Location(
         bucket,
-        endpoint_url=settings.processed_s3_endpoint_url or settings.s3_endpoint_url,
-        region=settings.processed_s3_region,
-        access_key=settings.processed_s3_access_key,
-        secret_key=settings.processed_s3_secret_key,
+        endpoint_url=endpoint or s.s3_endpoint_url,
+        region=region,
+        access_key=access_key,
+        secret_key=secret_key,
     )
 
 

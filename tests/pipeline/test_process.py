@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from collector.auth import PixelManagementDirectory
 from collector.sites import hash_ip
-from pipeline.clients import ClientSettingsSource, Destination
+from pipeline.clients import ClientSettingsSource, Destination, load_destinations
 from pipeline.export import Exporter
 from pipeline.objects import ObjectStore, S3Store
 from pipeline.privacy import POLICY_VERSION, REDACTED
@@ -176,3 +177,14 @@ async def test_a_client_with_its_own_bucket_gets_its_objects_there(
     own = await make_store(own_bucket)
     assert await keys_of(own) == [processed_key(exported.keys[0], "client_acme_corp", "acme/")]
     assert await keys_of(shared) == [processed_key(exported.keys[0], "client_eu_shop")]
+
+
+def test_client_storage_file_maps_clients_to_their_buckets(tmp_path: Path) -> None:
+    """CLIENT_STORAGE_FILE is read into destinations; a file that is not a JSON object is refused by name."""
+    good = tmp_path / "storage.json"
+    good.write_text('{"client_a": {"processed_bucket": "a-bucket", "processed_prefix": "exports"}, "client_b": null}')
+    assert load_destinations(good) == {"client_a": Destination("a-bucket", "exports/")}
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="CLIENT_STORAGE_FILE"):
+        load_destinations(bad)
