@@ -12,9 +12,10 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -108,6 +109,18 @@ class Ledger:
                 assert response.status_code == 503, response.text
                 self.refused += 1
                 self.answers[f"503 {_error_code(response)}"] += 1
+
+
+@asynccontextmanager
+async def loading(ledger: Ledger, url: str, **options: Any) -> AsyncIterator[None]:
+    """Run the ledger-keeping load driver for the duration of the block."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(ledger.drive(url, stop, **options))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 def _error_code(response: httpx.Response) -> str:

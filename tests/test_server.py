@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.harness import Ledger, collector_process, stored_ids, wait_until_live
+from tests.harness import Ledger, collector_process, loading, stored_ids, wait_until_live
 from tests.scrape import Samples, parse, run_promtool, value
 
 pytestmark = pytest.mark.timeout(120)
@@ -57,11 +57,8 @@ async def test_two_workers_share_the_port_and_both_store(clean_db: str, tmp_path
                     health = await asyncio.gather(*(client.get("/health") for _ in range(8)))
                     pids.update(h.json()["worker_pid"] for h in health)
         ledger = Ledger()
-        stop = asyncio.Event()
-        load = asyncio.create_task(ledger.drive(url, stop))
-        await asyncio.sleep(1.5)
-        stop.set()
-        await load
+        async with loading(ledger, url):
+            await asyncio.sleep(1.5)
         proc.send_signal(signal.SIGTERM)
         exit_code = await asyncio.to_thread(proc.wait, 30)
     log = (tmp_path / "collector.log").read_text()
@@ -111,11 +108,8 @@ async def test_metrics_sum_both_workers(clean_db: str, tmp_path: Path) -> None:
         await wait_until_live(proc, url)
         assert (tmp_path / "data" / "metrics").is_dir()
         ledger = Ledger()
-        stop = asyncio.Event()
-        load = asyncio.create_task(ledger.drive(url, stop))
-        await asyncio.sleep(1.5)
-        stop.set()
-        await load
+        async with loading(ledger, url):
+            await asyncio.sleep(1.5)
         assert ledger.acked and ledger.refused == 0
         async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_keepalive_connections=0)) as client:
             accepted_by_pid: dict[int, int] = {}

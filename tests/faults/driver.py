@@ -75,18 +75,6 @@ class HealthWatch:
             await task
 
 
-@asynccontextmanager
-async def loading(ledger: Ledger, url: str, **options: Any) -> AsyncIterator[None]:
-    """Run the ledger-keeping load driver for the duration of the block."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(ledger.drive(url, stop, **options))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
-
-
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -22,7 +22,6 @@ from tests.faults.driver import (
     HealthWatch,
     health,
     kill,
-    loading,
     peak_rss_mb,
     poll,
     post_probe,
@@ -34,7 +33,7 @@ from tests.faults.driver import (
 )
 from tests.faults.pgcontrol import StoppablePostgres
 from tests.faults.pgrelay import PgRelay
-from tests.harness import Ledger, collector_process, free_port, stored_ids, wait_until_live
+from tests.harness import Ledger, collector_process, free_port, loading, stored_ids, wait_until_live
 
 LONG = os.environ.get("FAULTS_LONG") == "1"
 VARIANTS = [

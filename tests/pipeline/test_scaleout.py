@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from pipeline.formats import decode_events, format_of
-from tests.harness import Ledger, collector_process, wait_until_live
+from tests.harness import Ledger, collector_process, loading, wait_until_live
 from tests.pipeline.conftest import MakeStore, create_bucket, keys_of
 
 KEY_RANGE = re.compile(r"_(\d+)-(\d+)\.json$")
@@ -41,17 +41,14 @@ async def test_two_instances_export_every_acknowledged_event_once_after_one_is_k
     ):
         await wait_until_live(proc_a, url_a)
         await wait_until_live(proc_b, url_b)
-        stop = asyncio.Event()
-        load = asyncio.gather(
-            ledger.drive(url_a, stop, connections=3, request_timeout_s=5),
-            ledger.drive(url_b, stop, connections=3, request_timeout_s=5),
-        )
-        await asyncio.sleep(3.0)
-        proc_a.send_signal(signal.SIGKILL)  # whichever of the two leads a stage right now
-        proc_a.wait()
-        await asyncio.sleep(2.0)
-        stop.set()
-        await load
+        async with (
+            loading(ledger, url_a, connections=3, request_timeout_s=5),
+            loading(ledger, url_b, connections=3, request_timeout_s=5),
+        ):
+            await asyncio.sleep(3.0)
+            proc_a.send_signal(signal.SIGKILL)  # whichever of the two leads a stage right now
+            proc_a.wait()
+            await asyncio.sleep(2.0)
         # The survivor exports every half second: wait until the watermark covers every stored row.
         async with asyncio.timeout(40):
             while True:
