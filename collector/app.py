@@ -132,7 +132,7 @@ def create_app(settings: Settings) -> CollectorApp:
             stack.push_async_callback(_logged("accounting", accounting.close))
             ingest = Ingest(settings, authorizer, buffer, accounting)
             pipeline = await open_pipeline(settings, database_url, authorizer.directory, stack)
-            pipeline.start()
+            pipeline.start(store.pool)
             stack.push_async_callback(_logged("pipeline", pipeline.close))
             services = Services(
                 settings, store, authorizer, buffer, storage, accounting, ingest, metrics_sync, pipeline

@@ -15,6 +15,7 @@ import orjson
 
 from pipeline.formats import CONTENT_TYPES, encode
 from pipeline.objects import ObjectStore
+from pipeline.status import export_watermark
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class Exporter:
             await self._upload(conn, claim["key"], rows, claim["created_at"], result)
         bound, result.waiting_for_xid = await self.safe_bound(conn)
         while True:
-            watermark: int = await conn.fetchval("SELECT watermark FROM export_state")
+            watermark = await export_watermark(conn)
             result.watermark = watermark
             if watermark >= bound:
                 break

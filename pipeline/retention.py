@@ -10,6 +10,7 @@ from datetime import date, timedelta
 import asyncpg
 
 from collector.store import SCHEMA_LOCK_KEY
+from pipeline.status import export_watermark
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ async def drop_expired(conn: asyncpg.Connection, *, retention_days: int, today: 
             async with conn.transaction():
                 # Locked first: no flusher may add a row between the check and the drop.
                 await conn.execute(f'LOCK TABLE "{name}" IN ACCESS EXCLUSIVE MODE')
-                watermark = await conn.fetchval("SELECT watermark FROM export_state")
+                watermark = await export_watermark(conn)
                 newest = await conn.fetchval(f'SELECT max(id) FROM "{name}"')
                 if newest is not None and newest > watermark:
                     result.kept_unexported.append(name)

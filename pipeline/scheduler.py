@@ -20,6 +20,7 @@ from pipeline.clients import ClientDirectory, ClientSettingsSource, load_destina
 from pipeline.export import Exporter, ExportResult
 from pipeline.process import Processor, ProcessResult
 from pipeline.retention import RetentionResult, drop_expired
+from pipeline.status import Queryable, export_watermark, oldest_unexported, oldest_unprocessed
 from pipeline.stores import Stores
 
 logger = logging.getLogger(__name__)
@@ -155,28 +156,19 @@ class Pipeline:
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 conn.terminate()
 
-    async def refresh_lag(self) -> None:
+    async def refresh_lag(self, db: Queryable) -> None:
         """Read what waits for each stage from the shared tables, so every worker reports the leader's progress."""
-        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S, command_timeout=STATEMENT_TIMEOUT_S)
-        try:
-            watermark = await conn.fetchval("SELECT watermark FROM export_state")
-            oldest = await conn.fetchval(
-                "SELECT extract(epoch FROM received_at) FROM events_log WHERE id > $1 ORDER BY id LIMIT 1", watermark
-            )
-            waiting = await conn.fetchval(
-                "SELECT extract(epoch FROM min(exported_at)) FROM raw_objects"
-                " WHERE exported_at IS NOT NULL AND processed_at IS NULL"
-            )
-        finally:
-            await conn.close(timeout=5)
-        self.stats.oldest_unexported_at = None if oldest is None else float(oldest)
-        self.stats.oldest_unprocessed_at = None if waiting is None else float(waiting)
+        unexported = await oldest_unexported(db, await export_watermark(db))
+        unprocessed = await oldest_unprocessed(db)
+        self.stats.oldest_unexported_at = None if unexported is None else unexported.timestamp()
+        self.stats.oldest_unprocessed_at = None if unprocessed is None else unprocessed.timestamp()
 
-    def start(self) -> None:
+    def start(self, db: Queryable) -> None:
+        """Schedule both stages, and the lag refresh through `db` (the app's pool: it needs no lock)."""
         self._tasks = [
             asyncio.create_task(self._every(self.export_interval_s, self.run_export), name="export"),
             asyncio.create_task(self._every(self.process_interval_s, self.run_process), name="process"),
-            asyncio.create_task(self._every(LAG_REFRESH_S, self.refresh_lag), name="pipeline-lag"),
+            asyncio.create_task(self._every(LAG_REFRESH_S, lambda: self.refresh_lag(db)), name="pipeline-lag"),
         ]
 
     async def close(self) -> None:

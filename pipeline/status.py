@@ -35,6 +35,28 @@ async def _last_run(db: Queryable, stage: str) -> dict[str, Any] | None:
     }
 
 
+async def oldest_unexported(db: Queryable, watermark: int) -> datetime | None:
+    """Receive time of the first row past the watermark: the oldest event no raw object holds yet."""
+    oldest: datetime | None = await db.fetchval(
+        "SELECT received_at FROM events_log WHERE id > $1 ORDER BY id LIMIT 1", watermark
+    )
+    return oldest
+
+
+async def oldest_unprocessed(db: Queryable) -> datetime | None:
+    """Export time of the oldest raw object not processed yet."""
+    oldest: datetime | None = await db.fetchval(
+        "SELECT min(exported_at) FROM raw_objects WHERE exported_at IS NOT NULL AND processed_at IS NULL"
+    )
+    return oldest
+
+
+async def export_watermark(db: Queryable) -> int:
+    """Every row with an id at or below it is in exactly one uploaded raw object."""
+    value: int = await db.fetchval("SELECT watermark FROM export_state")
+    return value
+
+
 async def export_status(db: Queryable) -> dict[str, Any]:
     """Rows exported and pending, the last object, and the age of the oldest row not exported yet."""
     state = await _row(db, "SELECT watermark, updated_at, now() AS now FROM export_state")
@@ -45,7 +67,7 @@ async def export_status(db: Queryable) -> dict[str, Any]:
         " WHERE exported_at IS NOT NULL",
     )
     pending = await db.fetchval("SELECT count(*) FROM events_log WHERE id > $1", watermark)
-    oldest = await db.fetchval("SELECT received_at FROM events_log WHERE id > $1 ORDER BY id LIMIT 1", watermark)
+    oldest = await oldest_unexported(db, watermark)
     last = await db.fetchrow(
         "SELECT key, row_count, exported_at FROM raw_objects WHERE exported_at IS NOT NULL"
         " ORDER BY range_start DESC LIMIT 1"

@@ -76,7 +76,12 @@ async def test_development_mode_exports_to_a_local_directory(
     app = await running_admin()
     assert (await app.post({"eventType": "pageview", "siteId": "acme.com"})).status_code == 202
     await app.services.buffer.drain()
+    pipeline, pool = app.services.pipeline, app.services.store.pool
+    await pipeline.refresh_lag(pool)
+    assert pipeline.stats.oldest_unexported_at is not None and pipeline.stats.oldest_unprocessed_at is None
     body = (await app.client.post("/export/run")).json()
+    await pipeline.refresh_lag(pool)
+    assert pipeline.stats.oldest_unexported_at is None and pipeline.stats.oldest_unprocessed_at is not None
     path = tmp_path / "data" / "objects" / "raw" / body["objects"][0]
     assert path.is_file()
     assert (await app.client.post("/process/run")).json()["events_processed"] == 1
