@@ -13,7 +13,7 @@ from collector.routes import JSONResponse, now_iso, require_admin, services_of
 from pipeline.export import ExportStalled
 from pipeline.objects import ObjectStoreError
 from pipeline.retention import daily_partitions
-from pipeline.scheduler import StageBusy
+from pipeline.scheduler import StageBusy, StageStats
 from pipeline.status import export_status, process_status
 
 
@@ -136,7 +136,7 @@ async def pipeline_status(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-def _stage(stats: Any) -> dict[str, Any]:
+def _stage(stats: StageStats) -> dict[str, Any]:
     last = stats.last_success
     return {
         "runs": stats.runs, "failures": stats.failures, "skipped_busy": stats.skipped,

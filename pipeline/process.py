@@ -41,6 +41,11 @@ class ProcessResult:
     keys: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
+    @property
+    def objects(self) -> int:
+        """Objects written: one per client and raw object."""
+        return self.client_objects
+
 
 def processed_key(raw: str, client_id: str, prefix: str = "") -> str:
     """processed-events/<client>/YYYY/MM/DD/processed_<raw stem>.<ext>, dated like the raw object."""

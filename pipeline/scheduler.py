@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
@@ -33,7 +33,18 @@ CONNECT_TIMEOUT_S = 10.0
 LAG_REFRESH_S = 15.0
 STATEMENT_TIMEOUT_S = 120.0
 
-T = TypeVar("T")
+
+class RunResult(Protocol):
+    """What both stages' results say of a run (ExportResult, ProcessResult)."""
+
+    @property
+    def objects(self) -> int: ...
+
+    @property
+    def rows(self) -> int: ...
+
+
+T = TypeVar("T", bound=RunResult)
 
 
 class StageBusy(Exception):
@@ -99,8 +110,6 @@ class Pipeline:
 
         started = time.monotonic()
         result = await self._locked("export", EXPORT_LOCK_KEY, self.stats.export, work)
-        self.stats.export.objects += result.objects
-        self.stats.export.rows += result.rows
         logger.info("Export run: objects=%d rows=%d watermark=%d duration_ms=%.0f",
                     result.objects, result.rows, result.watermark, (time.monotonic() - started) * 1000)  # fmt: skip
         return result
@@ -119,8 +128,6 @@ class Pipeline:
 
         started = time.monotonic()
         result = await self._locked("process", PROCESS_LOCK_KEY, self.stats.process, work)
-        self.stats.process.objects += result.client_objects
-        self.stats.process.rows += result.rows
         if result.failed:
             self.stats.process.last_error = f"{len(result.failed)} raw object(s) failed, first {result.failed[0]}"
         logger.info("Processing run: raw_objects=%d client_objects=%d rows=%d duplicates=%d failed=%d duration_ms=%.0f",
@@ -146,8 +153,9 @@ class Pipeline:
                 raise
             stats.last_success = time.time()
             stats.last_error = None
-            objects, rows = _counts(result)
-            await _record(conn, stage, ok=True, error=None, objects=objects, rows=rows)
+            stats.objects += result.objects
+            stats.rows += result.rows
+            await _record(conn, stage, ok=True, error=None, objects=result.objects, rows=result.rows)
             return result
         finally:
             # Closing the connection releases the lock too; terminate if the server does not answer.
@@ -188,14 +196,6 @@ class Pipeline:
                 pass  # the leader is elsewhere this cycle
             except Exception:  # the stage's own state makes the next cycle pick up where this one stopped
                 logger.exception("Scheduled pipeline task %s failed", getattr(run, "__name__", run))
-
-
-def _counts(result: object) -> tuple[int, int]:
-    if isinstance(result, ExportResult):
-        return result.objects, result.rows
-    if isinstance(result, ProcessResult):
-        return result.client_objects, result.rows
-    return 0, 0
 
 
 async def _record(
