@@ -65,5 +65,11 @@ bench: install
 faults: install
 	FAULTS_LONG=1 $(BIN)/python -m pytest -m faults tests/faults -v -s
 
+# The hostile-internet suite, long variants: floods, huge and crafted inputs, idle sockets; prints the figures
+# (FIGURE lines). The fast variants run in `make test`. See docs/security.md.
+.PHONY: hostile
+hostile: install
+	HOSTILE_LONG=1 $(BIN)/python -m pytest tests/security -v -s
+
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
