@@ -70,6 +70,13 @@ class Settings:
     max_header_bytes: int = 32 * 1024
     # From a request's first byte to its last: a client that trickles its headers or body is cut off with 408.
     read_timeout_s: float = 10.0
+    # A new connection must send its first byte within this, and an idle keep-alive connection is closed after
+    # KEEPALIVE_TIMEOUT_S: a socket that sends nothing holds a file descriptor and must not hold it for ever.
+    first_byte_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
+    # Open connections per worker; past it a new one gets an immediate 503 and is closed. The worker lowers it
+    # further to what its file limit leaves after a reserve for the database pool, journal and logs.
+    max_connections: int = 10_000
 
     # The browser edge: the GET/POST alias of /collect and the tracker script's path (short names that
     # ad-block lists do not target), and how long a browser may cache a CORS preflight answer.
@@ -139,6 +146,7 @@ class Settings:
             "export_batch_size", "auth_cache_size", "journal_max_bytes", "journal_segment_bytes", "copy_timeout_s",
             "export_interval_s", "process_interval_s", "retention_days",
             "max_event_data_keys", "max_header_bytes", "read_timeout_s", "rate_limit_ip_burst", "rate_limit_site_burst",
+            "first_byte_timeout_s", "keepalive_timeout_s", "max_connections",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
