@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from collector.sites import DEV_IP_HASH_SECRET
+
 AckMode = Literal["buffered", "durable"]
 Environment = Literal["development", "production"]
 
@@ -17,6 +19,31 @@ RESERVED_PATHS = frozenset((
     "/health", "/livez", "/readyz", "/events/count", "/events/recent", "/dead-letters", "/openapi.json", "/metrics",
     "/export/run", "/export/status", "/export/config", "/process/run", "/process/status", "/pipeline/status",
 ))  # fmt: skip
+
+
+# A production secret: at least this long, with at least MIN_SECRET_DISTINCT different characters, and none of the
+# values this repository ships (anyone can read them). tests/security/test_secrets.py finds every ADMIN_TOKEN and
+# IP_HASH_SECRET value in the repository's deploy files and docs and checks that each one is here or refused anyway.
+MIN_SECRET_CHARS = 32
+MIN_SECRET_DISTINCT = 8
+SHIPPED_SECRETS = frozenset(
+    value.lower()
+    for value in ("REPLACE_ME", "compose-demo-admin-token", "compose-demo-ip-hash-secret", DEV_IP_HASH_SECRET)
+)
+# Placeholder words: a value containing one was copied from an example, not generated.
+PLACEHOLDER_MARKERS = ("replace_me", "replace-me", "changeme", "change-me", "compose-demo", "development-only")
+
+
+def weak_secret(value: str) -> str | None:
+    """Why `value` cannot be a production secret (None when it can)."""
+    lowered = value.strip().lower()
+    if lowered in SHIPPED_SECRETS or any(marker in lowered for marker in PLACEHOLDER_MARKERS):
+        return "is a value that ships in this repository (anyone can read it); generate one, e.g. openssl rand -hex 32"
+    if len(value) < MIN_SECRET_CHARS:
+        return f"must be at least {MIN_SECRET_CHARS} characters (e.g. openssl rand -hex 32)"
+    if len(set(value)) < MIN_SECRET_DISTINCT:
+        return f"must have at least {MIN_SECRET_DISTINCT} different characters (e.g. openssl rand -hex 32)"
+    return None
 
 
 class SettingsError(ValueError):
@@ -173,6 +200,12 @@ class Settings:
                     + ", ".join(m.upper() for m in missing)
                     + " (no embedded defaults in production)"
                 )
+            # The admin token guards every operator endpoint and the hash secret is all that keeps a hashed IP
+            # from being reversed by trying the 2^32 addresses: a guessable or published one is no secret.
+            for name in ("admin_token", "ip_hash_secret"):
+                reason = weak_secret(getattr(self, name))
+                if reason is not None:
+                    raise SettingsError(f"{name.upper()}: {reason}")
 
 
 def _as_str(raw: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import struct
 import zlib
 from collections.abc import AsyncIterator
@@ -23,8 +24,8 @@ from tests.security.conftest import figure
 pytestmark = pytest.mark.timeout(90)
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "an-admin-token-only-this-test-knows-0123456789"
-SECRET = "an-ip-hash-secret-only-this-test-knows-0123456789"
+TOKEN = secrets.token_hex(32)
+SECRET = secrets.token_hex(32)
 EVENT = b'{"eventType":"pageview","siteId":"acme.com"}'
 SMUGGLED = b'{"eventType":"smuggled","siteId":"localhost"}'
 
