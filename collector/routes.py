@@ -70,7 +70,7 @@ async def collect(services: Services, scope: Scope, receive: Receive, send: Send
     ingest = services.ingest
     origin = None
     try:
-        content_type = content_length = user_agent = forwarded_for = encoding = referer = None
+        content_type = content_length = user_agent = forwarded_for = encoding = referer = fetch_site = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value
@@ -86,8 +86,16 @@ async def collect(services: Services, scope: Scope, receive: Receive, send: Send
                 forwarded_for = value.decode("latin-1")
             elif name == b"content-encoding":
                 encoding = value
+            elif name == b"sec-fetch-site":
+                fetch_site = value
         # Browsers send Origin on every cross-origin POST; an <img> pixel sends only (maybe) a Referer.
         site_host = host_of(origin) if origin is not None else None if referer is None else host_of(referer)
+        # A page can hide both (<img referrerpolicy="no-referrer">), but not that a browser sent the request: every
+        # request a browser makes for a page carries Fetch Metadata. Such a request names no page, so it matches no
+        # site (origin_mismatch). `none` is the user's own navigation (an address typed in), which no page can
+        # cause: it is judged like a server's request, which that user could send with curl just as well.
+        if site_host is None and fetch_site is not None and fetch_site != b"none":
+            site_host = ""
         method = scope["method"]
         if method != "POST":
             if method == "GET":
