@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import sys
 from contextlib import ExitStack
@@ -13,7 +14,7 @@ import uvicorn
 from collector.app import CollectorApp, create_app
 from collector.embedded import embedded_postgres
 from collector.metrics import MULTIPROC_ENV, prepare_multiprocess_dir, remove_multiprocess_dir
-from collector.protocol import EdgeProtocol
+from collector.protocol import EdgeProtocol, connection_cap
 from collector.settings import Settings, SettingsError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s:%(name)s:%(message)s"
@@ -40,6 +41,22 @@ def worker_app() -> CollectorApp:
     return create_app(settings)
 
 
+def raise_file_limit() -> int:
+    """Raise this process's soft file limit to its hard limit (the workers inherit it); returns the new soft limit.
+
+    Each client connection holds a file descriptor: the usual soft limit of 1,024 let ~1,000 idle sockets stop
+    all service, while the hard limit is there to be used.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # e.g. a hard limit above the kernel's nr_open
+            logging.getLogger(__name__).warning("Could not raise the file limit from %d to %d: %s", soft, hard, exc)
+            return soft
+    return hard
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -47,6 +64,9 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
+    files = raise_file_limit()
+    logging.getLogger(__name__).info("File limit %d: at most %d connections per worker", files,
+                                     connection_cap(settings))  # fmt: skip
     # uvicorn re-raises the SIGTERM it handled once it has drained; turning that into SystemExit lets
     # the embedded database below be stopped instead of the process dying on the default handler.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

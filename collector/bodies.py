@@ -1,4 +1,4 @@
-"""Request bodies: read under a byte limit, gunzipped under the same limit while decompressing."""
+"""Request bodies: read under a byte limit, gunzipped under the same limit, compressed and inflated."""
 
 from __future__ import annotations
 
@@ -65,9 +65,15 @@ async def read_body(receive: Receive, limit: int, content_length: bytes | None, 
 
 async def _read_gzip(receive: Receive, message: Message, decoder: zlib._Decompress, limit: int) -> bytes:
     chunks: list[bytes] = []
-    size = 0
+    size = compressed = 0
     while True:
-        chunk = _inflate(decoder, message.get("body", b""), limit - size)
+        data = message.get("body", b"")
+        # Without Content-Length (chunked) nothing else bounds the compressed bytes: gzip that inflates to little
+        # or nothing (empty deflate blocks) would be read for ever. Compressed is never larger than `limit` either.
+        compressed += len(data)
+        if compressed > limit:
+            raise BodyTooLarge(f"the compressed body is larger than {limit} bytes")
+        chunk = _inflate(decoder, data, limit - size)
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(f"the body is larger than {limit} bytes once decompressed")

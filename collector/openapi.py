@@ -89,10 +89,11 @@ PATHS: dict[str, dict[str, Any]] = {
     "/collect": COLLECT,
     "/health": {
         "get": {
-            "summary": "Database, buffer, flusher, authorization and event accounting of the answering worker",
+            "summary": "Database, buffer, flusher, authorization and event accounting of the answering worker"
+            " (in production only `status` unless the admin token comes with the request)",
             "responses": {
-                "200": _json(_ref("Health"), "healthy"),
-                "503": _json(_ref("Health"), "PostgreSQL does not answer"),
+                "200": _json({"anyOf": [_ref("Health"), _ref("Status")]}, "healthy"),
+                "503": _json({"anyOf": [_ref("Health"), _ref("Status")]}, "PostgreSQL does not answer"),
             },
         }
     },
@@ -149,9 +150,10 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/metrics": {
         "get": {
-            "summary": "Prometheus metrics of every worker (text exposition format); keep it off the public edge",
+            "summary": "Prometheus metrics of every worker (text exposition format); admin only in production",
             "responses": {
-                "200": {"description": "the scrape", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                "200": {"description": "the scrape", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                **ADMIN_ERRORS,
             },
         }
     },
@@ -271,7 +273,11 @@ SCHEMAS: dict[str, Any] = {
     "Status": {
         "type": "object",
         "required": ["status"],
-        "properties": {"status": {"type": "string"}, "reasons": {"type": "array", "items": {"type": "string"}}},
+        "properties": {
+            "status": {"type": "string"},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+            "detail": {"type": "string"},
+        },
     },
     "Health": {
         "type": "object",

@@ -1,15 +1,19 @@
-"""EdgeProtocol: uvicorn's httptools protocol with the two limits it lacks, header bytes and a read deadline.
+"""EdgeProtocol: uvicorn's httptools protocol with the limits it lacks: header bytes, read and idle deadlines, and
+a cap on open connections.
 
-httptools buffers a header of any size (a 20 MB header is accepted), and nothing in uvicorn bounds how long a
-client may take to send its request once it has started. Both checks live here, below the ASGI app, and cost
-the hot path nothing: a request that arrives in one read (nearly all of them) never arms a timer, and header
-bytes are counted per read, not per header.
+httptools buffers a header of any size (a 20 MB header is accepted), nothing in uvicorn bounds how long a client
+may take to send its request once it has started, a connection that never sends a byte is kept for ever, and
+uvicorn accepts connections until the process runs out of file descriptors. All of it is checked here, below the
+ASGI app, at almost no cost to the hot path: a request that arrives in one read (nearly all of them) never arms a
+timer, header bytes are counted per read (and only a read larger than the limit has its headers measured), and
+the idle deadlines reuse the one keep-alive timer uvicorn arms anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +30,25 @@ class EdgeStats:
 
     headers_too_large: int = 0
     read_timeouts: int = 0
+    idle_timeouts: int = 0  # no first byte within FIRST_BYTE_TIMEOUT_S, or idle after KEEPALIVE_TIMEOUT_S
+    over_connection_limit: int = 0  # refused at once: the worker held max_connections already
+
+
+# File descriptors a worker keeps for everything but client connections: the database pool, the journal, log
+# files, the pipeline's sockets. The connection cap is lowered so that these are always left.
+FD_RESERVE = 256
+
+
+def connection_cap(settings: Settings) -> int:
+    """MAX_CONNECTIONS, lowered to what this process's file limit leaves after the reserve."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return settings.max_connections
+    return max(1, min(settings.max_connections, soft - FD_RESERVE - settings.pool_max_size))
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request that was already answered (431)."""
 
 
 def _response(status: bytes, error: str, detail: str) -> bytes:
@@ -38,30 +61,59 @@ def _response(status: bytes, error: str, detail: str) -> bytes:
 
 class EdgeProtocol(HttpToolsProtocol):
     """Answers 431 when a request's line and headers pass `max_header_bytes`, and 408 when a request is not
-    fully read `read_timeout_s` seconds after its first bytes; either way the connection is closed.
+    fully read `read_timeout_s` seconds after its first bytes; either way the connection is closed. A connection
+    silent for `first_byte_timeout_s` after it opened, or `keepalive_timeout_s` after its last answer, is closed;
+    one opened while the worker holds `max_connections` is answered 503 and closed at once.
 
     The limits are class-wide: each worker sets them once from its Settings (configure) before serving.
     """
 
     max_header_bytes: ClassVar[int] = 32 * 1024
     read_timeout_s: ClassVar[float] = 10.0
+    first_byte_timeout_s: ClassVar[float] = 10.0
+    keepalive_timeout_s: ClassVar[float] = 5.0
+    max_connections: ClassVar[int] = 10_000
     stats: ClassVar[EdgeStats] = EdgeStats()
 
     @classmethod
     def configure(cls, settings: Settings) -> None:
         cls.max_header_bytes = settings.max_header_bytes
         cls.read_timeout_s = settings.read_timeout_s
+        cls.first_byte_timeout_s = settings.first_byte_timeout_s
+        cls.keepalive_timeout_s = settings.keepalive_timeout_s
+        cls.max_connections = connection_cap(settings)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # uvicorn arms its keep-alive timer with this after each answer (config.timeout_keep_alive is whole seconds).
+        self.timeout_keep_alive = self.keepalive_timeout_s  # type: ignore[assignment]
+        self._read_size = 0
         self._in_headers = True  # between two requests, or inside a request's line and headers
         self._in_body = False
         self._header_bytes = 0
         self._completed = False  # a request ended during the current read
         self._deadline: asyncio.TimerHandle | None = None
 
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            # Refused before a byte is read: a worker full of (maybe idle) sockets keeps serving the ones it has
+            # instead of running out of file descriptors for its database and journal.
+            self.stats.over_connection_limit += 1
+            self._refuse(b"503 Service Unavailable", "too_many_connections",
+                         "the server holds too many connections; retry later")  # fmt: skip
+            return
+        # The first-byte deadline is uvicorn's keep-alive timer, which the first read cancels (data_received).
+        self.timeout_keep_alive_task = self.loop.call_later(self.first_byte_timeout_s, self.timeout_keep_alive_handler)
+
+    def timeout_keep_alive_handler(self) -> None:
+        if not self.transport.is_closing():
+            self.stats.idle_timeouts += 1
+            self.transport.close()
+
     def data_received(self, data: bytes) -> None:
         self._completed = False
+        self._read_size = len(data)
         super().data_received(data)
         if self._in_headers:
             if self._completed:
@@ -80,9 +132,30 @@ class EdgeProtocol(HttpToolsProtocol):
             self._deadline = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
 
     def on_headers_complete(self) -> None:
+        # Counting per read misses headers that end inside the read that carried them (a whole request in one
+        # read, or pipelined behind another): when this read alone could pass the limit, measure them.
+        if self._header_bytes + self._read_size > self.max_header_bytes and self._header_size() > self.max_header_bytes:
+            self.stats.headers_too_large += 1
+            self._refuse(b"431 Request Header Fields Too Large", "headers_too_large",
+                         f"the request line and headers exceed {self.max_header_bytes} bytes")  # fmt: skip
+            self._in_headers = False  # nothing more to count or time on this connection (data_received)
+            raise _Refused  # the parser stops here: nothing of this request reaches the app
         self._in_headers = False
         self._in_body = True
         super().on_headers_complete()
+
+    def _header_size(self) -> int:
+        """The request line and headers as they came on the wire (give or take the whitespace around values)."""
+        # "METHOD " + url + " HTTP/1.1\r\n", each "name: value\r\n", and the blank line.
+        size = len(self.parser.get_method()) + len(self.url) + 13
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+        return size
+
+    def send_400_response(self, msg: str) -> None:
+        if self.transport.is_closing():
+            return  # the parser stopped because we refused the request (431) and answered it already
+        super().send_400_response(msg)
 
     def on_message_complete(self) -> None:
         self._in_body = False

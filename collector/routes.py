@@ -70,7 +70,7 @@ async def collect(services: Services, scope: Scope, receive: Receive, send: Send
     ingest = services.ingest
     origin = None
     try:
-        content_type = content_length = user_agent = forwarded_for = encoding = referer = None
+        content_type = content_length = user_agent = forwarded_for = encoding = referer = fetch_site = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value
@@ -86,8 +86,16 @@ async def collect(services: Services, scope: Scope, receive: Receive, send: Send
                 forwarded_for = value.decode("latin-1")
             elif name == b"content-encoding":
                 encoding = value
+            elif name == b"sec-fetch-site":
+                fetch_site = value
         # Browsers send Origin on every cross-origin POST; an <img> pixel sends only (maybe) a Referer.
         site_host = host_of(origin) if origin is not None else None if referer is None else host_of(referer)
+        # A page can hide both (<img referrerpolicy="no-referrer">), but not that a browser sent the request: every
+        # request a browser makes for a page carries Fetch Metadata. Such a request names no page, so it matches no
+        # site (origin_mismatch). `none` is the user's own navigation (an address typed in), which no page can
+        # cause: it is judged like a server's request, which that user could send with curl just as well.
+        if site_host is None and fetch_site is not None and fetch_site != b"none":
+            site_host = ""
         method = scope["method"]
         if method != "POST":
             if method == "GET":
@@ -158,11 +166,31 @@ def require_admin(request: Request) -> None:
         loopback = False
     if not loopback:
         raise Forbidden("admin endpoints answer loopback clients only while ADMIN_TOKEN is unset")
+    # A reverse proxy on the same machine connects from loopback on behalf of anyone: a forwarded request is
+    # not a local operator, whatever its peer address.
+    if "x-forwarded-for" in request.headers or "forwarded" in request.headers:
+        raise Forbidden("admin endpoints without ADMIN_TOKEN answer direct loopback clients only, not proxied ones")
+
+
+def is_admin(request: Request) -> bool:
+    """Whether require_admin would let this request through."""
+    try:
+        require_admin(request)
+    except CollectorError:
+        return False
+    return True
 
 
 async def health(request: Request) -> JSONResponse:
+    """The worker's whole state; in production only its status unless the admin token comes with the request
+    (the detail tells an attacker which limits bite and how full the buffer is)."""
     services = services_of(request.scope)
     database_ok = await services.store.ping()
+    if services.settings.environment == "production" and not is_admin(request):
+        return JSONResponse(
+            {"status": "healthy" if database_ok else "unhealthy", "detail": "send the admin token for the rest"},
+            status_code=200 if database_ok else 503,
+        )
     buffer = services.buffer
     body = {
         "status": "healthy" if database_ok else "unhealthy",
@@ -239,6 +267,8 @@ async def readyz(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     """Prometheus text format: this worker synced now, the others as of their last sync (within a second)."""
     services = services_of(request.scope)
+    if services.settings.environment == "production":
+        require_admin(request)  # Prometheus sends it (authorization: credentials_file), strangers get 401
     services.metrics.sync()
     return Response(services.metrics.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 

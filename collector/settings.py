@@ -19,6 +19,32 @@ RESERVED_PATHS = frozenset((
 ))  # fmt: skip
 
 
+# A production secret: at least this long, with at least MIN_SECRET_DISTINCT different characters, and none of the
+# values this repository ships (anyone can read them). tests/security/test_secrets.py finds every ADMIN_TOKEN and
+# IP_HASH_SECRET value in the repository's deploy files and docs and checks that each one is here or refused anyway.
+MIN_SECRET_CHARS = 32
+MIN_SECRET_DISTINCT = 8
+# (No import of collector.sites.DEV_IP_HASH_SECRET: settings sits below every other module; the test checks that
+# the value there is refused.)
+SHIPPED_SECRETS = frozenset((
+    "replace_me", "compose-demo-admin-token", "compose-demo-ip-hash-secret", "development-only-ip-hash-secret",
+))  # fmt: skip
+# Placeholder words: a value containing one was copied from an example, not generated.
+PLACEHOLDER_MARKERS = ("replace_me", "replace-me", "changeme", "change-me", "compose-demo", "development-only")
+
+
+def weak_secret(value: str) -> str | None:
+    """Why `value` cannot be a production secret (None when it can)."""
+    lowered = value.strip().lower()
+    if lowered in SHIPPED_SECRETS or any(marker in lowered for marker in PLACEHOLDER_MARKERS):
+        return "is a value that ships in this repository (anyone can read it); generate one, e.g. openssl rand -hex 32"
+    if len(value) < MIN_SECRET_CHARS:
+        return f"must be at least {MIN_SECRET_CHARS} characters (e.g. openssl rand -hex 32)"
+    if len(set(value)) < MIN_SECRET_DISTINCT:
+        return f"must have at least {MIN_SECRET_DISTINCT} different characters (e.g. openssl rand -hex 32)"
+    return None
+
+
 class SettingsError(ValueError):
     """A variable is missing or malformed; the message names it."""
 
@@ -70,6 +96,13 @@ class Settings:
     max_header_bytes: int = 32 * 1024
     # From a request's first byte to its last: a client that trickles its headers or body is cut off with 408.
     read_timeout_s: float = 10.0
+    # A new connection must send its first byte within this, and an idle keep-alive connection is closed after
+    # KEEPALIVE_TIMEOUT_S: a socket that sends nothing holds a file descriptor and must not hold it for ever.
+    first_byte_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
+    # Open connections per worker; past it a new one gets an immediate 503 and is closed. The worker lowers it
+    # further to what its file limit leaves after a reserve for the database pool, journal and logs.
+    max_connections: int = 10_000
 
     # The browser edge: the GET/POST alias of /collect and the tracker script's path (short names that
     # ad-block lists do not target), and how long a browser may cache a CORS preflight answer.
@@ -139,6 +172,7 @@ class Settings:
             "export_batch_size", "auth_cache_size", "journal_max_bytes", "journal_segment_bytes", "copy_timeout_s",
             "export_interval_s", "process_interval_s", "retention_days",
             "max_event_data_keys", "max_header_bytes", "read_timeout_s", "rate_limit_ip_burst", "rate_limit_site_burst",
+            "first_byte_timeout_s", "keepalive_timeout_s", "max_connections",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -165,6 +199,12 @@ class Settings:
                     + ", ".join(m.upper() for m in missing)
                     + " (no embedded defaults in production)"
                 )
+            # The admin token guards every operator endpoint and the hash secret is all that keeps a hashed IP
+            # from being reversed by trying the 2^32 addresses: a guessable or published one is no secret.
+            for name in ("admin_token", "ip_hash_secret"):
+                reason = weak_secret(getattr(self, name))
+                if reason is not None:
+                    raise SettingsError(f"{name.upper()}: {reason}")
 
 
 def _as_str(raw: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import secrets
 
 import asyncpg
 
@@ -191,9 +192,10 @@ async def test_openapi_describes_every_route(make_app: MakeApp) -> None:
 
 async def test_openapi_needs_the_admin_token_in_production(make_app: MakeApp) -> None:
     """In production the API description is introspection for operators: 401 without the bearer token."""
-    running = await make_app(environment="production", admin_token="t0ken")
+    token = secrets.token_hex(32)
+    running = await make_app(environment="production", admin_token=token, ip_hash_secret=secrets.token_hex(32))
     assert (await running.client.get("/openapi.json")).status_code == 401
-    authorized = await running.client.get("/openapi.json", headers={"authorization": "Bearer t0ken"})
+    authorized = await running.client.get("/openapi.json", headers={"authorization": f"Bearer {token}"})
     assert authorized.status_code == 200
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import subprocess
 import sys
 
@@ -74,8 +75,8 @@ def test_production_refuses_embedded_defaults() -> None:
         "ENVIRONMENT": "production",
         "DATABASE_URL": "postgresql://db/x",
         "PIXEL_MANAGEMENT_URL": "https://pm.example",
-        "ADMIN_TOKEN": "t",
-        "IP_HASH_SECRET": "s",
+        "ADMIN_TOKEN": secrets.token_hex(32),
+        "IP_HASH_SECRET": secrets.token_hex(32),
     }
     assert Settings.from_env(complete).environment == "production"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -48,9 +49,30 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
+# What an operator exports before `docker compose up` (the file has no value of its own for these).
+REQUIRED = {"ADMIN_TOKEN": secrets.token_hex(32), "IP_HASH_SECRET": secrets.token_hex(32)}
+
+
 def interpolate(value: str) -> str:
-    """Compose's ${VAR:-default} as `docker compose up` resolves it with nothing set."""
+    """Compose's ${VAR:-default} as `docker compose up` resolves it with only the REQUIRED variables set
+    (${VAR:?message} is an error when VAR is unset)."""
+    value = re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", lambda m: REQUIRED[m.group(1)], value)
     return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_compose_requires_the_secrets_from_the_environment_and_ships_none() -> None:
+    """ADMIN_TOKEN and IP_HASH_SECRET come from the environment with no default (compose stops without them), the
+    collector is published on loopback only, and Prometheus gets the token as a compose secret."""
+    services = compose()["services"]
+    env = services["collector"]["environment"]
+    for name in ("ADMIN_TOKEN", "IP_HASH_SECRET"):
+        assert re.fullmatch(rf"\$\{{{name}:\?[^}}]+\}}", env[name]), env[name]
+    assert all(str(port).startswith("127.0.0.1:") for port in services["collector"]["ports"])
+    assert "admin_token" in services["prometheus"]["secrets"]
+    assert compose()["secrets"]["admin_token"] == {"environment": "ADMIN_TOKEN"}
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "collector")
+    assert job["authorization"]["credentials_file"] == "/run/secrets/admin_token"
 
 
 def test_dockerfile_runs_the_collector_as_a_non_root_user_from_a_slim_image() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from collector.settings import Settings
+from collector.settings import Settings, SettingsError
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 BASE = DEPLOY / "k8s" / "base"
@@ -38,11 +39,23 @@ def container() -> dict[str, Any]:
     return collector
 
 
-def settings_of_base() -> Settings:
-    """The Settings the pod would read: the ConfigMap and the Secret's (placeholder) values."""
+def env_of_base() -> dict[str, str]:
+    """The environment the pod would get from the base alone: the ConfigMap and the Secret's placeholders."""
     docs = documents()
     env = {**docs["ConfigMap"]["data"], **docs["Secret"]["stringData"]}
-    return Settings.from_env({k: str(v) for k, v in env.items()})
+    return {k: str(v) for k, v in env.items()}
+
+
+def settings_of_base() -> Settings:
+    """The Settings the pod would read once an overlay replaced each placeholder with a generated value."""
+    env = {k: v.replace("REPLACE_ME", secrets.token_hex(32)) for k, v in env_of_base().items()}
+    return Settings.from_env(env)
+
+
+def test_the_base_with_its_placeholders_does_not_start() -> None:
+    """Applied without an overlay, the base's REPLACE_ME secrets stop the start with a message naming the variable."""
+    with pytest.raises(SettingsError, match=r"^ADMIN_TOKEN: "):
+        Settings.from_env(env_of_base())
 
 
 def test_kustomize_base_lists_every_resource_it_needs() -> None:
