@@ -1,25 +1,37 @@
-"""Privacy rules applied to processed events, per client privacy level: redaction, IP hashing, user-agent families."""
+"""Privacy rules applied to processed events, per client privacy level: redaction, IP hashing, user-agent families.
+
+Every pattern below runs on client text, so each is linear in its input (no two quantifiers that can share a
+character, every start anchored by a look-behind or bounded in length), and each string is only searched within
+the window that can reach the output: a 1 MB value costs what its first 1.5 KB cost.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import pairwise
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from collector.sites import hash_ip
 
 # Recorded in every processed object: bump it whenever a rule below changes what is redacted.
-POLICY_VERSION = "2026-11-28.1"
+POLICY_VERSION = "2026-11-29.1"
 REDACTED = "[REDACTED]"
 MAX_STRING_CHARS = 1024
 TRUNCATED = "…[truncated]"
 LEVELS = ("standard", "gdpr", "hipaa")
+# Personal data is searched for in a window this much longer than what is kept, so that a value starting before
+# the cut is seen whole and replaced whole, never left as a fragment (an email address is at most 254 characters).
+SCAN_MARGIN = 512
+SCAN_WINDOW = MAX_STRING_CHARS + SCAN_MARGIN
+PSEUDONYM = "pseudonym:"
 
 # Keys are matched by their tokens (split on _ - . space and camelCase), never by substring: `cardNumber` and
-# `credit_card` are sensitive, `cardinality`, `hotel`, `keyword` and `passenger` are not.
+# `credit_card` are sensitive, `cardinality`, `hotel`, `keyword` and `passenger` are not. Two adjacent tokens
+# also count joined, so `passWord`, `e_mail`, `zip_code` and `first_name` read as password, email, ...
 SENSITIVE_TOKENS = frozenset({
     "password", "passwd", "pwd", "passcode", "passphrase", "secret", "token", "credential", "credentials",
     "authorization", "auth", "cookie", "apikey", "accesstoken", "refreshtoken",
@@ -31,27 +43,67 @@ SENSITIVE_PAIRS = frozenset({
     ("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"), ("credit", "card"),
     ("social", "security"), ("account", "number"), ("routing", "number"), ("tax", "id"),
 })  # fmt: skip
+# gdpr and hipaa: who a person is and where they live, wherever the key appears.
+PERSONAL_TOKENS = frozenset({
+    "firstname", "lastname", "surname", "fullname", "forename", "givenname", "familyname", "middlename",
+    "maidenname", "username", "nickname", "address", "addr", "street", "streetaddress", "housenumber", "postcode",
+    "postalcode", "zip", "zipcode", "postal", "ip", "ipaddress", "ipv4", "ipv6", "latitude", "longitude", "lat",
+    "lng", "geolocation", "coords", "coordinates", "birthplace", "nationalid", "cardholder",
+})  # fmt: skip
+PERSONAL_PAIRS = frozenset({
+    ("first", "name"), ("last", "name"), ("full", "name"), ("given", "name"), ("family", "name"),
+    ("middle", "name"), ("real", "name"), ("legal", "name"), ("display", "name"), ("customer", "name"),
+    ("contact", "name"), ("billing", "name"), ("shipping", "name"), ("patient", "name"), ("national", "id"),
+    ("driver", "license"), ("drivers", "license"), ("driving", "licence"), ("remote", "addr"),
+    ("account", "holder"),
+})  # fmt: skip
+# A bare `name` (or `city`, `first`, ...) is usually a product's or an event's; inside an object that describes a
+# person (`customer: {name: ...}`, `contacts: [{name: ...}]`) it is that person's, and gdpr/hipaa remove it.
+PERSON_TOKENS = frozenset({
+    "user", "customer", "contact", "person", "people", "profile", "member", "buyer", "recipient", "sender",
+    "billing", "shipping", "patient", "guest", "owner", "holder", "cardholder", "employee", "student",
+    "applicant", "traveler", "traveller", "passenger", "attendee", "subscriber", "author", "visitor",
+})  # fmt: skip
+PERSON_FIELD_TOKENS = frozenset({"name", "first", "last", "middle", "given", "family", "initials", "city"})
 HEALTH_TOKENS = frozenset({
     "diagnosis", "diagnoses", "condition", "conditions", "medication", "medications", "medicine", "prescription",
     "rx", "symptom", "symptoms", "treatment", "therapy", "patient", "health", "medical", "icd", "icd10", "allergy",
     "allergies", "disease", "illness", "mrn", "blood", "pregnancy", "pregnant", "disability", "clinic",
     "doctor", "physician", "hospital", "insurance", "genetic", "dna", "hiv", "vaccine", "vaccination",
 })  # fmt: skip
-# Values that name a health condition, for hipaa: whole words, case-insensitive.
+
+# Values that name a health condition, for hipaa: whole words, case-insensitive (`\b` anchors every start), grouped
+# by first letter so that a word start that begins no term costs one comparison per group, not one per term.
 HEALTH_WORDS = re.compile(
-    r"\b(diabet\w*|cancer\w*|oncolog\w*|hiv|aids|hepatitis|pregnan\w*|depress\w*|anxiety|schizophren\w*|bipolar|"
-    r"asthma|alzheimer\w*|dementia|chemotherapy|insulin|tumou?r\w*|std|sti|herpes|opioid\w*|addiction|"
-    r"abortion|miscarriage|dialysis|transplant|autism|adhd|epilep\w*|covid[-\s]?19|tuberculosis)\b",
+    r"\b(?=\w\w\w)(?:a(?:ids|nxiety|sthma|lzheimer\w*|bortion|ddiction|dhd|utism)|bipolar|"
+    r"c(?:ancer\w*|hemotherapy|ovid[-\s]?19)|d(?:iabet\w*|epress\w*|ementia|ialysis)|epilep\w*|"
+    r"h(?:iv|epatitis|erpes)|insulin|miscarriage|o(?:ncolog\w*|pioid\w*)|pregnan\w*|"
+    r"s(?:chizophren\w*|td|ti)|t(?:umou?r\w*|ransplant|uberculosis))\b",
     re.IGNORECASE,
 )
 ICD10 = re.compile(r"\b[A-TV-Z][0-9][0-9AB](?:\.[0-9A-TV-Z]{1,4})\b")
-EMAIL = re.compile(r"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# The look-behind lets a match start only where a run of local-part characters starts, so a long run with no @
+# is walked once, not once per position (the quadratic case); the domain's class excludes % and @, so the domain
+# scans after successive `%40`s never overlap.
+EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # A phone number: an optional +, then 7 to 15 digits with the usual separators; dates, times and decimals are not.
-PHONE_CANDIDATE = re.compile(r"(?<![\w.:/-])\+?\(?\d[\d\s().-]{5,22}\d(?![\w:/])")
-NOT_PHONE = re.compile(r"^\d{4}-\d{2}-\d{2}|^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$|^\d+\.\d+$|^\d+(?:\.\d+){2,}$")
+PHONE_CANDIDATE = re.compile(r"(?<![\w./-])\+?\(?\d[\d\s().-]{5,22}\d(?![\w:/])")
+NOT_PHONE = re.compile(r"^\d{4}-\d{2}-\d{2}|^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$|^\d+\.\d+$")
+_DOTTED = re.compile(r"^\d+(?:\.\d+){2,}$")
+# A payment card: 13 to 19 digits, optionally grouped by single spaces or dashes, then checked with Luhn.
+CARD_CANDIDATE = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\d|\.\d)")
+# IPv6 candidates are bounded in length, taken possessively (no backtracking) and start only at a token
+# boundary; _is_ipv6 then checks the groups (eight, or fewer around one ::).
+IPV6_CANDIDATE = re.compile(r"(?<![0-9A-Fa-f.])(?<![0-9A-Fa-f]:)[0-9A-Fa-f:]{2,39}+(?:\.\d{1,3})*+(?![\w:])")
+_IPV6_GROUP = re.compile(r"[0-9A-Fa-f]{1,4}")
+_DIGIT = re.compile(r"\d")
 
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _SEPARATORS = re.compile(r"[_\-.\s]+")
+_LUHN_DOUBLED = str.maketrans("0123456789", "0246813579")
+_NON_DIGITS = re.compile(r"\D+")
 
 BROWSERS = (  # order matters: Edge and Opera also say Chrome, Chrome also says Safari
     ("bot", re.compile(r"bot|crawl|spider|slurp|headless|lighthouse", re.I)),
@@ -74,8 +126,9 @@ def key_tokens(key: str) -> list[str]:
 
 
 def _matches(tokens: list[str], singles: frozenset[str], pairs: frozenset[tuple[str, str]]) -> bool:
-    # Plurals count too: `tokens`, `emails`, `cards`.
-    if any(token in singles or (token[-1:] == "s" and token[:-1] in singles) for token in tokens):
+    # Plurals count too: `tokens`, `emails`, `cards`; and two tokens joined: `pass`+`word`, `e`+`mail`.
+    words = [*tokens, *(a + b for a, b in pairwise(tokens))]
+    if any(word in singles or (word[-1:] == "s" and word[:-1] in singles) for word in words):
         return True
     return any(pair in pairs for pair in pairwise(tokens))
 
@@ -88,34 +141,151 @@ def is_health_key(key: str) -> bool:
     return _matches(key_tokens(key), HEALTH_TOKENS, frozenset())
 
 
-def _redact_phones(text: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        candidate = match.group(0)
-        digits = sum(ch.isdigit() for ch in candidate)
-        if not 7 <= digits <= 15 or NOT_PHONE.match(candidate.strip()):
-            return candidate
-        return REDACTED
+@dataclass(frozen=True, slots=True)
+class KeyKind:
+    """What a key's tokens say about the value under it."""
 
-    return PHONE_CANDIDATE.sub(replace, text)
+    sensitive: bool  # secrets, contact details, payment and government ids: redacted at every level
+    personal: bool  # names, addresses, network and geo locations: redacted by gdpr and hipaa
+    health: bool  # redacted by hipaa
+    person: bool  # the value describes a person: its bare `name`, `city`, ... keys are personal
+    person_field: bool  # a bare `name`, `city`, ...: personal inside a person
+
+
+@lru_cache(maxsize=4096)
+def _cached_kind(key: str) -> KeyKind:
+    tokens = key_tokens(key)
+    return KeyKind(
+        sensitive=_matches(tokens, SENSITIVE_TOKENS, SENSITIVE_PAIRS),
+        personal=_matches(tokens, PERSONAL_TOKENS, PERSONAL_PAIRS),
+        health=_matches(tokens, HEALTH_TOKENS, frozenset()),
+        person=_matches(tokens, PERSON_TOKENS, frozenset()),
+        person_field=bool(tokens) and all(t in PERSON_FIELD_TOKENS for t in tokens),
+    )
+
+
+def key_kind(key: str) -> KeyKind:
+    """The key's kind; short keys (nearly all of them) are remembered, so the cache holds at most ~0.5 MB."""
+    return _cached_kind(key) if len(key) <= 100 else _cached_kind.__wrapped__(key)
+
+
+def _luhn(digits: str) -> bool:
+    # Every second digit from the right is doubled (and its digits summed): a translation does that in C.
+    return sum(map(int, digits[-1::-2] + digits[-2::-2].translate(_LUHN_DOUBLED))) % 10 == 0
+
+
+def _is_card(candidate: str) -> bool:
+    groups = candidate.replace("-", " ").split(" ")
+    if len(groups) == 1:
+        return _luhn(candidate)
+    # The candidate may have swallowed one digit group before or after the number (`ref 2 4111 1111 1111 1111`).
+    for first, last in ((0, len(groups)), (1, len(groups)), (0, len(groups) - 1), (1, len(groups) - 1)):
+        digits = "".join(groups[first:last])
+        if 13 <= len(digits) <= 19 and _luhn(digits):
+            return True
+    return False
+
+
+def _is_phone(candidate: str) -> bool:
+    if not 7 <= len(_NON_DIGITS.sub("", candidate)) <= 15:
+        return False
+    text = candidate.strip()
+    if NOT_PHONE.match(text):
+        return False
+    # 1.2.3 and 10.0.19041.1 are versions; 415.555.0134 is a phone number.
+    return not (_DOTTED.match(text) and any(len(group) <= 2 for group in text.split(".")))
+
+
+def _is_ipv6(candidate: str) -> bool:
+    head, _, v4 = candidate.partition(".")
+    if candidate.count(":") < 2 or candidate.count("::") > 1 or ":::" in candidate:
+        return False
+    if v4:  # ::ffff:192.0.2.1 — the dotted tail stands for two groups
+        if candidate.count(".") != 3:
+            return False
+        head = head.rsplit(":", 1)[0] + ":0:0"
+    groups = [g for g in head.split(":") if g]
+    if not groups or not all(_IPV6_GROUP.fullmatch(g) for g in groups):
+        return False
+    return len(groups) <= 7 if "::" in head else len(groups) == 8
+
+
+def personal_spans(text: str, *, contact: bool, health: bool) -> list[tuple[int, int]]:
+    """Where `text` holds an email, phone, card number or IP address (`contact`) or a health term (`health`)."""
+    spans: list[tuple[int, int]] = []
+    # Each pattern runs only on text holding the character it cannot match without (a substring test is ~50 ns).
+    if contact and _DIGIT.search(text):
+        spans += [m.span() for m in CARD_CANDIDATE.finditer(text) if _is_card(m.group())]
+        spans += [m.span() for m in PHONE_CANDIDATE.finditer(text) if _is_phone(m.group())]
+        if "." in text:
+            spans += [m.span() for m in IPV4.finditer(text)]
+    if contact and ("@" in text or "%40" in text):
+        spans += [m.span() for m in EMAIL.finditer(text)]
+    if contact and text.count(":") >= 2:
+        spans += [m.span() for m in IPV6_CANDIDATE.finditer(text) if _is_ipv6(m.group())]
+    if health:
+        spans += [m.span() for m in HEALTH_WORDS.finditer(text)]
+        if "." in text:
+            spans += [m.span() for m in ICD10.finditer(text)]
+    return spans
+
+
+def _replace(text: str, spans: list[tuple[int, int]], limit: int) -> str:
+    """`text` up to `limit` with each span (merged where they overlap) replaced by one REDACTED; a span that
+    starts before `limit` is replaced whole, so the cut never leaves part of it."""
+    out: list[str] = []
+    position = 0
+    for start, end in sorted(spans):
+        if start >= limit:
+            break
+        if end <= position:
+            continue
+        if start >= position:
+            out.append(text[position:start])
+            out.append(REDACTED)
+        position = end
+    if position < limit:
+        out.append(text[position:limit])
+    return "".join(out)
 
 
 def redact_text(text: str, *, contact: bool, health: bool) -> str:
-    """`text` with emails and phone numbers (`contact`) and health terms (`health`) replaced."""
-    if contact:
-        text = _redact_phones(EMAIL.sub(REDACTED, text))
-    if health:
-        text = ICD10.sub(REDACTED, HEALTH_WORDS.sub(REDACTED, text))
-    return text
+    """`text` (cut to MAX_STRING_CHARS) with emails, phones, cards, IPs (`contact`) and health terms replaced."""
+    window = text[:SCAN_WINDOW]
+    spans = personal_spans(window, contact=contact, health=health)
+    cleaned = _replace(window, spans, MAX_STRING_CHARS) if spans else window[:MAX_STRING_CHARS]
+    return cleaned + TRUNCATED if len(text) > MAX_STRING_CHARS else cleaned
 
 
 def user_agent_family(user_agent: str | None) -> str | None:
     """A browser family label (`Chrome`, `Firefox`, `bot`, ...) instead of the full, fingerprintable string."""
     if not user_agent:
         return None
+    head = user_agent[:MAX_STRING_CHARS]  # a family's mark comes early; a megabyte-long agent costs no more
     for family, pattern in BROWSERS:
-        if pattern.search(user_agent):
+        if pattern.search(head):
             return family
     return "other"
+
+
+_AUTHORITY = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]{0,30}:)?//")
+_URL_DELIMITERS = "/?#&;="
+
+
+def _cut_url(url: str) -> str | None:
+    """`url` cut to the scanning window at a delimiter, so that no part is left half (a query value cut inside an
+    email would no longer look like one); None when the window ends inside the host."""
+    if len(url) <= SCAN_WINDOW:
+        return url
+    head = url[:SCAN_WINDOW]
+    cut = max(head.rfind(c) for c in _URL_DELIMITERS)
+    authority = _AUTHORITY.match(head)
+    if authority is not None:
+        ends = [i for i in (head.find(c, authority.end()) for c in "/?#") if i >= 0]
+        if not ends:
+            return None
+        cut = max(cut, min(ends))
+    return head[:cut] if cut > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +293,8 @@ class Policy:
     """What one privacy level does; `apply` turns a raw event (export's snake_case dict) into a processed one."""
 
     level: str
-    contact_values: bool  # emails / phone numbers redacted in values, urls and referrers
+    contact_values: bool  # emails, phones, cards and IP addresses redacted in values, keys, urls and ids
+    personal_keys: bool  # names, addresses and locations redacted by key
     health: bool  # health keys and values redacted
     pseudonymize: bool  # no raw IP, user agent reduced to its family
 
@@ -132,45 +303,109 @@ class Policy:
         if level not in LEVELS:
             raise ValueError(f"unknown privacy level {level!r}")
         strict = level != "standard"
-        return cls(level, contact_values=strict, health=level == "hipaa", pseudonymize=strict)
+        return cls(level, contact_values=strict, personal_keys=strict, health=level == "hipaa", pseudonymize=strict)
 
-    def sensitive(self, key: str) -> bool:
-        tokens = key_tokens(key)
-        if _matches(tokens, SENSITIVE_TOKENS, SENSITIVE_PAIRS):
+    def sensitive(self, key: str, *, in_person: bool = False) -> bool:
+        kind = key_kind(key)
+        if kind.sensitive or (self.health and kind.health):
             return True
-        return self.health and _matches(tokens, HEALTH_TOKENS, frozenset())
+        return self.personal_keys and (kind.personal or (in_person and kind.person_field))
+
+    @property
+    def scans(self) -> bool:
+        return self.contact_values or self.health
 
     def clean(self, value: Any) -> Any:
         """`value` (JSON) with sensitive keys' values redacted, at any depth, through objects and lists."""
+        return self._clean(value, False)
+
+    def _clean(self, value: Any, in_person: bool) -> Any:
         kind = type(value)
         if kind is dict:
-            return {k: REDACTED if self.sensitive(k) else self.clean(v) for k, v in value.items()}
+            out = {}
+            for k, v in value.items():
+                if len(k) > MAX_STRING_CHARS:  # names nothing; judging its tokens would cost what it is long
+                    out[self.clean_text(k)] = REDACTED
+                    continue
+                key = self.clean_text(k) if self.scans else k
+                if self.sensitive(k, in_person=in_person):
+                    out[key] = REDACTED
+                else:
+                    out[key] = self._clean(v, self.personal_keys and key_kind(k).person)
+            return out
         if kind is list:
-            return [self.clean(item) for item in value]
+            return [self._clean(item, in_person) for item in value]
         if kind is str:
             return self.clean_text(value)
         return value
 
     def clean_text(self, text: str) -> str:
-        if self.contact_values or self.health:
-            text = redact_text(text, contact=self.contact_values, health=self.health)
-        if len(text) > MAX_STRING_CHARS:
-            text = text[:MAX_STRING_CHARS] + TRUNCATED
-        return text
+        """`text` with personal values replaced (gdpr, hipaa), cut to MAX_STRING_CHARS."""
+        if self.scans:
+            return redact_text(text, contact=self.contact_values, health=self.health)
+        return text[:MAX_STRING_CHARS] + TRUNCATED if len(text) > MAX_STRING_CHARS else text
 
     def clean_url(self, url: str | None) -> str | None:
-        """A URL with sensitive query parameters redacted (and, for gdpr/hipaa, contact details anywhere in it)."""
+        """A URL with credentials and sensitive query/fragment parameters redacted (and, for gdpr/hipaa, personal
+        values anywhere in it, percent-encoded or not)."""
         if not url:
             return url
+        cut = _cut_url(url)
+        if cut is None:
+            return REDACTED
         try:
-            parts = urlsplit(url)
-            query = parse_qsl(parts.query, keep_blank_values=True)
+            parts = urlsplit(cut)
+            netloc = parts.netloc
         except ValueError:
             return REDACTED
-        if query:
-            cleaned = [(k, REDACTED if self.sensitive(k) else self.clean_text(v)) for k, v in query]
-            url = urlunsplit(parts._replace(query=urlencode(cleaned, safe="[]")))
-        return self.clean_text(url)
+        if "@" in netloc:  # https://user:password@host/: credentials, at every level
+            netloc = REDACTED + "@" + netloc.rsplit("@", 1)[1]
+        if self.scans:
+            netloc = self._clean_component(netloc)
+        fragment = parts.fragment
+        if "=" in fragment:  # #access_token=...: OAuth and single-page apps put parameters here
+            fragment = self._clean_query(fragment)
+        elif self.scans:
+            fragment = self._clean_component(fragment)
+        path = self._clean_component(parts.path) if self.scans else parts.path
+        cleaned = parts._replace(netloc=netloc, path=path, query=self._clean_query(parts.query), fragment=fragment)
+        if cleaned != parts:
+            cut = urlunsplit(cleaned)
+        text = self.clean_text(cut)
+        return text if len(url) == len(cut) or text.endswith(TRUNCATED) else text + TRUNCATED
+
+    def _clean_component(self, component: str) -> str:
+        """A path or fragment with personal values replaced, found also where percent-encoded (jane%40x.org)."""
+        if not component:
+            return component
+        decoded = unquote(component, errors="replace")
+        spans = personal_spans(decoded, contact=self.contact_values, health=self.health)
+        if self.contact_values and "/" in decoded:
+            # A number right after a / is an id (/orders/4155550134), but one written like a phone number is one.
+            for match in PHONE_CANDIDATE.finditer(decoded.replace("/", " ")):
+                if not match.group().strip().isdigit() and _is_phone(match.group()):
+                    spans.append(match.span())
+        if not spans:
+            return component
+        return quote(_replace(decoded, spans, len(decoded)), safe="/:@!$&'()*+,;=~[]")
+
+    def _clean_query(self, query: str) -> str:
+        if not query:
+            return query
+        pairs = parse_qsl(query, keep_blank_values=True)
+        cleaned = [
+            (self.clean_text(k) if self.scans else k, REDACTED if self.sensitive(k) else self.clean_text(v))
+            for k, v in pairs
+        ]
+        return query if cleaned == pairs else urlencode(cleaned, safe="[]/?:@")
+
+    def _clean_id(self, value: Any, hasher: Callable[[str], str]) -> Any:
+        """A visitor or session id that holds personal data becomes a keyed pseudonym: still one id per visitor."""
+        if type(value) is not str or not value:
+            return value
+        if personal_spans(value[:SCAN_WINDOW], contact=self.contact_values, health=self.health):
+            return PSEUDONYM + hasher(value)[:32]
+        return self.clean_text(value)
 
     def apply(self, event: dict[str, Any], hash_address: Callable[[str], str]) -> dict[str, Any]:
         """The processed form of one raw event; `hash_address` is the client's keyed IP hash."""
@@ -180,6 +415,12 @@ class Policy:
         out["url"] = self.clean_url(event.get("url"))
         out["referrer"] = self.clean_url(event.get("referrer"))
         out["path"] = self.clean_url(event.get("path"))
+        if self.scans:
+            for name in ("session_id", "visitor_id"):
+                if name in event:
+                    out[name] = self._clean_id(event[name], hash_address)
+            if type(event.get("event_type")) is str:
+                out["event_type"] = self.clean_text(event["event_type"])
         if self.pseudonymize:
             ip = out.pop("ip", None)
             if ip and not out.get("ip_hash"):
