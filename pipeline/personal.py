@@ -23,14 +23,14 @@ ICD10 = re.compile(r"\b[A-TV-Z][0-9][0-9AB](?:\.[0-9A-TV-Z]{1,4})\b")
 # The look-behind lets a match start only where a run of local-part characters starts, so a long run with no @
 # is walked once, not once per position (the quadratic case); the domain's class excludes % and @, so the domain
 # scans after successive `%40`s never overlap.
-EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+(?:@|%40)[\w.-]+\.[^\W\d_]{2,}")  # \w: jürgen@exämple.de too
 # A phone number: an optional +, then 7 to 15 digits with the usual separators; dates, times and decimals are not.
 PHONE_CANDIDATE = re.compile(r"(?<![\w./-])\+?\(?\d[\d\s().-]{5,22}\d(?![\w:/])")
 NOT_PHONE = re.compile(r"^\d{4}-\d{2}-\d{2}|^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$|^\d+\.\d+$")
 _DOTTED = re.compile(r"^\d+(?:\.\d+){2,}$")
 # A payment card: 13 to 19 digits, optionally grouped by single spaces or dashes, then checked with Luhn.
 CARD_CANDIDATE = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_OCTET = r"(?:25[0-5]|2[0-4]\d|[01]?\d\d?)"  # 192.168.001.010 too
 IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\d|\.\d)")
 # IPv6 candidates are bounded in length, taken possessively (no backtracking) and start only at a token
 # boundary; _is_ipv6 then checks the groups (eight, or fewer around one ::).

@@ -48,14 +48,15 @@ PERSONAL_TOKENS = frozenset({
     "firstname", "lastname", "surname", "fullname", "forename", "givenname", "familyname", "middlename",
     "maidenname", "username", "nickname", "address", "addr", "street", "streetaddress", "housenumber", "postcode",
     "postalcode", "zip", "zipcode", "postal", "ip", "ipaddress", "ipv4", "ipv6", "latitude", "longitude", "lat",
-    "lng", "geolocation", "coords", "coordinates", "birthplace", "nationalid", "cardholder",
+    "lng", "geolocation", "coords", "coordinates", "birthplace", "nationalid", "cardholder", "fname", "lname",
+    "bday", "msisdn",
 })  # fmt: skip
 PERSONAL_PAIRS = frozenset({
     ("first", "name"), ("last", "name"), ("full", "name"), ("given", "name"), ("family", "name"),
     ("middle", "name"), ("real", "name"), ("legal", "name"), ("display", "name"), ("customer", "name"),
     ("contact", "name"), ("billing", "name"), ("shipping", "name"), ("patient", "name"), ("national", "id"),
     ("driver", "license"), ("drivers", "license"), ("driving", "licence"), ("remote", "addr"),
-    ("account", "holder"),
+    ("account", "holder"), ("additional", "name"),
 })  # fmt: skip
 # A bare `name` (or `city`, `first`, ...) is usually a product's or an event's; inside an object that describes a
 # person (`customer: {name: ...}`, `contacts: [{name: ...}]`) it is that person's, and gdpr/hipaa remove it.

@@ -107,6 +107,14 @@ def person_event(c: Corpus, i: int) -> dict[str, Any]:
         "items": [{"sku": f"SKU-{1000 + i}", "comment": f"gift for {s('email', 'nested list text', email(5))}"}],
         s("email", "key", email(6)): True,
         "billing": {"holder": "x", "first": s("name", "billing.first", FIRST[(i + 5) % 10] + "ina")},
+        "form": {  # a checkout form's autocomplete names, as a form-tracking script sends them
+            "given-name": s("name", "form.given-name", FIRST[(i + 7) % 10] + "lyn"),
+            "fname": s("name", "form.fname", FIRST[(i + 1) % 10] + "ette"),
+            "street-address": s("address", "form.street-address", f"{200 + i} {STREETS[(i + 2) % 6]}"),
+            "postal-code": s("address", "form.postal-code", f"EC{i}A 1BB"),
+            "bday": s("dob", "form.bday", f"2001-1{i % 3}-0{1 + i % 9}"),
+            "reply_to": s("email", "form.reply_to free text", f"jürgen.müller{i}@exämple.de"),
+        },
     }
     extra = {
         "client": {"remote_addr": s("ipv4", "extra.remote_addr", ipv4(2)), "ip": s("ipv6", "extra.ip", ipv6[1])},
