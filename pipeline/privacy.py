@@ -145,6 +145,9 @@ def redact_text(text: str, *, contact: bool, health: bool) -> str:
     window = text[:SCAN_WINDOW]
     spans = personal_spans(window, contact=contact, health=health)
     cleaned = replace_spans(window, spans, MAX_STRING_CHARS, REDACTED) if spans else window[:MAX_STRING_CHARS]
+    if len(cleaned) > MAX_STRING_CHARS:  # short values (`hiv`) grew into markers: cut again, only markers or text
+        cleaned = cleaned[:MAX_STRING_CHARS]  # already judged not personal can be cut here
+        return cleaned + TRUNCATED
     return cleaned + TRUNCATED if len(text) > MAX_STRING_CHARS else cleaned
 
 
@@ -244,6 +247,7 @@ class Policy:
         cut = _cut_url(url)
         if cut is None:
             return REDACTED
+        was_cut = len(cut) < len(url)
         try:
             parts = urlsplit(cut)
             netloc = parts.netloc
@@ -263,7 +267,7 @@ class Policy:
         if cleaned != parts:
             cut = urlunsplit(cleaned)
         text = self.clean_text(cut)
-        return text if len(url) == len(cut) or text.endswith(TRUNCATED) else text + TRUNCATED
+        return text + TRUNCATED if was_cut and not text.endswith(TRUNCATED) else text
 
     def _clean_component(self, component: str) -> str:
         """A path or fragment with personal values replaced, found also where percent-encoded (jane%40x.org)."""
@@ -275,7 +279,7 @@ class Policy:
             spans += path_phone_spans(decoded)
         if not spans:
             return component
-        return quote(replace_spans(decoded, spans, len(decoded), REDACTED), safe="/:@!$&'()*+,;=~[]")
+        return quote(replace_spans(decoded, spans, len(decoded), REDACTED), safe="/:@!$&'()*+,;=~[]", errors="replace")
 
     def _clean_query(self, query: str) -> str:
         if not query:
@@ -285,7 +289,7 @@ class Policy:
             (self.clean_text(k) if self.scans else k, REDACTED if self.sensitive(k) else self.clean_text(v))
             for k, v in pairs
         ]
-        return query if cleaned == pairs else urlencode(cleaned, safe="[]/?:@")
+        return query if cleaned == pairs else urlencode(cleaned, safe="[]/?:@", errors="replace")
 
     def _clean_id(self, value: Any, hasher: Callable[[str], str]) -> Any:
         """A visitor or session id that holds personal data becomes a keyed pseudonym: still one id per visitor."""
