@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import pairwise
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -324,5 +324,5 @@ class Policy:
 
 def address_hasher(secret: str, salt: str | None) -> Callable[[str], str]:
     """The same keyed hash ingest uses (HMAC-SHA256, secret + the client's salt, full length)."""
-    key = (secret + (salt or "")).encode()
-    return lambda ip: hash_ip(key, ip)
+    # A partial, not a lambda: it pickles, so rendering can move to a process pool with the policy.
+    return partial(hash_ip, (secret + (salt or "")).encode())
