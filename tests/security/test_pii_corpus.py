@@ -73,7 +73,8 @@ def person_event(c: Corpus, i: int) -> dict[str, Any]:
     phone = lambda n: PHONE_FORMATS[(i + n) % len(PHONE_FORMATS)].format(i=i * 3 + n)  # noqa: E731
     ipv4 = lambda n: f"{(198, 203, 192)[n % 3]}.{(51, 0, 0)[n % 3]}.{(100, 113, 2)[n % 3]}.{i * 10 + n}"  # noqa: E731
     ipv6 = [f"2001:db8:{i:x}::{n + 1:x}" for n in range(2)] + [
-        f"2001:0db8:85a3:0000:0000:8a2e:0370:{i:04x}", f"fe80::1ff:fe23:4567:{i + 0xa0:x}", f"::ffff:192.0.2.{i + 40}"
+        f"2001:0db8:85a3:0000:0000:8a2e:0370:{i:04x}", f"fe80::1ff:fe23:4567:{i + 0xa0:x}", f"::ffff:192.0.2.{i + 40}",
+        f"2001:db8:{i:x}:1::cafe",
     ]  # fmt: skip
     s = c.seed
     data = {
@@ -120,6 +121,8 @@ def person_event(c: Corpus, i: int) -> dict[str, Any]:
         "client": {"remote_addr": s("ipv4", "extra.remote_addr", ipv4(2)), "ip": s("ipv6", "extra.ip", ipv6[1])},
         "debug": f"x-forwarded-for: {s('ipv4', 'extra text', ipv4(3))}, {s('ipv6', 'extra text', ipv6[2])}",
         "trace": [{"peer": f"[{s('ipv6', 'extra list', ipv6[3])}]:443"}, f"mapped {s('ipv6', 'extra list', ipv6[4])}"],
+        "landing": f"http://{s('ipv4', 'extra url host', ipv4(8))}:8080/p",
+        "origin": f"http://[{s('ipv6', 'extra url host', ipv6[5])}]:8443/",
     }
     token = s("token", "url fragment", f"ya29.a0Af{i}H6SMB")
     url = (
