@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from collector.sites import hash_ip
-from pipeline.privacy import REDACTED, Policy, address_hasher, is_sensitive_key, key_tokens, user_agent_family
+from pipeline.privacy import (
+    MAX_STRING_CHARS,
+    REDACTED,
+    TRUNCATED,
+    Policy,
+    address_hasher,
+    is_sensitive_key,
+    key_tokens,
+    user_agent_family,
+)
 
 SENSITIVE_KEYS = [
     "password", "Password", "user_password", "passwd", "secret", "clientSecret", "token", "access_token",
@@ -153,3 +162,20 @@ def test_long_strings_are_capped() -> None:
 def test_user_agent_family(agent: str | None, family: str | None) -> None:
     """The user agent becomes a coarse family label."""
     assert user_agent_family(agent) == family
+
+
+def test_a_cleaned_url_keeps_its_shape_and_is_marked_truncated_only_when_cut() -> None:
+    """Redacting a query value re-encodes only the query; a URL longer than the window is cut at a delimiter."""
+    gdpr = Policy.for_level("gdpr")
+    assert (
+        gdpr.clean_url("https://a.com/x?email=jane@x.org&page=2#top") == f"https://a.com/x?email={REDACTED}&page=2#top"
+    )
+    assert gdpr.clean_url("https://a.com/u/jane%40x.org/p") == f"https://a.com/u/{REDACTED}/p"
+    long_url = gdpr.clean_url("https://a.com/?" + "&".join(f"q{i}=v" for i in range(600)))
+    assert long_url is not None and long_url.endswith("=v" + TRUNCATED) and len(long_url) <= 1024 + len(TRUNCATED)
+
+
+def test_strings_stay_bounded_when_markers_outgrow_what_they_replace() -> None:
+    """A value of many short matches (`hiv hiv ...`) is still cut to MAX_STRING_CHARS after redaction."""
+    out = Policy.for_level("hipaa").clean_text("hiv " * 300)
+    assert "hiv" not in out and len(out) <= MAX_STRING_CHARS + len(TRUNCATED)
