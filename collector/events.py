@@ -17,7 +17,7 @@ import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from collector import copyformat
-from collector.errors import InvalidEvent, InvalidJson
+from collector.errors import InvalidEvent, InvalidJson, InvalidSite
 from collector.sites import normalize_domain
 
 ROW_START_AND_UUID_LENGTH = copyformat.ROW_START + copyformat.UUID_LENGTH
@@ -38,6 +38,10 @@ TEXT_LIMITS = {
 }  # fmt: skip
 ROW_TEXT_FIELDS = ("sessionId", "visitorId", "url", "path", "referrer")
 UNCACHED_FIELDS = frozenset(("url", "referrer"))  # nearly unique values: caching them would only churn
+SITE_ID_RULE = (
+    "`siteId` must be a host name such as shop.example.com (labels of letters, digits and hyphens, at most 63"
+    " bytes each and 253 in all) or an IP address"
+)
 
 
 # A \u0000 escape not itself escaped (`\\u0000` is a backslash and the text "u0000", which jsonb takes).
@@ -45,7 +49,11 @@ _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class EventRejected(ValueError):
-    """One event is invalid; the others in its request are unaffected."""
+    """One event is invalid; the others in its request are unaffected. `error` is the code it is counted under."""
+
+    def __init__(self, detail: str, error: str = "invalid_event") -> None:
+        super().__init__(detail)
+        self.error = error
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs microseconds per request
@@ -105,7 +113,8 @@ _FIVE_NULLS_JOINED = b"".join(_FIVE_NULLS)
 @dataclass(frozen=True, slots=True)
 class Rejection:
     index: int
-    error: str
+    error: str  # the detail, as the response lists it
+    code: str = "invalid_event"  # what it is counted under
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -180,7 +189,7 @@ class EventParser:
             if site is not None:
                 if type(site) is not str or not (domain := normalize_domain(site)):
                     _check_depth(payload, 1)
-                    raise InvalidEvent("`siteId` must be a domain name such as shop.example.com")
+                    raise InvalidSite(SITE_ID_RULE)
                 return domain
             url = source.get("url")
             if type(url) is str and (host := _host_of(url)):
@@ -230,7 +239,7 @@ class EventParser:
                 rows.append(self._row(event, is_batch, defaults, ctx))
             except EventRejected as exc:
                 _check_depth(event, event_depth)  # what was rejected was never serialized, so never depth-checked
-                rejected.append(Rejection(index, str(exc)))
+                rejected.append(Rejection(index, str(exc), exc.error))
         return rows, rejected
 
     def _defaults(self, wrapper: dict[str, Any], ctx: RequestContext) -> _Defaults:
@@ -288,8 +297,12 @@ class EventParser:
         """The inherited columns of an event that sets some of them itself."""
         if is_batch:
             site = event.get("siteId")
-            if site is not None and (type(site) is not str or normalize_domain(site) != ctx.site_id):
-                raise EventRejected(f"`siteId` differs from the request's domain {ctx.site_id}")
+            if site is not None:
+                domain = normalize_domain(site) if type(site) is str else None
+                if domain is None:
+                    raise EventRejected(SITE_ID_RULE, InvalidSite.error)
+                if domain != ctx.site_id:
+                    raise EventRejected(f"`siteId` differs from the request's domain {ctx.site_id}")
         fields = d.fields.copy()
         for position, name in enumerate(ROW_TEXT_FIELDS):
             if event.get(name) is not None:

@@ -118,9 +118,9 @@ class Ingest:
             raise
         rejected = [{"index": r.index, "error": r.error} for r in rejections]
         if rejected:
-            self.rejected["invalid_event"] += len(rejected)
             for r in rejections:
-                self.accounting.reject("invalid_event", site.client_id, domain, r.error, events[r.index])
+                self.rejected[r.code] += 1
+                self.accounting.reject(r.code, site.client_id, domain, r.error, events[r.index])
         if not rows:
             raise InvalidEvent(
                 "no event in the request is valid" if len(rejections) > 1 else rejections[0].error,

@@ -19,14 +19,31 @@ ALLOW_METHODS = b"POST, GET, OPTIONS"
 ALLOW_HEADERS = b"content-type, content-encoding"
 EXPOSE_HEADERS = b"retry-after"
 # Origins that passed a check before: their error answers carry CORS headers too, so the tracker can read
-# Retry-After. Bounded; cleared when full.
+# Retry-After. Bounded: at most this many values of at most MAX_ORIGIN_BYTES (~4 MB); cleared when full.
 MAX_REMEMBERED_ORIGINS = 10_000
 
 
-@lru_cache(maxsize=4096)
+# host_of's cache is keyed by header bytes of at most this length (an origin is scheme, host and port; a longer
+# Referer is cut at the end of its host first), so its 4,096 entries hold at most ~4,096 x 0.8 KB = 3.3 MB.
+MAX_ORIGIN_BYTES = 300
+HOST_CACHE_ENTRIES = 4096
+
+
 def host_of(header: bytes) -> str:
     """The normalized host of an Origin or Referer value; "" (matching no site) for `null` (an opaque
-    origin: sandboxed frame, file://) or anything else without a host."""
+    origin: sandboxed frame, file://) or anything else without a valid host."""
+    if len(header) > MAX_ORIGIN_BYTES:
+        # A Referer's path and query say nothing about its site: cut them (from the first "/" after the
+        # scheme's) so that neither the cache nor the host parser sees them. Without one early, it is junk.
+        end = header.find(b"/", header.find(b"://") + 3)
+        if not 0 < end <= MAX_ORIGIN_BYTES:
+            return ""
+        header = header[:end]
+    return _host_of(header)
+
+
+@lru_cache(maxsize=HOST_CACHE_ENTRIES)
+def _host_of(header: bytes) -> str:
     try:
         text = header.decode("ascii")
     except UnicodeDecodeError:
@@ -87,7 +104,7 @@ class RememberedOrigins:
         self._max = max_entries
 
     def add(self, origin: bytes) -> None:
-        if origin not in self._seen:
+        if origin not in self._seen and len(origin) <= MAX_ORIGIN_BYTES:
             if len(self._seen) >= self._max:
                 self._seen.clear()
             self._seen.add(origin)
