@@ -38,6 +38,8 @@ TEXT_LIMITS = {
 }  # fmt: skip
 ROW_TEXT_FIELDS = ("sessionId", "visitorId", "url", "path", "referrer")
 UNCACHED_FIELDS = frozenset(("url", "referrer"))  # nearly unique values: caching them would only churn
+# A User-Agent is stored (and cached) cut to this many characters: the header may be 32 KiB.
+MAX_USER_AGENT_CHARS = 512
 SITE_ID_RULE = (
     "`siteId` must be a host name such as shop.example.com (labels of letters, digits and hyphens, at most 63"
     " bytes each and 253 in all) or an IP address"
@@ -73,10 +75,14 @@ class RequestContext:
     ) -> RequestContext:
         received_ns = time.time_ns()
         received = copyformat.timestamp_ns(received_ns)
+        if user_agent is not None and len(user_agent) > MAX_USER_AGENT_CHARS:
+            user_agent = user_agent[:MAX_USER_AGENT_CHARS]  # real agents are ~100-300 characters
         tail = _request_fields(site_id, client_id, user_agent, ip, ip_hash) + received
         return cls(site_id, client_id, received_ns, received, tail)
 
 
+# Keyed by (site, client, agent, ip, ip hash), each bounded (253, 128, MAX_USER_AGENT_CHARS, 45, 64 characters):
+# with the encoded value, at most ~4,096 x 3 KB = 12 MB.
 @lru_cache(maxsize=4096)
 def _request_fields(site_id: str, client_id: str, user_agent: str | None, ip: str | None, ip_hash: str | None) -> bytes:
     """The per-request columns but the receive time, encoded; the same client sends many requests."""
@@ -348,7 +354,9 @@ def _text(event: dict[str, Any], name: str) -> bytes:
     if len(value) > TEXT_LIMITS[name]:
         raise EventRejected(f"`{name}` is longer than {TEXT_LIMITS[name]} characters")
     try:
-        return copyformat.text(value) if name in UNCACHED_FIELDS else copyformat.cached_text(value)
+        if len(value) > copyformat.MAX_CACHED_TEXT_CHARS or name in UNCACHED_FIELDS:
+            return copyformat.text(value)
+        return copyformat.cached_text(value)
     except copyformat.Unencodable as exc:
         raise EventRejected(f"`{name}` {exc}") from None
 
