@@ -17,7 +17,7 @@ import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from collector import copyformat
-from collector.errors import InvalidEvent, InvalidJson, InvalidSite
+from collector.errors import InvalidEvent, InvalidJson, InvalidSite, RequestRowsTooLarge
 from collector.sites import normalize_domain
 
 ROW_START_AND_UUID_LENGTH = copyformat.ROW_START + copyformat.UUID_LENGTH
@@ -163,10 +163,18 @@ def _depth_exceeds(root: Any, limit: int) -> bool:
 class EventParser:
     """Turns a parsed /collect payload into COPY rows, rejecting invalid events one by one."""
 
-    def __init__(self, *, max_events_per_request: int, max_event_bytes: int, max_event_data_keys: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        max_events_per_request: int,
+        max_event_bytes: int,
+        max_event_data_keys: int = 100,
+        max_inherited_bytes: int = 16 * 1024,
+    ) -> None:
         self.max_events_per_request = max_events_per_request
         self.max_event_bytes = max_event_bytes
         self.max_event_data_keys = max_event_data_keys
+        self.max_inherited_bytes = max_inherited_bytes
 
     def events_of(self, payload: dict[str, Any]) -> list[Any]:
         """The events a payload carries: its `events` for a batch, else the payload itself."""
@@ -259,7 +267,13 @@ class EventParser:
         except EventRejected as exc:
             _check_depth({k: v for k, v in wrapper.items() if k != "events"}, 1)
             raise InvalidEvent(f"the batch wrapper is invalid: {exc}") from None
-        return _Defaults(fields, b"".join(fields), extra, {})
+        middle = b"".join(fields)
+        if len(middle) > self.max_inherited_bytes:  # copied into every event: cap it before it is multiplied
+            raise RequestRowsTooLarge(
+                f"the batch wrapper's fields that every event inherits are {len(middle)} bytes encoded;"
+                f" at most {self.max_inherited_bytes} are accepted"
+            )
+        return _Defaults(fields, middle, extra, {})
 
     def _row(self, event: Any, is_batch: bool, d: _Defaults, ctx: RequestContext) -> bytes:
         if type(event) is not dict:
