@@ -17,9 +17,16 @@ from typing import Any
 import asyncpg
 import orjson
 
+from pipeline.privacy import Policy
+
 logger = logging.getLogger(__name__)
 
-PAYLOAD_SAMPLE_BYTES = 2048
+# A dead-letter sample is cut to this many bytes when it is taken (so the pending deque holds at most
+# max_pending x ~4.5 KB) and redacted before it is written (see redact_sample).
+PAYLOAD_SAMPLE_BYTES = 4096
+DETAIL_CHARS = 500
+# Whose sample it is may be unknown (the site was refused), so every sample gets the strictest redaction.
+SAMPLE_PRIVACY_LEVEL = "hipaa"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,21 @@ def sample_payload(value: Any) -> str:
     return text.replace("\x00", "\\u0000")
 
 
+def redact_sample(text: str) -> str:
+    """A sample through the same redaction as processed output: a whole JSON value by its keys and values,
+    anything else (a cut or malformed body) as text. Bounded: the text was cut to PAYLOAD_SAMPLE_BYTES."""
+    policy = Policy.for_level(SAMPLE_PRIVACY_LEVEL)
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return policy.clean_text(text)
+    return orjson.dumps(policy.clean(value)).decode()
+
+
+def _redacted(letters: list[DeadLetter]) -> list[tuple[str, str | None, str | None, str, str]]:
+    return [(d.reason, d.client_id, d.domain, redact_sample(d.detail), redact_sample(d.payload)) for d in letters]
+
+
 class Accounting:
     """Counters per (day, client, metric) and dead-letter samples, flushed every `interval_s` seconds."""
 
@@ -63,7 +85,7 @@ class Accounting:
         """Record `n` rejected events (or one request): a count for their client, when known, and one sample."""
         if client_id is not None:
             self.count(client_id, f"rejected:{reason}", n)
-        self.dead_letters.append(DeadLetter(reason, client_id, domain, detail[:500], sample_payload(payload)))
+        self.dead_letters.append(DeadLetter(reason, client_id, domain, detail[:DETAIL_CHARS], sample_payload(payload)))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="accounting")
@@ -86,6 +108,8 @@ class Accounting:
         letters = [self.dead_letters.popleft() for _ in range(len(self.dead_letters))]
         if not counts and not letters:
             return
+        # Redaction runs in a thread, never on the loop that answers /collect.
+        rows = await asyncio.to_thread(_redacted, letters) if letters else []
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 if counts:
@@ -99,7 +123,7 @@ class Accounting:
                     await conn.executemany(
                         "INSERT INTO dead_letters (reason, client_id, domain, detail, payload)"
                         " VALUES ($1, $2, $3, $4, $5)",
-                        [(d.reason, d.client_id, d.domain, d.detail, d.payload) for d in letters],
+                        rows,
                     )
                     await conn.execute(
                         "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - $1", self._keep
