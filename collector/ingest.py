@@ -13,7 +13,7 @@ from collector.errors import CollectorError, InvalidEvent, OriginMismatch, RateL
 from collector.events import EventParser, Rejection, RequestContext, parse_body
 from collector.origins import RememberedOrigins, within
 from collector.proxies import client_ip
-from collector.ratelimit import limiter
+from collector.ratelimit import address_key, limiter
 from collector.settings import Settings
 
 
@@ -90,7 +90,7 @@ class Ingest:
     def _admit(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The client address, once its rate limit lets the request through (else RateLimited, counted)."""
         ip = client_ip(peer, forwarded_for, self._trusted)
-        if self.ip_limiter is not None and ip is not None and (wait := self.ip_limiter.take(ip)):
+        if self.ip_limiter is not None and ip is not None and (wait := self.ip_limiter.take(address_key(ip))):
             self.rejected["rate_limited"] += 1
             raise RateLimited(f"too many requests from this address; retry in {wait} s", retry_after_s=wait)
         return ip

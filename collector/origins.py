@@ -13,8 +13,6 @@ from collector.auth import DomainAuthorizer
 from collector.errors import DomainNotAuthorized
 from collector.sites import normalize_domain
 
-# A preflight names no site: its origin's host is looked up, then its parents, at most this many domains.
-MAX_PREFLIGHT_LOOKUPS = 4
 ALLOW_METHODS = b"POST, GET, OPTIONS"
 ALLOW_HEADERS = b"content-type, content-encoding"
 EXPOSE_HEADERS = b"retry-after"
@@ -59,11 +57,15 @@ def within(host: str, domain: str) -> bool:
 
 
 def candidates(host: str) -> list[str]:
-    """The domains that could authorize `host`: itself, then its parents with two labels or more."""
+    """The domains that could authorize `host`: itself, then its parents with two labels or more.
+
+    A preflight names no site, so a page any number of labels below its authorized domain is found by walking up;
+    the walk is bounded by host-name syntax (host_of admits at most 253 bytes, so at most 126 candidates).
+    """
     if ":" in host or host.replace(".", "").isdigit():  # an IP address has no parent domains
         return [host]
     labels = host.split(".")
-    return [".".join(labels[i:]) for i in range(max(1, len(labels) - 1))][:MAX_PREFLIGHT_LOOKUPS]
+    return [".".join(labels[i:]) for i in range(max(1, len(labels) - 1))]
 
 
 async def origin_allowed(authorizer: DomainAuthorizer, host: str) -> bool:
