@@ -7,7 +7,7 @@ forged server-side traffic, which sends any header it likes (or none, and is the
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
 
 from collector.auth import DomainAuthorizer
 from collector.errors import DomainNotAuthorized
@@ -27,21 +27,24 @@ MAX_ORIGIN_BYTES = 300
 HOST_CACHE_ENTRIES = 4096
 
 
-def host_of(header: bytes) -> str:
-    """The normalized host of an Origin or Referer value; "" (matching no site) for `null` (an opaque
-    origin: sandboxed frame, file://) or anything else without a valid host."""
-    if len(header) > MAX_ORIGIN_BYTES:
-        # A Referer's path and query say nothing about its site: cut them (from the first "/" after the
-        # scheme's) so that neither the cache nor the host parser sees them. Without one early, it is junk.
-        end = header.find(b"/", header.find(b"://") + 3)
-        if not 0 < end <= MAX_ORIGIN_BYTES:
-            return ""
-        header = header[:end]
-    return _host_of(header)
+class _HostCache(dict[bytes, str]):
+    """Hosts by Origin/Referer value. A hit is one C-level dict lookup (this is per browser request); a miss
+    parses, caching only values of at most MAX_ORIGIN_BYTES; cleared when full."""
+
+    def __missing__(self, header: bytes) -> str:
+        if len(header) > MAX_ORIGIN_BYTES:
+            # A Referer's path and query say nothing about its site: cut them (from the first "/" after the
+            # scheme's) so that neither the cache nor the host parser sees them. Without one early, it is junk.
+            end = header.find(b"/", header.find(b"://") + 3)
+            return self[header[:end]] if 0 < end <= MAX_ORIGIN_BYTES else ""
+        host = _parse_host(header)
+        if len(self) >= HOST_CACHE_ENTRIES:
+            self.clear()
+        self[header] = host
+        return host
 
 
-@lru_cache(maxsize=HOST_CACHE_ENTRIES)
-def _host_of(header: bytes) -> str:
+def _parse_host(header: bytes) -> str:
     try:
         text = header.decode("ascii")
     except UnicodeDecodeError:
@@ -49,6 +52,12 @@ def _host_of(header: bytes) -> str:
     if "://" not in text:
         return ""
     return normalize_domain(text) or ""
+
+
+_HOSTS = _HostCache()
+# The normalized host of an Origin or Referer value; "" (matching no site) for `null` (an opaque origin: sandboxed
+# frame, file://) or anything else without a valid host.
+host_of: Callable[[bytes], str] = _HOSTS.__getitem__
 
 
 def within(host: str, domain: str) -> bool:
