@@ -27,6 +27,10 @@ PAYLOAD_SAMPLE_BYTES = 4096
 DETAIL_CHARS = 500
 # Whose sample it is may be unknown (the site was refused), so every sample gets the strictest redaction.
 SAMPLE_PRIVACY_LEVEL = "hipaa"
+# Samples kept per (reason, domain) between two flushes: a flood of one mistake needs a few samples, not a
+# thousand, and each sample costs its redaction.
+SAMPLES_PER_KIND = 10
+SAMPLE_STRING_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +61,21 @@ def redact_sample(text: str) -> str:
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return policy.clean_text(text)
-    return orjson.dumps(policy.clean(value)).decode()
+        return policy.clean_text(_cut(text))
+    return orjson.dumps(policy.clean(_cut(value))).decode()
+
+
+def _cut(value: Any) -> Any:
+    """`value` with every string cut to SAMPLE_STRING_CHARS before redaction (which keeps no more than ~1,000
+    characters of a string anyway): patterns then never run over a long string."""
+    kind = type(value)
+    if kind is str:
+        return value[:SAMPLE_STRING_CHARS]
+    if kind is dict:
+        return {k: _cut(v) for k, v in value.items()}
+    if kind is list:
+        return [_cut(v) for v in value]
+    return value
 
 
 def _redacted(letters: list[DeadLetter]) -> list[tuple[str, str | None, str | None, str, str]]:
@@ -74,6 +91,7 @@ class Accounting:
         self._keep = keep
         self.counts: Counter[tuple[date, str, str]] = Counter()
         self.dead_letters: deque[DeadLetter] = deque(maxlen=max_pending)
+        self._sampled: Counter[tuple[str, str | None]] = Counter()  # samples taken since the last flush
         self._task: asyncio.Task[None] | None = None
 
     def count(self, client_id: str, metric: str, n: int) -> None:
@@ -82,9 +100,14 @@ class Accounting:
     def reject(
         self, reason: str, client_id: str | None, domain: str | None, detail: str, payload: Any, n: int = 1
     ) -> None:
-        """Record `n` rejected events (or one request): a count for their client, when known, and one sample."""
+        """Record `n` rejected events (or one request): a count for their client, when known, and one sample
+        (unless SAMPLES_PER_KIND of this reason and domain were taken since the last flush)."""
         if client_id is not None:
             self.count(client_id, f"rejected:{reason}", n)
+        kind = (reason, domain)
+        if self._sampled[kind] >= SAMPLES_PER_KIND:
+            return
+        self._sampled[kind] += 1
         self.dead_letters.append(DeadLetter(reason, client_id, domain, detail[:DETAIL_CHARS], sample_payload(payload)))
 
     def start(self) -> None:
@@ -106,6 +129,7 @@ class Accounting:
         """Write pending counts and samples; on failure keep the counts for the next round (samples may be lost)."""
         counts, self.counts = self.counts, Counter()
         letters = [self.dead_letters.popleft() for _ in range(len(self.dead_letters))]
+        self._sampled.clear()
         if not counts and not letters:
             return
         # Redaction runs in a thread, never on the loop that answers /collect.

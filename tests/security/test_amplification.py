@@ -136,6 +136,7 @@ async def test_flood_from_one_site_costs_another_site_nothing(database_url: str,
 
 
 @long_only
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("ack_mode", ["buffered", "durable"])
 async def test_legitimate_sender_keeps_p99_under_100_ms_during_a_flood(
     database_url: str, tmp_path: Path, ack_mode: str

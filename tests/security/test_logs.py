@@ -8,6 +8,7 @@ import asyncpg
 import orjson
 import pytest
 
+from collector.accounting import SAMPLES_PER_KIND
 from tests.conftest import Running
 from tests.pixel_management import PixelManagement
 
@@ -54,3 +55,15 @@ async def test_dead_letter_samples_are_capped_and_redacted(running: Running, db:
         for secret in ("hunter2", "jane.doe@example.org", "555-0172"):
             assert secret not in letter["payload"] and secret not in letter["detail"]
     assert "[REDACTED]" in letters[0]["payload"]
+
+
+async def test_a_flood_of_one_mistake_keeps_a_few_samples_and_every_count(
+    running: Running, db: asyncpg.Connection
+) -> None:
+    """200 identical refusals between two flushes are all counted but leave at most SAMPLES_PER_KIND samples."""
+    for _ in range(200):
+        assert (await running.post({"eventType": "x", "siteId": "acme.com", "eventId": "nope"})).status_code == 422
+    await running.services.accounting.flush()
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == SAMPLES_PER_KIND
+    counted = await db.fetchval("SELECT count FROM client_daily_counts WHERE metric = 'rejected:invalid_event'")
+    assert counted == 200

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from collector import copyformat, events
-from collector.auth import DomainAuthorizer, PixelManagementDirectory
+from collector.auth import DEFAULT_DOMAINS_FILE, DomainAuthorizer, PixelManagementDirectory
 from collector.events import RequestContext
 from collector.origins import MAX_ORIGIN_BYTES, RememberedOrigins
 from tests.harness import collector_process, wait_until_live
@@ -100,8 +101,8 @@ async def _junk_flood(url: str, n: int) -> dict[int, int]:
     return statuses
 
 
-async def _rss_growth(tmp_path: Path, n: int) -> tuple[float, dict[int, int]]:
-    with collector_process(None, tmp_path) as (proc, url):
+async def _rss_growth(database_url: str, tmp_path: Path, n: int) -> tuple[float, dict[int, int]]:
+    with collector_process(database_url, tmp_path, AUTHORIZED_DOMAINS_FILE=str(DEFAULT_DOMAINS_FILE)) as (proc, url):
         await wait_until_live(proc, url)
         async with httpx.AsyncClient() as client:  # warm the request path once before the baseline
             await client.post(f"{url}/collect", json={"eventType": "warm", "siteId": "localhost"})
@@ -112,18 +113,19 @@ async def _rss_growth(tmp_path: Path, n: int) -> tuple[float, dict[int, int]]:
         return (_rss_kb(proc.pid) - idle) / 1024, statuses
 
 
-async def test_junk_megabyte_requests_do_not_pin_worker_memory(tmp_path: Path) -> None:
+async def test_junk_megabyte_requests_do_not_pin_worker_memory(database_url: str, tmp_path: Path) -> None:
     """300 requests with unique junk siteIds (~1 MB), Origins, User-Agents and paths grow RSS by well under 100 MB."""
-    growth, statuses = await _rss_growth(tmp_path, 300)
+    growth, statuses = await _rss_growth(database_url, tmp_path, 300)
     figure("RSS growth after 300 junk requests (MB)", f"{growth:.1f}")
     assert statuses == {422: 150, 202: 150}, statuses
     assert growth < 100, f"RSS grew {growth:.0f} MB"
 
 
 @long_only
-async def test_two_thousand_junk_requests_grow_rss_at_most_50_mb(tmp_path: Path) -> None:
+@pytest.mark.timeout(600)
+async def test_two_thousand_junk_requests_grow_rss_at_most_50_mb(database_url: str, tmp_path: Path) -> None:
     """The issue's measure: 2,000 ~1 MB requests with unique junk keys grow one worker's RSS by ≤ 50 MB."""
-    growth, statuses = await _rss_growth(tmp_path, scale(300, 2000))
+    growth, statuses = await _rss_growth(database_url, tmp_path, scale(300, 2000))
     figure("RSS growth after 2,000 junk 1 MB requests (MB)", f"{growth:.1f}")
     assert statuses == {422: scale(150, 1000), 202: scale(150, 1000)}, statuses
     assert growth <= 50, f"RSS grew {growth:.0f} MB"
