@@ -17,9 +17,20 @@ from typing import Any
 import asyncpg
 import orjson
 
+from pipeline.privacy import Policy
+
 logger = logging.getLogger(__name__)
 
-PAYLOAD_SAMPLE_BYTES = 2048
+# A dead-letter sample is cut to this many bytes when it is taken (so the pending deque holds at most
+# max_pending x ~4.5 KB) and redacted before it is written (see redact_sample).
+PAYLOAD_SAMPLE_BYTES = 4096
+DETAIL_CHARS = 500
+# Whose sample it is may be unknown (the site was refused), so every sample gets the strictest redaction.
+SAMPLE_PRIVACY_LEVEL = "hipaa"
+# Samples kept per (reason, domain) between two flushes: a flood of one mistake needs a few samples, not a
+# thousand, and each sample costs its redaction.
+SAMPLES_PER_KIND = 10
+SAMPLE_STRING_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +54,34 @@ def sample_payload(value: Any) -> str:
     return text.replace("\x00", "\\u0000")
 
 
+def redact_sample(text: str) -> str:
+    """A sample through the same redaction as processed output: a whole JSON value by its keys and values,
+    anything else (a cut or malformed body) as text. Bounded: the text was cut to PAYLOAD_SAMPLE_BYTES."""
+    policy = Policy.for_level(SAMPLE_PRIVACY_LEVEL)
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return policy.clean_text(_cut(text))
+    return orjson.dumps(policy.clean(_cut(value))).decode()
+
+
+def _cut(value: Any) -> Any:
+    """`value` with every string cut to SAMPLE_STRING_CHARS before redaction (which keeps no more than ~1,000
+    characters of a string anyway): patterns then never run over a long string."""
+    kind = type(value)
+    if kind is str:
+        return value[:SAMPLE_STRING_CHARS]
+    if kind is dict:
+        return {k: _cut(v) for k, v in value.items()}
+    if kind is list:
+        return [_cut(v) for v in value]
+    return value
+
+
+def _redacted(letters: list[DeadLetter]) -> list[tuple[str, str | None, str | None, str, str]]:
+    return [(d.reason, d.client_id, d.domain, redact_sample(d.detail), redact_sample(d.payload)) for d in letters]
+
+
 class Accounting:
     """Counters per (day, client, metric) and dead-letter samples, flushed every `interval_s` seconds."""
 
@@ -52,6 +91,7 @@ class Accounting:
         self._keep = keep
         self.counts: Counter[tuple[date, str, str]] = Counter()
         self.dead_letters: deque[DeadLetter] = deque(maxlen=max_pending)
+        self._sampled: Counter[tuple[str, str | None]] = Counter()  # samples taken since the last flush
         self._task: asyncio.Task[None] | None = None
 
     def count(self, client_id: str, metric: str, n: int) -> None:
@@ -60,10 +100,15 @@ class Accounting:
     def reject(
         self, reason: str, client_id: str | None, domain: str | None, detail: str, payload: Any, n: int = 1
     ) -> None:
-        """Record `n` rejected events (or one request): a count for their client, when known, and one sample."""
+        """Record `n` rejected events (or one request): a count for their client, when known, and one sample
+        (unless SAMPLES_PER_KIND of this reason and domain were taken since the last flush)."""
         if client_id is not None:
             self.count(client_id, f"rejected:{reason}", n)
-        self.dead_letters.append(DeadLetter(reason, client_id, domain, detail[:500], sample_payload(payload)))
+        kind = (reason, domain)
+        if self._sampled[kind] >= SAMPLES_PER_KIND:
+            return
+        self._sampled[kind] += 1
+        self.dead_letters.append(DeadLetter(reason, client_id, domain, detail[:DETAIL_CHARS], sample_payload(payload)))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="accounting")
@@ -84,8 +129,11 @@ class Accounting:
         """Write pending counts and samples; on failure keep the counts for the next round (samples may be lost)."""
         counts, self.counts = self.counts, Counter()
         letters = [self.dead_letters.popleft() for _ in range(len(self.dead_letters))]
+        self._sampled.clear()
         if not counts and not letters:
             return
+        # Redaction runs in a thread, never on the loop that answers /collect.
+        rows = await asyncio.to_thread(_redacted, letters) if letters else []
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 if counts:
@@ -99,7 +147,7 @@ class Accounting:
                     await conn.executemany(
                         "INSERT INTO dead_letters (reason, client_id, domain, detail, payload)"
                         " VALUES ($1, $2, $3, $4, $5)",
-                        [(d.reason, d.client_id, d.domain, d.detail, d.payload) for d in letters],
+                        rows,
                     )
                     await conn.execute(
                         "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - $1", self._keep

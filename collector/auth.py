@@ -17,11 +17,14 @@ from cachetools import LRUCache
 
 from collector.errors import AuthorizationUnavailable, DomainNotAuthorized
 from collector.jsonfile import read_json_object
+from collector.logsafe import for_log
 from collector.sites import InvalidSiteConfig, SiteConfig, normalize_domain
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DOMAINS_FILE = Path(__file__).with_name("authorized_domains.json")
+# The negative cache holds up to max_entries // NEGATIVE_SHARE refusals (10,000 of the default 100,000).
+NEGATIVE_SHARE = 10
 
 
 class DirectoryUnavailable(Exception):
@@ -157,14 +160,18 @@ class DomainAuthorizer:
         self._ttl = ttl_s
         self._negative_ttl = negative_ttl_s
         self._stale_max = stale_max_s
+        # Positive and negative decisions live apart: a flood of unknown (junk) domains evicts only other negative
+        # entries, never an authorized domain whose entry stale-if-error needs during a pixel-management outage.
+        # Keys are normalized host names (at most 253 bytes), so each entry is bounded: ~0.5 KB a negative one.
         self._cache: LRUCache[str, _Entry] = LRUCache(maxsize=max_entries)
+        self._negative: LRUCache[str, _Entry] = LRUCache(maxsize=max(1, max_entries // NEGATIVE_SHARE))
         self._inflight: dict[str, asyncio.Task[_Entry]] = {}
         self._clock = clock
         self.stats = AuthStats()
 
     async def authorize(self, domain: str) -> SiteConfig:
         """The site config of an authorized `domain` (already normalized)."""
-        entry = self._cache.get(domain)
+        entry = self._cache.get(domain) or self._negative.get(domain)
         now = self._clock()
         if entry is not None and now - entry.fetched_at < (self._ttl if entry.site else self._negative_ttl):
             self.stats.hits += 1
@@ -205,17 +212,23 @@ class DomainAuthorizer:
             site = None if config is None else SiteConfig.from_config(config, self._secret)
         except InvalidSiteConfig as exc:
             self.stats.lookup_failures += 1
-            logger.error("Domain %s: unusable config from %s: %s", domain, self.directory.describe(), exc)
+            logger.error(
+                "Domain %s: unusable config from %s: %s", for_log(domain), self.directory.describe(), for_log(str(exc))
+            )
             raise DirectoryUnavailable(str(exc)) from None
         except DirectoryUnavailable as exc:
             self.stats.lookup_failures += 1
-            logger.warning("Domain %s: authorization lookup failed: %s", domain, exc)
+            logger.warning("Domain %s: authorization lookup failed: %s", for_log(domain), for_log(str(exc)))
             raise
         entry = _Entry(site, self._clock())
-        self._cache[domain] = entry
         if site is None:
-            logger.info("Domain %s is not authorized", domain)
+            self._cache.pop(domain, None)
+            self._negative[domain] = entry
+            # DEBUG: a flood of unknown domains must not become a flood of log lines.
+            logger.debug("Domain %s is not authorized", for_log(domain))
         else:
+            self._negative.pop(domain, None)
+            self._cache[domain] = entry
             logger.info("Domain %s authorized for client %s", domain, site.client_id)
         return entry
 

@@ -56,7 +56,10 @@ def text(value: str | None) -> bytes:
 
 
 # Event types, session and visitor ids and paths repeat endlessly: encoding each distinct one once saves most
-# of the encoding work of a row (a cache hit costs a dict lookup; the str caches its own hash).
+# of the encoding work of a row (a cache hit costs a dict lookup; the str caches its own hash). Callers pass only
+# values of at most MAX_CACHED_TEXT_CHARS (and event types, at most 100), so an entry is at most ~0.9 KB (4-byte
+# characters, key and encoded value) and the cache ~14 MB (~4 MB for ASCII text). Longer ones are rarely repeated.
+MAX_CACHED_TEXT_CHARS = 64
 cached_text = lru_cache(maxsize=16384)(text)
 
 
@@ -81,7 +84,8 @@ def jsonb(json_text: bytes | None) -> bytes:
     return _length(len(json_text) + 1) + JSONB_VERSION + json_text
 
 
-@lru_cache(maxsize=65536)
+# Keyed by a normalized address (at most 45 characters): at most 16,384 x ~0.3 KB = 5 MB.
+@lru_cache(maxsize=16384)
 def inet(address: str) -> bytes:
     """An inet field for a host address: family, prefix bits, is-cidr flag, length, address bytes."""
     packed = ipaddress.ip_address(address).packed

@@ -75,6 +75,20 @@ class InvalidEvent(CollectorError):
     status, error = 422, "invalid_event"
 
 
+class InvalidSite(InvalidEvent):
+    """The `siteId` (or the url's host) is not a host name (LDH labels of at most 63 bytes, 253 in all) nor an IP
+    literal without a zone id: refused before any lookup, cache entry or log line."""
+
+    status, error = 422, "invalid_site"
+
+
+class RequestRowsTooLarge(CollectorError):
+    """The rows one request would add to storage exceed MAX_REQUEST_ROW_BYTES (a small batch whose wrapper fields
+    are copied into every event can otherwise multiply its size hundreds of times)."""
+
+    status, error = 413, "request_rows_too_large"
+
+
 class InvalidParameter(CollectorError):
     status, error = 422, "invalid_parameter"
 

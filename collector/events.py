@@ -17,7 +17,7 @@ import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from collector import copyformat
-from collector.errors import InvalidEvent, InvalidJson
+from collector.errors import InvalidEvent, InvalidJson, InvalidSite, RequestRowsTooLarge
 from collector.sites import normalize_domain
 
 ROW_START_AND_UUID_LENGTH = copyformat.ROW_START + copyformat.UUID_LENGTH
@@ -38,6 +38,12 @@ TEXT_LIMITS = {
 }  # fmt: skip
 ROW_TEXT_FIELDS = ("sessionId", "visitorId", "url", "path", "referrer")
 UNCACHED_FIELDS = frozenset(("url", "referrer"))  # nearly unique values: caching them would only churn
+# A User-Agent is stored (and cached) cut to this many characters: the header may be 32 KiB.
+MAX_USER_AGENT_CHARS = 512
+SITE_ID_RULE = (
+    "`siteId` must be a host name such as shop.example.com (labels of letters, digits and hyphens, at most 63"
+    " bytes each and 253 in all) or an IP address"
+)
 
 
 # A \u0000 escape not itself escaped (`\\u0000` is a backslash and the text "u0000", which jsonb takes).
@@ -45,7 +51,11 @@ _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class EventRejected(ValueError):
-    """One event is invalid; the others in its request are unaffected."""
+    """One event is invalid; the others in its request are unaffected. `error` is the code it is counted under."""
+
+    def __init__(self, detail: str, error: str = "invalid_event") -> None:
+        super().__init__(detail)
+        self.error = error
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs microseconds per request
@@ -65,10 +75,14 @@ class RequestContext:
     ) -> RequestContext:
         received_ns = time.time_ns()
         received = copyformat.timestamp_ns(received_ns)
+        if user_agent is not None and len(user_agent) > MAX_USER_AGENT_CHARS:
+            user_agent = user_agent[:MAX_USER_AGENT_CHARS]  # real agents are ~100-300 characters
         tail = _request_fields(site_id, client_id, user_agent, ip, ip_hash) + received
         return cls(site_id, client_id, received_ns, received, tail)
 
 
+# Keyed by (site, client, agent, ip, ip hash), each bounded (253, 128, MAX_USER_AGENT_CHARS, 45, 64 characters):
+# with the encoded value, at most ~4,096 x 3 KB = 12 MB.
 @lru_cache(maxsize=4096)
 def _request_fields(site_id: str, client_id: str, user_agent: str | None, ip: str | None, ip_hash: str | None) -> bytes:
     """The per-request columns but the receive time, encoded; the same client sends many requests."""
@@ -105,7 +119,8 @@ _FIVE_NULLS_JOINED = b"".join(_FIVE_NULLS)
 @dataclass(frozen=True, slots=True)
 class Rejection:
     index: int
-    error: str
+    error: str  # the detail, as the response lists it
+    code: str = "invalid_event"  # what it is counted under
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -148,10 +163,18 @@ def _depth_exceeds(root: Any, limit: int) -> bool:
 class EventParser:
     """Turns a parsed /collect payload into COPY rows, rejecting invalid events one by one."""
 
-    def __init__(self, *, max_events_per_request: int, max_event_bytes: int, max_event_data_keys: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        max_events_per_request: int,
+        max_event_bytes: int,
+        max_event_data_keys: int = 100,
+        max_inherited_bytes: int = 16 * 1024,
+    ) -> None:
         self.max_events_per_request = max_events_per_request
         self.max_event_bytes = max_event_bytes
         self.max_event_data_keys = max_event_data_keys
+        self.max_inherited_bytes = max_inherited_bytes
 
     def events_of(self, payload: dict[str, Any]) -> list[Any]:
         """The events a payload carries: its `events` for a batch, else the payload itself."""
@@ -180,7 +203,7 @@ class EventParser:
             if site is not None:
                 if type(site) is not str or not (domain := normalize_domain(site)):
                     _check_depth(payload, 1)
-                    raise InvalidEvent("`siteId` must be a domain name such as shop.example.com")
+                    raise InvalidSite(SITE_ID_RULE)
                 return domain
             url = source.get("url")
             if type(url) is str and (host := _host_of(url)):
@@ -230,7 +253,7 @@ class EventParser:
                 rows.append(self._row(event, is_batch, defaults, ctx))
             except EventRejected as exc:
                 _check_depth(event, event_depth)  # what was rejected was never serialized, so never depth-checked
-                rejected.append(Rejection(index, str(exc)))
+                rejected.append(Rejection(index, str(exc), exc.error))
         return rows, rejected
 
     def _defaults(self, wrapper: dict[str, Any], ctx: RequestContext) -> _Defaults:
@@ -244,7 +267,13 @@ class EventParser:
         except EventRejected as exc:
             _check_depth({k: v for k, v in wrapper.items() if k != "events"}, 1)
             raise InvalidEvent(f"the batch wrapper is invalid: {exc}") from None
-        return _Defaults(fields, b"".join(fields), extra, {})
+        middle = b"".join(fields)
+        if len(middle) > self.max_inherited_bytes:  # copied into every event: cap it before it is multiplied
+            raise RequestRowsTooLarge(
+                f"the batch wrapper's fields that every event inherits are {len(middle)} bytes encoded;"
+                f" at most {self.max_inherited_bytes} are accepted"
+            )
+        return _Defaults(fields, middle, extra, {})
 
     def _row(self, event: Any, is_batch: bool, d: _Defaults, ctx: RequestContext) -> bytes:
         if type(event) is not dict:
@@ -288,8 +317,12 @@ class EventParser:
         """The inherited columns of an event that sets some of them itself."""
         if is_batch:
             site = event.get("siteId")
-            if site is not None and (type(site) is not str or normalize_domain(site) != ctx.site_id):
-                raise EventRejected(f"`siteId` differs from the request's domain {ctx.site_id}")
+            if site is not None:
+                domain = normalize_domain(site) if type(site) is str else None
+                if domain is None:
+                    raise EventRejected(SITE_ID_RULE, InvalidSite.error)
+                if domain != ctx.site_id:
+                    raise EventRejected(f"`siteId` differs from the request's domain {ctx.site_id}")
         fields = d.fields.copy()
         for position, name in enumerate(ROW_TEXT_FIELDS):
             if event.get(name) is not None:
@@ -335,7 +368,9 @@ def _text(event: dict[str, Any], name: str) -> bytes:
     if len(value) > TEXT_LIMITS[name]:
         raise EventRejected(f"`{name}` is longer than {TEXT_LIMITS[name]} characters")
     try:
-        return copyformat.text(value) if name in UNCACHED_FIELDS else copyformat.cached_text(value)
+        if len(value) > copyformat.MAX_CACHED_TEXT_CHARS or name in UNCACHED_FIELDS:
+            return copyformat.text(value)
+        return copyformat.cached_text(value)
     except copyformat.Unencodable as exc:
         raise EventRejected(f"`{name}` {exc}") from None
 

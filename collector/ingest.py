@@ -9,11 +9,11 @@ from typing import Any
 from collector.accounting import Accounting
 from collector.auth import DomainAuthorizer
 from collector.buffer import WriteBehindBuffer
-from collector.errors import CollectorError, InvalidEvent, OriginMismatch, RateLimited
-from collector.events import EventParser, RequestContext, parse_body
+from collector.errors import CollectorError, InvalidEvent, OriginMismatch, RateLimited, RequestRowsTooLarge
+from collector.events import EventParser, Rejection, RequestContext, parse_body
 from collector.origins import RememberedOrigins, within
 from collector.proxies import client_ip
-from collector.ratelimit import limiter
+from collector.ratelimit import address_key, limiter
 from collector.settings import Settings
 
 
@@ -27,7 +27,9 @@ class Ingest:
             max_events_per_request=settings.max_events_per_request,
             max_event_bytes=settings.max_event_bytes,
             max_event_data_keys=settings.max_event_data_keys,
+            max_inherited_bytes=settings.max_inherited_bytes,
         )
+        self.max_request_row_bytes = settings.max_request_row_bytes
         self.authorizer = authorizer
         self.buffer = buffer
         self.accounting = accounting
@@ -88,7 +90,7 @@ class Ingest:
     def _admit(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The client address, once its rate limit lets the request through (else RateLimited, counted)."""
         ip = client_ip(peer, forwarded_for, self._trusted)
-        if self.ip_limiter is not None and ip is not None and (wait := self.ip_limiter.take(ip)):
+        if self.ip_limiter is not None and ip is not None and (wait := self.ip_limiter.take(address_key(ip))):
             self.rejected["rate_limited"] += 1
             raise RateLimited(f"too many requests from this address; retry in {wait} s", retry_after_s=wait)
         return ip
@@ -112,15 +114,19 @@ class Ingest:
         ctx = RequestContext.build(domain, site.client_id, user_agent, ip, ip_hash)
         try:
             rows, rejections = self.parser.rows(payload, events, ctx)
-        except CollectorError as exc:  # JSON nested too deep, found only while encoding the events
+        except CollectorError as exc:  # JSON nested too deep or a wrapper too big, found only while encoding
             self.rejected[exc.error] += 1
             self.accounting.reject(exc.error, site.client_id, domain, exc.detail, sample)
             raise
-        rejected = [{"index": r.index, "error": r.error} for r in rejections]
-        if rejected:
-            self.rejected["invalid_event"] += len(rejected)
-            for r in rejections:
-                self.accounting.reject("invalid_event", site.client_id, domain, r.error, events[r.index])
+        if (size := sum(map(len, rows))) > self.max_request_row_bytes:
+            too_large = RequestRowsTooLarge(
+                f"the request's {len(rows)} event(s) would add {size} bytes to storage;"
+                f" at most {self.max_request_row_bytes} are accepted per request"
+            )
+            self.rejected[too_large.error] += len(events)
+            self.accounting.reject(too_large.error, site.client_id, domain, too_large.detail, sample, n=len(events))
+            raise too_large
+        rejected = self._count_rejections(rejections, events, site.client_id, domain) if rejections else []
         if not rows:
             raise InvalidEvent(
                 "no event in the request is valid" if len(rejections) > 1 else rejections[0].error,
@@ -149,6 +155,15 @@ class Ingest:
         if rejected:
             response["events_rejected"] = rejected
         return response
+
+    def _count_rejections(
+        self, rejections: list[Rejection], events: list[Any], client_id: str, domain: str
+    ) -> list[dict[str, Any]]:
+        """Count and sample the request's invalid events; their list as the response shows it."""
+        for r in rejections:
+            self.rejected[r.code] += 1
+            self.accounting.reject(r.code, client_id, domain, r.error, events[r.index])
+        return [{"index": r.index, "error": r.error} for r in rejections]
 
     def _check_sender(self, origin: str | None, domain: str, client_id: str, n: int, sample: Any) -> None:
         """Refuse (and count) the request's `n` events if its page is not on the site, or the site is over its rate."""

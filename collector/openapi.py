@@ -54,9 +54,14 @@ COLLECT: dict[str, Any] = {
             "403": _error("`domain_not_authorized`, or `origin_mismatch` (Origin/Referer is not the site)"),
             "405": _error("`method_not_allowed`"),
             "408": _error("`request_timeout`: the body was not received within READ_TIMEOUT_S"),
-            "413": _error("`body_too_large` (also once decompressed)"),
+            "413": _error(
+                "`body_too_large` (also once decompressed), or `request_rows_too_large`: the events' rows would"
+                " exceed MAX_REQUEST_ROW_BYTES"
+            ),
             "415": _error("`unsupported_media_type`: not JSON or text/plain, or an unknown Content-Encoding"),
-            "422": _error("`invalid_event`: no valid event, no domain, too many events"),
+            "422": _error(
+                "`invalid_event`: no valid event, no domain, too many events; `invalid_site`: siteId is no host name"
+            ),
             "429": _error("`rate_limited` (Retry-After)"),
             "503": _error("`buffer_full`, `shutting_down`, `authorization_unavailable` (Retry-After)"),
         },

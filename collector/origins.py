@@ -7,26 +7,44 @@ forged server-side traffic, which sends any header it likes (or none, and is the
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
 
 from collector.auth import DomainAuthorizer
 from collector.errors import DomainNotAuthorized
 from collector.sites import normalize_domain
 
-# A preflight names no site: its origin's host is looked up, then its parents, at most this many domains.
-MAX_PREFLIGHT_LOOKUPS = 4
 ALLOW_METHODS = b"POST, GET, OPTIONS"
 ALLOW_HEADERS = b"content-type, content-encoding"
 EXPOSE_HEADERS = b"retry-after"
 # Origins that passed a check before: their error answers carry CORS headers too, so the tracker can read
-# Retry-After. Bounded; cleared when full.
+# Retry-After. Bounded: at most this many values of at most MAX_ORIGIN_BYTES (~4 MB); cleared when full.
 MAX_REMEMBERED_ORIGINS = 10_000
 
 
-@lru_cache(maxsize=4096)
-def host_of(header: bytes) -> str:
-    """The normalized host of an Origin or Referer value; "" (matching no site) for `null` (an opaque
-    origin: sandboxed frame, file://) or anything else without a host."""
+# host_of's cache is keyed by header bytes of at most this length (an origin is scheme, host and port; a longer
+# Referer is cut at the end of its host first), so its 4,096 entries hold at most ~4,096 x 0.8 KB = 3.3 MB.
+MAX_ORIGIN_BYTES = 300
+HOST_CACHE_ENTRIES = 4096
+
+
+class _HostCache(dict[bytes, str]):
+    """Hosts by Origin/Referer value. A hit is one C-level dict lookup (this is per browser request); a miss
+    parses, caching only values of at most MAX_ORIGIN_BYTES; cleared when full."""
+
+    def __missing__(self, header: bytes) -> str:
+        if len(header) > MAX_ORIGIN_BYTES:
+            # A Referer's path and query say nothing about its site: cut them (from the first "/" after the
+            # scheme's) so that neither the cache nor the host parser sees them. Without one early, it is junk.
+            end = header.find(b"/", header.find(b"://") + 3)
+            return self[header[:end]] if 0 < end <= MAX_ORIGIN_BYTES else ""
+        host = _parse_host(header)
+        if len(self) >= HOST_CACHE_ENTRIES:
+            self.clear()
+        self[header] = host
+        return host
+
+
+def _parse_host(header: bytes) -> str:
     try:
         text = header.decode("ascii")
     except UnicodeDecodeError:
@@ -36,17 +54,27 @@ def host_of(header: bytes) -> str:
     return normalize_domain(text) or ""
 
 
+_HOSTS = _HostCache()
+# The normalized host of an Origin or Referer value; "" (matching no site) for `null` (an opaque origin: sandboxed
+# frame, file://) or anything else without a valid host.
+host_of: Callable[[bytes], str] = _HOSTS.__getitem__
+
+
 def within(host: str, domain: str) -> bool:
     """`host` is `domain` or one of its subdomains."""
     return host == domain or (host.endswith(domain) and host[-len(domain) - 1] == ".")
 
 
 def candidates(host: str) -> list[str]:
-    """The domains that could authorize `host`: itself, then its parents with two labels or more."""
+    """The domains that could authorize `host`: itself, then its parents with two labels or more.
+
+    A preflight names no site, so a page any number of labels below its authorized domain is found by walking up;
+    the walk is bounded by host-name syntax (host_of admits at most 253 bytes, so at most 126 candidates).
+    """
     if ":" in host or host.replace(".", "").isdigit():  # an IP address has no parent domains
         return [host]
     labels = host.split(".")
-    return [".".join(labels[i:]) for i in range(max(1, len(labels) - 1))][:MAX_PREFLIGHT_LOOKUPS]
+    return [".".join(labels[i:]) for i in range(max(1, len(labels) - 1))]
 
 
 async def origin_allowed(authorizer: DomainAuthorizer, host: str) -> bool:
@@ -87,7 +115,7 @@ class RememberedOrigins:
         self._max = max_entries
 
     def add(self, origin: bytes) -> None:
-        if origin not in self._seen:
+        if origin not in self._seen and len(origin) <= MAX_ORIGIN_BYTES:
             if len(self._seen) >= self._max:
                 self._seen.clear()
             self._seen.add(origin)

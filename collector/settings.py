@@ -92,6 +92,11 @@ class Settings:
     max_events_per_request: int = 500
     max_event_bytes: int = 32 * 1024
     max_event_data_keys: int = 100
+    # Encoded row bytes one request may add to storage (413 request_rows_too_large past it): a batch's wrapper
+    # fields are copied into each of its events, so a small request could otherwise store hundreds of times its size.
+    max_request_row_bytes: int = 2 * 1024 * 1024
+    # Encoded bytes of a batch wrapper's inherited fields (ids, url, path, referrer, unknown fields) per event.
+    max_inherited_bytes: int = 16 * 1024
     # Request line plus headers, per request (uvicorn's httptools parser has no limit of its own).
     max_header_bytes: int = 32 * 1024
     # From a request's first byte to its last: a client that trickles its headers or body is cut off with 408.
@@ -171,7 +176,8 @@ class Settings:
             "buffer_max_events", "buffer_max_bytes", "max_body_bytes", "max_events_per_request", "max_event_bytes",
             "export_batch_size", "auth_cache_size", "journal_max_bytes", "journal_segment_bytes", "copy_timeout_s",
             "export_interval_s", "process_interval_s", "retention_days",
-            "max_event_data_keys", "max_header_bytes", "read_timeout_s", "rate_limit_ip_burst", "rate_limit_site_burst",
+            "max_event_data_keys", "max_request_row_bytes", "max_inherited_bytes",
+            "max_header_bytes", "read_timeout_s", "rate_limit_ip_burst", "rate_limit_site_burst",
             "first_byte_timeout_s", "keepalive_timeout_s", "max_connections",
         )  # fmt: skip
         for name in positive:

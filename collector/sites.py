@@ -6,22 +6,50 @@ import hashlib
 import hmac
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
 IpMode = Literal["store", "hash", "none"]
 
-_LABELS = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$")
+# A host name: labels of letters, digits and hyphens (and `_`, which DNS allows), 1 to 63 bytes each, not starting or
+# ending with a hyphen, 253 bytes in all. Used with fullmatch (`$` would accept a trailing newline); its only
+# repetition is bounded per label, so it runs in time linear in the input, which is cut before it runs anyway.
+_LABELS = re.compile(r"(?=.{1,253}\Z)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
 # Development only (production refuses to start without IP_HASH_SECRET): hashes made with it are not secret.
 DEV_IP_HASH_SECRET = "development-only-ip-hash-secret"
 
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: no trailing newline
+
+# The longest siteId (or Origin / Referer prefix) normalize_domain looks at: a 253-byte host with a scheme, user
+# info, port and trailing dot fits easily; anything longer is refused before it is stripped, cached or logged.
+MAX_DOMAIN_INPUT_CHARS = 512
+# normalize_domain's cache: entries of at most MAX_DOMAIN_INPUT_CHARS characters (key) and 253 (value), so at most
+# ~4,096 x 2.5 KB = 10 MB even with 4-byte characters; cleared when full, so junk cannot pin names either.
+DOMAIN_CACHE_ENTRIES = 4096
 
 
-@lru_cache(maxsize=8192)
-def normalize_domain(value: str) -> str | None:
-    """`value` as a bare lower-case host (no scheme, path, port or trailing dot), or None if it is not one."""
+class _DomainCache(dict[str, str | None]):
+    """Normalized domains by raw value. A hit is one C-level dict lookup (no Python frame: this is per request);
+    a miss normalizes, and caches only values short enough to be a domain."""
+
+    def __missing__(self, value: str) -> str | None:
+        if len(value) > MAX_DOMAIN_INPUT_CHARS:
+            return None
+        domain = _normalize(value)
+        if len(self) >= DOMAIN_CACHE_ENTRIES:
+            self.clear()
+        self[value] = domain
+        return domain
+
+
+_DOMAINS = _DomainCache()
+# `value` as a bare lower-case host (no scheme, path, port or trailing dot), or None if it is not one. A value
+# longer than MAX_DOMAIN_INPUT_CHARS is refused before it is stripped, parsed or cached.
+normalize_domain: Callable[[str], str | None] = _DOMAINS.__getitem__
+
+
+def _normalize(value: str) -> str | None:
     host = value.strip().lower()
     if "://" in host:
         host = host.split("://", 1)[1]
@@ -36,10 +64,14 @@ def normalize_domain(value: str) -> str | None:
     elif ":" in host:
         return _ip_literal(host)
     host = host.rstrip(".")
-    return host if _LABELS.match(host) else None
+    return host if _LABELS.fullmatch(host) else None
 
 
 def _ip_literal(value: str) -> str | None:
+    # A zone id (`fe80::1%eth0`) names an interface of the sender's machine, not a site, and the ipaddress module
+    # accepts any text after the `%`, control characters included.
+    if "%" in value:
+        return None
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
@@ -66,7 +98,7 @@ class SiteConfig:
         if not isinstance(config, dict):
             raise InvalidSiteConfig("the config is not a JSON object")
         client_id = config.get("client_id")
-        if not isinstance(client_id, str) or not _CLIENT_ID.match(client_id):
+        if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
             raise InvalidSiteConfig(f"client_id {client_id!r} is not a valid identifier")
         privacy = config.get("privacy_level", "standard")
         if privacy not in ("standard", "gdpr", "hipaa"):

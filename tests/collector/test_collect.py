@@ -199,7 +199,7 @@ async def test_error_codes_for_bad_requests(make_app: MakeApp, db: asyncpg.Conne
          "unsupported_media_type"),
         ({"json": {"siteId": "acme.com"}}, 422, "invalid_event"),
         ({"json": {"eventType": "a"}}, 422, "invalid_event"),
-        ({"json": {"eventType": "a", "siteId": "not a domain!"}}, 422, "invalid_event"),
+        ({"json": {"eventType": "a", "siteId": "not a domain!"}}, 422, "invalid_site"),
         ({"json": {"eventType": "batch", "siteId": "acme.com", "events": "nope"}}, 422, "invalid_event"),
         ({"json": {"eventType": "batch", "siteId": "acme.com", "events": [{"eventType": "a"}] * 6}}, 422,
          "invalid_event"),
