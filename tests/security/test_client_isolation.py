@@ -16,7 +16,7 @@ from collector.auth import PixelManagementDirectory
 from collector.store import EventStore
 from pipeline.clients import ClientConfigError, ClientSettingsSource, Destination, load_destinations
 from pipeline.export import Exporter
-from pipeline.objects import LocalStore, ObjectStore, S3Location, S3Store
+from pipeline.objects import LocalStore, ObjectStore, S3Location, S3Store, check_key
 from pipeline.process import Processor, processed_key
 from tests.conftest import MakeApp
 from tests.pipeline.conftest import insert_events, keys_of, read_events
@@ -186,6 +186,9 @@ def test_no_prefix_or_bucket_can_reach_into_another_area() -> None:
     for bucket in ["Upper", "a_b", "ab", "-ab", "ab-", "a..b", "192.168.1.1", "b" * 64, "bucket\n"]:
         with pytest.raises(ClientConfigError):
             Destination.parse({"processed_bucket": bucket}, "test")
+    for key in ["processed-events/client_a/x.json\n", "a b", "a//b", "../a"]:
+        with pytest.raises(ValueError, match="unsafe object key"):
+            check_key(key)
     assert Destination.parse({"processed_bucket": "acme-data.eu", "processed_prefix": "exports/daily"}, "t") == (
         Destination("acme-data.eu", "exports/daily/")
     )

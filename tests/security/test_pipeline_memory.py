@@ -94,7 +94,6 @@ _WORKER = textwrap.dedent(
     from pathlib import Path
     import asyncpg
     from collector.auth import PixelManagementDirectory
-from collector.store import EventStore
     from pipeline.clients import ClientSettingsSource
     from pipeline.export import Exporter
     from pipeline.objects import LocalStore
@@ -125,7 +124,12 @@ from collector.store import EventStore
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("fmt", ["json", "ndjson.gz"])
 async def test_a_large_backlog_is_exported_and_processed_in_under_300_mb(
-    db: asyncpg.Connection, database_url: str, pixel: PixelManagement, tmp_path: Path, fmt: str
+    db: asyncpg.Connection,
+    conn: asyncpg.Connection,
+    database_url: str,
+    pixel: PixelManagement,
+    tmp_path: Path,
+    fmt: str,
 ) -> None:
     """A worker process exporting and processing a ~600 MB backlog of amplified rows peaks under 300 MB RSS."""
     rows = scale(1000, 15_000)
