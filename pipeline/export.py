@@ -27,7 +27,7 @@ RAW_PREFIX = "raw-events/"
 SETTLE_POLL_S = 0.05
 # Rows read per query: at most CHUNK_ROWS, and about CHUNK_BYTES (or one object, if smaller) by the size of the rows
 # read so far, so that a backlog of large (amplified) rows is read a few MB at a time.
-CHUNK_ROWS = 100
+CHUNK_ROWS = 250
 CHUNK_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_OBJECT_BYTES = 16 * 1024 * 1024
 
