@@ -122,28 +122,38 @@ class Processor:
         """Retry the client objects that are due, then process exported raw objects not processed yet, oldest
         first; one failing raw object or client does not stop the rest."""
         result = ProcessResult()
+        # Clients still backing off: their new objects join the wait without an attempt, so an unreachable bucket
+        # costs one attempt per backoff period, not one (with its timeouts) per raw object and run.
+        waiting = {
+            r["client_id"]
+            for r in await conn.fetch(
+                "SELECT client_id FROM processing_retries GROUP BY client_id HAVING min(next_attempt_at) > now()"
+            )
+        }
         due: dict[str, set[str]] = {}
         for record in await conn.fetch(
             "SELECT raw_key, client_id FROM processing_retries WHERE next_attempt_at <= now()"
-            " ORDER BY next_attempt_at LIMIT $1",
+            " ORDER BY next_attempt_at, attempts DESC, raw_key LIMIT $1",  # the longest failing first
             MAX_RETRIES_PER_RUN,
         ):
             due.setdefault(record["raw_key"], set()).add(record["client_id"])
         for key, clients in due.items():
-            await self._guarded(conn, key, result, clients)
+            await self._guarded(conn, key, result, waiting, clients)
         pending = await conn.fetch(
             "SELECT key FROM raw_objects WHERE exported_at IS NOT NULL AND processed_at IS NULL"
             " ORDER BY range_start LIMIT $1",
             self.max_objects_per_run,
         )
         for record in pending:
-            await self._guarded(conn, record["key"], result, None)
+            await self._guarded(conn, record["key"], result, waiting, None)
         return result
 
-    async def _guarded(self, conn: asyncpg.Connection, key: str, result: ProcessResult, only: set[str] | None) -> None:
+    async def _guarded(
+        self, conn: asyncpg.Connection, key: str, result: ProcessResult, waiting: set[str], only: set[str] | None
+    ) -> None:
         try:
-            await self._process(conn, key, result, only)
-        except (ProcessingError, ObjectStoreError, UnreadableObject, DirectoryUnavailable) as exc:
+            await self._process(conn, key, result, waiting, only)
+        except (ProcessingError, ObjectStoreError, UnreadableObject, DirectoryUnavailable, asyncpg.DataError) as exc:
             result.failed.append(key)
             logger.warning("Processing %s failed, will retry: %s", key, for_log(str(exc), MAX_ERROR_CHARS))
             if only:  # the raw object itself failed: its waiting clients wait longer, not in a tight loop
@@ -152,14 +162,27 @@ class Processor:
                         await self._defer(conn, key, client_id, exc, result)
 
     async def _process(
-        self, conn: asyncpg.Connection, raw_key: str, result: ProcessResult, only: set[str] | None
+        self, conn: asyncpg.Connection, raw_key: str, result: ProcessResult, waiting: set[str], only: set[str] | None
     ) -> None:
-        """Write one raw object's client objects (only those of `only` when retrying); mark it when `only` is None."""
+        """Write one raw object's client objects (only those of `only` when retrying); mark it when `only` is None.
+
+        A client in `waiting` is not attempted: its object waits with the client's others. A client that fails
+        joins `waiting` for the rest of the run.
+        """
+        if only is not None and only <= waiting:  # nothing to attempt: no need to read the raw object
+            async with conn.transaction():
+                for client_id in sorted(only):
+                    await self._postpone(conn, raw_key, client_id, result)
+            return
         fmt = format_of(raw_key)
         by_client = await self._claimed_events(conn, raw_key, fmt, result, only)
         written: list[_Written] = []
         failed: list[tuple[str, BaseException]] = []
+        postponed: list[str] = []
         for client_id, client_events in sorted(by_client.items()):
+            if client_id in waiting:
+                postponed.append(client_id)
+                continue
             try:
                 settings = await self.clients.get(client_id)
                 written.append(await self._write_client(raw_key, fmt, client_id, client_events, settings))
@@ -167,6 +190,7 @@ class Processor:
                 raise  # says nothing about this client: the whole raw object waits for the next run
             except Exception as exc:  # this client's failure, whatever it is, is only this client's
                 failed.append((client_id, exc))
+                waiting.add(client_id)
         async with conn.transaction():
             for item in written:
                 await conn.execute(
@@ -181,8 +205,10 @@ class Processor:
             done = {item.client_id for item in written} | (only or set())
             await conn.execute(
                 "DELETE FROM processing_retries WHERE raw_key = $1 AND client_id = ANY($2::text[])",
-                raw_key, sorted(done - {client_id for client_id, _ in failed}),
+                raw_key, sorted(done - {client_id for client_id, _ in failed} - set(postponed)),
             )  # fmt: skip
+            for client_id in postponed:
+                await self._postpone(conn, raw_key, client_id, result)
             for client_id, error in failed:
                 await self._defer(conn, raw_key, client_id, error, result)
             if only is None:
@@ -246,6 +272,17 @@ class Processor:
         result.failures[reason] += 1
         logger.warning("Client %s: object of %s not written (attempt %d, next in %.0f s): %s",
                        client_id, raw_key, record["attempts"], record["delay"], error)  # fmt: skip
+
+    async def _postpone(self, conn: asyncpg.Connection, raw_key: str, client_id: str, result: ProcessResult) -> None:
+        """Queue a waiting client's object, not attempted, to be retried with the client's others."""
+        await conn.execute(
+            "INSERT INTO processing_retries AS r (raw_key, client_id, attempts, reason, last_error, next_attempt_at)"
+            " SELECT $1, $2, 0, 'waiting', 'not attempted: earlier objects of this client failed', max(next_attempt_at)"
+            " FROM processing_retries WHERE client_id = $2 HAVING max(next_attempt_at) IS NOT NULL"
+            " ON CONFLICT (raw_key, client_id) DO UPDATE SET next_attempt_at = EXCLUDED.next_attempt_at",
+            raw_key, client_id,
+        )  # fmt: skip
+        result.deferred[client_id] = result.deferred.get(client_id, 0) + 1
 
     async def _write_client(
         self, raw_key: str, fmt: str, client_id: str, events: list[dict[str, Any]], settings: ClientSettings

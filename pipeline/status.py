@@ -63,7 +63,7 @@ async def failing_clients(db: Queryable, limit: int = 50) -> list[dict[str, Any]
         "SELECT DISTINCT ON (client_id) client_id, count(*) OVER w AS objects, max(attempts) OVER w AS attempts,"
         " min(first_failed_at) OVER w AS failing_since, min(next_attempt_at) OVER w AS next_attempt_at,"
         " reason, last_error FROM processing_retries WINDOW w AS (PARTITION BY client_id)"
-        " ORDER BY client_id, next_attempt_at DESC"
+        " ORDER BY client_id, attempts DESC, next_attempt_at DESC"  # reason and error of a real attempt
     )
     ordered = sorted(rows, key=lambda r: (r["failing_since"], r["client_id"]))[:limit]
     return [

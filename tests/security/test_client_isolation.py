@@ -144,9 +144,11 @@ async def test_an_unreachable_client_bucket_is_retried_with_backoff(
     exported = await Exporter(raw, fmt="json", batch_size=100).run(conn)
     missing = f"missing-{uuid.uuid4().hex[:12]}"
     async with AsyncExitStack() as stack:
+        attempts: list[str] = []
 
         async def s3_bucket(bucket: str) -> ObjectStore:
             # An S3 endpoint on a loopback port where nothing listens: every upload fails to connect.
+            attempts.append(bucket)
             return await S3Store.open(S3Location(bucket, endpoint_url=f"http://127.0.0.1:{closed_port()}",
                                                  region="us-east-1", access_key="k", secret_key="s"),
                                       stack, timeout_s=1.0)  # fmt: skip
@@ -164,14 +166,26 @@ async def test_an_unreachable_client_bucket_is_retried_with_backoff(
         assert 50 < delay <= 60
         assert (await processor.run(conn)).deferred == {}  # not due yet: the next run leaves it alone
         assert await db.fetchval("SELECT attempts FROM processing_retries") == 1
+        # New events meanwhile: acme's are processed; eu-shop's object joins the wait without an attempt.
+        await insert_events(db, 1, client_id="client_acme_corp")
+        await insert_events(db, 1, client_id="client_eu_shop", site_id="eu-shop.com")
+        tried = len(attempts)
+        later = await Exporter(raw, fmt="json", batch_size=100).run(conn)
+        assert (await processor.run(conn)).deferred == {"client_eu_shop": 1} and len(attempts) == tried
+        assert processed_key(later.keys[0], "client_acme_corp") in await keys_of(processed)
+        waits = await db.fetch("SELECT attempts, next_attempt_at FROM processing_retries ORDER BY attempts")
+        assert [r["attempts"] for r in waits] == [0, 1] and waits[0]["next_attempt_at"] == waits[1]["next_attempt_at"]
 
         await db.execute("UPDATE processing_retries SET next_attempt_at = now()")
         await processor.run(conn)
 
-        row = await db.fetchrow(
+        assert len(attempts) == tried + 1  # one attempt for the client: its second object waits on
+        rows = await db.fetch(
             "SELECT attempts, extract(epoch FROM next_attempt_at - now()) AS delay, last_error FROM processing_retries"
+            " ORDER BY attempts"
         )
-        assert row["attempts"] == 2 and 110 < row["delay"] <= 120 and missing in row["last_error"]
+        assert [r["attempts"] for r in rows] == [0, 2]
+        assert all(110 < r["delay"] <= 120 for r in rows) and missing in rows[1]["last_error"]
 
 
 def test_no_prefix_or_bucket_can_reach_into_another_area() -> None:
