@@ -29,3 +29,9 @@ CREATE TABLE processing_retries (
     PRIMARY KEY (raw_key, client_id)
 );
 CREATE INDEX processing_retries_due ON processing_retries (next_attempt_at);
+
+-- The same flaw in the readers' view: one client's event id hid another client's event. Per client now too.
+CREATE OR REPLACE VIEW events_unique AS
+SELECT DISTINCT ON (client_id, event_id) *
+FROM events_log
+ORDER BY client_id, event_id, id;

@@ -79,3 +79,16 @@ async def test_a_clients_own_resend_is_still_removed(
     events = [e for k in await keys_of(processor.clients.default_store) for e in await read_events(
         processor.clients.default_store, k)]  # fmt: skip
     assert [e["event_id"] for e in events] == [repeated] and result.duplicates == 2
+
+
+async def test_the_events_unique_view_keeps_each_clients_event(
+    db: asyncpg.Connection, conn: asyncpg.Connection
+) -> None:
+    """Readers' events_unique view keeps the victim's row when another client stored the same event id first."""
+    shared = str(uuid.uuid4())
+    await insert_events(db, 1, client_id="client_eu_shop", site_id="eu-shop.com", event_ids=[shared])
+    await insert_events(db, 2, client_id="client_acme_corp", event_ids=[shared, shared])
+
+    rows = await db.fetch("SELECT client_id FROM events_unique WHERE event_id = $1 ORDER BY client_id", shared)
+
+    assert [r["client_id"] for r in rows] == ["client_acme_corp", "client_eu_shop"]
