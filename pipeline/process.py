@@ -277,8 +277,9 @@ class Processor:
         """Queue a waiting client's object, not attempted, to be retried with the client's others."""
         await conn.execute(
             "INSERT INTO processing_retries AS r (raw_key, client_id, attempts, reason, last_error, next_attempt_at)"
-            " SELECT $1, $2, 0, 'waiting', 'not attempted: earlier objects of this client failed', max(next_attempt_at)"
-            " FROM processing_retries WHERE client_id = $2 HAVING max(next_attempt_at) IS NOT NULL"
+            " VALUES ($1, $2, 0, 'waiting', 'not attempted: earlier objects of this client failed',"
+            # The client's latest retry time; now (the next run) if it has none (its failure was not recorded).
+            " coalesce((SELECT max(next_attempt_at) FROM processing_retries WHERE client_id = $2), now()))"
             " ON CONFLICT (raw_key, client_id) DO UPDATE SET next_attempt_at = EXCLUDED.next_attempt_at",
             raw_key, client_id,
         )  # fmt: skip
