@@ -47,6 +47,8 @@ REJECT_REASONS = (
     "shutting_down",
 )  # fmt: skip
 DROP_REASONS = ("lost_on_close", "unstorable")
+CLIENT_FAILURE_REASONS = ("config", "store", "error")
+CONFIG_SOURCES = ("pixel_management", "storage_file")
 
 FLUSH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 FLUSH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -138,6 +140,16 @@ class Metrics:
             "retention_dropped": counter(
                 "collector_retention_partitions_dropped_total", "Day partitions dropped by retention"
             ),
+            "client_failures": counter(
+                "collector_pipeline_client_failures_total",
+                "Client objects processing could not write (config: refused configuration; store: bucket unreachable)",
+                ("reason",),
+            ),
+            "client_config_refused": counter(
+                "collector_pipeline_client_config_refused_total",
+                "Client storage configurations refused (pixel_management answers, storage_file entries)",
+                ("source",),
+            ),
         }
         self.gauges: dict[str, Gauge] = {
             "buffer_events": gauge("collector_buffer_events", "Events held only in this worker's memory"),
@@ -157,6 +169,16 @@ class Metrics:
                 "Unix time of the last successful run of a stage",
                 ("stage",),
                 "max",
+            ),
+            "pipeline_retry_objects": gauge(
+                "collector_pipeline_retry_objects",
+                "Client objects waiting for a retry (processing_retries), read from the shared table",
+                mode="livemax",
+            ),
+            "pipeline_failing_clients": gauge(
+                "collector_pipeline_failing_clients",
+                "Clients with objects waiting for a retry, read from the shared table",
+                mode="livemax",
             ),
             "pipeline_lag": gauge(
                 "collector_pipeline_lag_seconds",
@@ -186,6 +208,10 @@ class Metrics:
             self.counters["rejected"].labels(reason)
         for reason in DROP_REASONS:
             self.counters["dropped"].labels(reason)
+        for reason in CLIENT_FAILURE_REASONS:
+            self.counters["client_failures"].labels(reason)
+        for source in CONFIG_SOURCES:
+            self.counters["client_config_refused"].labels(source)
         self._last: dict[tuple[str, tuple[str, ...]], float] = {}
         if multiproc_dir is not None:
             self._scrape_registry = CollectorRegistry(auto_describe=True)
@@ -363,6 +389,8 @@ def snapshot_of(services: Services, requests: RequestCounts) -> Snapshot:
             },
             "pipeline_objects": {(stage,): float(s.objects) for stage, s in stages.items()},
             "pipeline_rows": {(stage,): float(s.rows) for stage, s in stages.items()},
+            "client_failures": labelled(pipeline.client_failures),
+            "client_config_refused": labelled(services.pipeline.processor.clients.refused),
         },
         gauges={
             "buffer_events": buffer.depth,
@@ -374,6 +402,8 @@ def snapshot_of(services: Services, requests: RequestCounts) -> Snapshot:
             "pool_max": pool_max,
             "pool_in_use": pool_in_use,
             "pool_waiting": pool_waiting,
+            "pipeline_retry_objects": pipeline.retry_objects,
+            "pipeline_failing_clients": pipeline.failing_clients,
         },
         labelled_gauges={
             "pipeline_last_success": {(k,): s.last_success for k, s in stages.items() if s.last_success is not None},

@@ -138,6 +138,9 @@ class Settings:
     s3_endpoint_url: str | None = None
     raw_s3_endpoint_url: str | None = None  # per-bucket endpoints override S3_ENDPOINT_URL
     processed_s3_endpoint_url: str | None = None
+    # A raw object ends at EXPORT_BATCH_SIZE rows or this many bytes of encoded events, whichever comes first: what
+    # export and processing hold in memory is bounded by one object, however large the backlog or its rows.
+    export_max_object_bytes: int = 16 * 1024 * 1024
 
     @property
     def flush_interval_s(self) -> float:
@@ -175,7 +178,7 @@ class Settings:
             "port", "workers", "database_pool_size", "flush_max_events", "flush_interval_ms",
             "buffer_max_events", "buffer_max_bytes", "max_body_bytes", "max_events_per_request", "max_event_bytes",
             "export_batch_size", "auth_cache_size", "journal_max_bytes", "journal_segment_bytes", "copy_timeout_s",
-            "export_interval_s", "process_interval_s", "retention_days",
+            "export_interval_s", "process_interval_s", "retention_days", "export_max_object_bytes",
             "max_event_data_keys", "max_request_row_bytes", "max_inherited_bytes",
             "max_header_bytes", "read_timeout_s", "rate_limit_ip_burst", "rate_limit_site_burst",
             "first_byte_timeout_s", "keepalive_timeout_s", "max_connections",

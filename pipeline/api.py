@@ -65,7 +65,7 @@ async def process_run(request: Request) -> JSONResponse:
     except StageBusy as exc:
         raise StageRunning(str(exc)) from None
     return JSONResponse({
-        "status": "success" if not result.failed else "partial",
+        "status": "success" if not (result.failed or result.deferred) else "partial",
         "message": f"Processed {result.raw_objects} raw object(s) into {result.client_objects} client object(s)",
         "raw_objects_processed": result.raw_objects,
         "events_processed": result.rows,
@@ -73,6 +73,8 @@ async def process_run(request: Request) -> JSONResponse:
         "dropped": result.dropped,
         "objects": result.keys,
         "failed": result.failed,
+        # Clients whose objects could not be written this run: they wait in /process/status' failing_clients.
+        "clients_failed": result.deferred,
         "timestamp": now_iso(),
     })  # fmt: skip
 

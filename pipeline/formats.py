@@ -1,14 +1,22 @@
-"""Object formats: the seed's JSON document (metadata + events) or gzipped NDJSON, both readable by DuckDB."""
+"""Object formats: the seed's JSON document (metadata + events) or gzipped NDJSON, both readable by DuckDB.
+
+Objects are built one encoded event at a time (`ObjectWriter`) and read back one event at a time where the format
+allows (`iter_events`), so neither stage holds a second copy of an object's events while it writes or reads one.
+"""
 
 from __future__ import annotations
 
-import gzip
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 FORMATS = ("json", "ndjson.gz")
 CONTENT_TYPES = {"json": "application/json", "ndjson.gz": "application/x-ndjson"}
+GZIP_LEVEL = 6
+_GZIP_WBITS = 31  # a gzip member, with a zero mtime: the same rows give the same bytes (and checksum) on a retry
+_READ_PIECE = 1024 * 1024  # decompressed bytes taken at a time when reading ndjson.gz
 
 
 class UnreadableObject(ValueError):
@@ -22,29 +30,100 @@ def format_of(key: str) -> str:
     raise UnreadableObject(f"{key}: unknown format (expected one of {', '.join(FORMATS)})")
 
 
+class ObjectWriter:
+    """One object's bytes, built from events already encoded by orjson; `size` counts their uncompressed bytes.
+
+    json keeps the encoded events until `finish` puts the metadata in front (the document opens with it); ndjson.gz
+    compresses each event as it comes, so it holds only compressed bytes. For ndjson.gz the metadata lives in the
+    manifest only: each line is one event.
+    """
+
+    def __init__(self, fmt: str, metadata_field: str) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}")
+        self.fmt = fmt
+        self.metadata_field = metadata_field
+        self.size = 0
+        self.count = 0
+        self._pieces: list[bytes] = []
+        self._gzip = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS) if fmt == "ndjson.gz" else None
+
+    def add(self, event: bytes) -> None:
+        self.size += len(event) + 1
+        self.count += 1
+        if self._gzip is None:
+            self._pieces.append(event)
+        else:
+            self._pieces.append(self._gzip.compress(event + b"\n"))
+
+    def finish(self, metadata: dict[str, Any]) -> bytes:
+        if self._gzip is not None:
+            self._pieces.append(self._gzip.flush())
+            body = b"".join(self._pieces)
+        else:
+            head = b'{"' + self.metadata_field.encode() + b'":' + orjson.dumps(metadata) + b',"events":['
+            body = b"".join((head, b",".join(self._pieces), b"]}"))
+        self._pieces = []
+        return body
+
+
 def encode(fmt: str, metadata_field: str, metadata: dict[str, Any], events: list[dict[str, Any]]) -> bytes:
-    """The object's bytes. For ndjson.gz the metadata lives in the manifest only: each line is one event."""
+    """The object's bytes (the same as orjson.dumps({metadata_field: metadata, "events": events}) for json)."""
+    writer = ObjectWriter(fmt, metadata_field)
+    for event in events:
+        writer.add(orjson.dumps(event))
+    return writer.finish(metadata)
+
+
+def iter_events(fmt: str, body: bytes) -> Iterator[dict[str, Any]]:
+    """The events of an object written by `encode` or `ObjectWriter`; ndjson.gz is decompressed piece by piece."""
     if fmt == "json":
-        return orjson.dumps({metadata_field: metadata, "events": events})
-    if fmt == "ndjson.gz":
-        lines = b"".join(orjson.dumps(event) + b"\n" for event in events)
-        # mtime=0: the same rows give the same bytes (and checksum) on a retry.
-        return gzip.compress(lines, compresslevel=6, mtime=0)
-    raise ValueError(f"unknown format {fmt!r}")
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise UnreadableObject(f"not a json object: {exc}") from exc
+        events = document.get("events") if isinstance(document, dict) else None
+        if not isinstance(events, list):
+            raise UnreadableObject("not a json object: `events` is not a list of objects")
+        for event in events:
+            if not isinstance(event, dict):
+                raise UnreadableObject("not a json object: `events` is not a list of objects")
+            yield event
+    elif fmt == "ndjson.gz":
+        for line in _gzip_lines(body):
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise UnreadableObject(f"not a ndjson.gz object: {exc}") from exc
+            if not isinstance(event, dict):
+                raise UnreadableObject("not a ndjson.gz object: a line is not a JSON object")
+            yield event
+    else:
+        raise UnreadableObject(f"unknown format {fmt!r}")
 
 
 def decode_events(fmt: str, body: bytes) -> list[dict[str, Any]]:
-    """The events of an object written by `encode`."""
+    """The events of an object written by `encode`, as a list."""
+    return list(iter_events(fmt, body))
+
+
+def _gzip_lines(body: bytes) -> Iterator[bytes]:
+    """The non-empty lines of a gzip stream (one member or several), never more than one piece decompressed."""
+    data, partial = body, b""
     try:
-        if fmt == "json":
-            document = orjson.loads(body)
-            events = document["events"] if isinstance(document, dict) else None
-        elif fmt == "ndjson.gz":
-            events = [orjson.loads(line) for line in gzip.decompress(body).splitlines() if line]
-        else:
-            raise UnreadableObject(f"unknown format {fmt!r}")
-    except (orjson.JSONDecodeError, OSError, EOFError, KeyError) as exc:
-        raise UnreadableObject(f"not a {fmt} object: {exc}") from exc
-    if not isinstance(events, list) or not all(isinstance(event, dict) for event in events):
-        raise UnreadableObject(f"not a {fmt} object: `events` is not a list of objects")
-    return events
+        while data:
+            inflater = zlib.decompressobj(_GZIP_WBITS)
+            pending = data
+            while not inflater.eof:
+                piece = inflater.decompress(pending, _READ_PIECE)
+                pending = inflater.unconsumed_tail
+                if not piece and not pending:
+                    raise UnreadableObject("not a ndjson.gz object: truncated gzip stream")
+                lines = (partial + piece).split(b"\n")
+                partial = lines.pop()
+                yield from (line for line in lines if line)
+            data = inflater.unused_data
+    except zlib.error as exc:
+        raise UnreadableObject(f"not a ndjson.gz object: {exc}") from exc
+    if partial:
+        yield partial

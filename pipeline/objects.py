@@ -17,7 +17,8 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 # Keys are ours (raw-events/..., processed-events/<client>/...): anything else is refused before it becomes a path.
-_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,1023}$")
+# fullmatch, never `$`: `$` also matches before a trailing newline.
+_SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,1023}")
 
 
 class ObjectStoreError(Exception):
@@ -25,7 +26,7 @@ class ObjectStoreError(Exception):
 
 
 def check_key(key: str) -> str:
-    if not _SAFE_KEY.match(key) or ".." in key.split("/") or "//" in key:
+    if not _SAFE_KEY.fullmatch(key) or ".." in key.split("/") or "//" in key:
         raise ValueError(f"unsafe object key {key!r}")
     return key
 
@@ -55,7 +56,10 @@ class LocalStore:
         return self.root / check_key(key)
 
     async def put(self, key: str, body: bytes, content_type: str) -> None:
-        await asyncio.to_thread(self._write, self._path(key), body)
+        try:
+            await asyncio.to_thread(self._write, self._path(key), body)
+        except OSError as exc:
+            raise ObjectStoreError(f"{self.name}/{key}: {exc}") from exc
 
     @staticmethod
     def _write(path: Path, body: bytes) -> None:

@@ -1,4 +1,10 @@
-"""Stage 2: each exported raw object into one processed object per client, with that client's privacy rules."""
+"""Stage 2: each exported raw object into one processed object per client, with that client's privacy rules.
+
+One client never holds up another: an object of a raw object that cannot be written for one client (its
+configuration refused, its bucket unreachable, its events failing to render) goes to processing_retries with a
+growing delay, and the raw object is marked processed for everyone else. Duplicates are removed per
+(client, event id), so no client's event ids can remove another client's events.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +12,30 @@ import asyncio
 import hashlib
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from collector.auth import DirectoryUnavailable
-from pipeline.clients import ClientSettings, ClientSettingsSource
-from pipeline.formats import CONTENT_TYPES, UnreadableObject, decode_events, encode, format_of
+from collector.logsafe import for_log
+from pipeline.clients import ClientConfigError, ClientSettings, ClientSettingsSource, valid_client_id
+from pipeline.formats import CONTENT_TYPES, ObjectWriter, UnreadableObject, format_of, iter_events
 from pipeline.objects import ObjectStore, ObjectStoreError
 from pipeline.privacy import POLICY_VERSION, Policy, address_hasher
 
 logger = logging.getLogger(__name__)
 
 PROCESSED_PREFIX = "processed-events/"
-# A client id becomes a path segment: letters, digits, _ . - only, no leading dot (same rule as at ingest).
-CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_RAW_KEY = re.compile(r"^raw-events/(\d{4}/\d{2}/\d{2})/([^/]+?)\.(json|ndjson\.gz)$")
+_RAW_KEY = re.compile(r"raw-events/(\d{4}/\d{2}/\d{2})/([^/]+?)\.(json|ndjson\.gz)")
+RETRY_BASE_S = 60.0
+RETRY_MAX_S = 3600.0
+MAX_RETRIES_PER_RUN = 100
+MAX_ERROR_CHARS = 500
 
 
 class ProcessingError(Exception):
@@ -39,7 +50,9 @@ class ProcessResult:
     duplicates: int = 0  # events left out because an earlier raw object (or this one) already had their event_id
     dropped: dict[str, int] = field(default_factory=dict)
     keys: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # raw objects left unprocessed (unreadable, directory down)
+    deferred: dict[str, int] = field(default_factory=dict)  # client id → its objects that failed and wait
+    failures: Counter[str] = field(default_factory=Counter)  # failed client objects by reason: config, store, error
 
     @property
     def objects(self) -> int:
@@ -49,21 +62,39 @@ class ProcessResult:
 
 def processed_key(raw: str, client_id: str, prefix: str = "") -> str:
     """processed-events/<client>/YYYY/MM/DD/processed_<raw stem>.<ext>, dated like the raw object."""
-    match = _RAW_KEY.match(raw)
+    match = _RAW_KEY.fullmatch(raw)
     if match is None:
-        raise ProcessingError(f"{raw}: not a raw export key")
-    if not CLIENT_ID.match(client_id):
-        raise ProcessingError(f"client id {client_id!r} cannot be a path segment")
+        raise ProcessingError(f"{for_log(raw)}: not a raw export key")
+    if not valid_client_id(client_id):
+        raise ProcessingError(f"client id {for_log(client_id)} cannot be a path segment")
     day, stem, ext = match.groups()
     return f"{prefix}{PROCESSED_PREFIX}{client_id}/{day}/processed_{stem}.{ext}"
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, ClientConfigError):
+        return "config"
+    if isinstance(exc, ObjectStoreError):
+        return "store"
+    return "error"
+
+
+@dataclass(slots=True)
+class _Written:
+    store: str
+    key: str
+    client_id: str
+    rows: int
+    checksum: str
 
 
 class Processor:
     """Processes with a connection the caller holds the processing lock on (pipeline.scheduler).
 
-    A raw object is marked processed only after every client object is written; a re-run writes the same keys
-    again. Event ids are claimed per raw object in processed_event_ids, so an event resent into a later raw
-    object (a client retry, a replay) is left out there, and re-running an object keeps exactly its own events.
+    A raw object is marked processed once every client's object is written or waits in processing_retries; a
+    re-run writes the same keys again. Event ids are claimed per (client, event id) by the raw object they are
+    first seen in (processed_event_ids), so an event resent into a later raw object (a client retry, a replay) is
+    left out there, and re-running an object, or retrying one client of it, keeps exactly its own events.
     """
 
     def __init__(
@@ -73,90 +104,190 @@ class Processor:
         *,
         ip_hash_secret: str,
         max_objects_per_run: int = 100,
+        retry_base_s: float = RETRY_BASE_S,
+        retry_max_s: float = RETRY_MAX_S,
     ) -> None:
         self.raw = raw
         self.clients = clients
         self.ip_hash_secret = ip_hash_secret
         self.max_objects_per_run = max_objects_per_run
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
 
     @property
     def default_store_name(self) -> str:
         return self.clients.default_store.name
 
     async def run(self, conn: asyncpg.Connection) -> ProcessResult:
-        """Process exported raw objects not processed yet, oldest first; one failing object does not stop the rest."""
+        """Retry the client objects that are due, then process exported raw objects not processed yet, oldest
+        first; one failing raw object or client does not stop the rest."""
         result = ProcessResult()
+        # Clients still backing off: their new objects join the wait without an attempt, so an unreachable bucket
+        # costs one attempt per backoff period, not one (with its timeouts) per raw object and run.
+        waiting = {
+            r["client_id"]
+            for r in await conn.fetch(
+                "SELECT client_id FROM processing_retries GROUP BY client_id HAVING min(next_attempt_at) > now()"
+            )
+        }
+        due: dict[str, set[str]] = {}
+        for record in await conn.fetch(
+            "SELECT raw_key, client_id FROM processing_retries WHERE next_attempt_at <= now()"
+            " ORDER BY next_attempt_at, attempts DESC, raw_key LIMIT $1",  # the longest failing first
+            MAX_RETRIES_PER_RUN,
+        ):
+            due.setdefault(record["raw_key"], set()).add(record["client_id"])
+        for key, clients in due.items():
+            await self._guarded(conn, key, result, waiting, clients)
         pending = await conn.fetch(
             "SELECT key FROM raw_objects WHERE exported_at IS NOT NULL AND processed_at IS NULL"
             " ORDER BY range_start LIMIT $1",
             self.max_objects_per_run,
         )
         for record in pending:
-            key = record["key"]
-            try:
-                await self._process(conn, key, result)
-            except (ProcessingError, ObjectStoreError, UnreadableObject, DirectoryUnavailable) as exc:
-                result.failed.append(key)
-                logger.warning("Processing %s failed, will retry: %s", key, exc)
+            await self._guarded(conn, record["key"], result, waiting, None)
         return result
 
-    async def _process(self, conn: asyncpg.Connection, raw_key: str, result: ProcessResult) -> None:
+    async def _guarded(
+        self, conn: asyncpg.Connection, key: str, result: ProcessResult, waiting: set[str], only: set[str] | None
+    ) -> None:
+        try:
+            await self._process(conn, key, result, waiting, only)
+        except (ProcessingError, ObjectStoreError, UnreadableObject, DirectoryUnavailable, asyncpg.DataError) as exc:
+            result.failed.append(key)
+            logger.warning("Processing %s failed, will retry: %s", key, for_log(str(exc), MAX_ERROR_CHARS))
+            if only:  # the raw object itself failed: its waiting clients wait longer, not in a tight loop
+                async with conn.transaction():
+                    for client_id in sorted(only):
+                        await self._defer(conn, key, client_id, exc, result)
+
+    async def _process(
+        self, conn: asyncpg.Connection, raw_key: str, result: ProcessResult, waiting: set[str], only: set[str] | None
+    ) -> None:
+        """Write one raw object's client objects (only those of `only` when retrying); mark it when `only` is None.
+
+        A client in `waiting` is not attempted: its object waits with the client's others. A client that fails
+        joins `waiting` for the rest of the run.
+        """
+        if only is not None and only <= waiting:  # nothing to attempt: no need to read the raw object
+            async with conn.transaction():
+                for client_id in sorted(only):
+                    await self._postpone(conn, raw_key, client_id, result)
+            return
         fmt = format_of(raw_key)
-        body = await self.raw.get(raw_key)
-        unique: dict[str, dict[str, Any]] = {}
-        events = await asyncio.to_thread(decode_events, fmt, body)
-        for event in events:
-            unique.setdefault(str(event.get("event_id")), event)
-        ids = list(unique)
-        await conn.execute(
-            "INSERT INTO processed_event_ids (event_id, raw_key) SELECT unnest($1::uuid[]), $2"
-            " ON CONFLICT (event_id) DO NOTHING",
-            ids, raw_key,
-        )  # fmt: skip
-        owned = {
-            r["event_id"]
-            for r in await conn.fetch(
-                "SELECT event_id::text AS event_id FROM processed_event_ids"
-                " WHERE raw_key = $1 AND event_id = ANY($2::uuid[])",
-                raw_key, ids,
-            )
-        }  # fmt: skip
-        result.duplicates += len(events) - len(owned)
-        by_client: dict[str, list[dict[str, Any]]] = {}
-        for event_id, event in unique.items():
-            if event_id in owned:
-                by_client.setdefault(str(event.get("client_id")), []).append(event)
-        written = []
+        by_client = await self._claimed_events(conn, raw_key, fmt, result, only)
+        written: list[_Written] = []
+        failed: list[tuple[str, BaseException]] = []
+        postponed: list[str] = []
         for client_id, client_events in sorted(by_client.items()):
-            if not CLIENT_ID.match(client_id):
-                # Ingest validates client ids, so this is a row written by something else: never a path segment.
-                result.dropped["invalid_client_id"] = result.dropped.get("invalid_client_id", 0) + len(client_events)
-                logger.error("%s: %d events of client id %r left out", raw_key, len(client_events), client_id[:80])
+            if client_id in waiting:
+                postponed.append(client_id)
                 continue
-            settings = await self.clients.get(client_id)
-            written.append(await self._write_client(raw_key, fmt, client_id, client_events, settings))
+            try:
+                settings = await self.clients.get(client_id)
+                written.append(await self._write_client(raw_key, fmt, client_id, client_events, settings))
+            except DirectoryUnavailable:
+                raise  # says nothing about this client: the whole raw object waits for the next run
+            except Exception as exc:  # this client's failure, whatever it is, is only this client's
+                failed.append((client_id, exc))
+                waiting.add(client_id)
         async with conn.transaction():
-            for store, key, client_id, rows, checksum in written:
+            for item in written:
                 await conn.execute(
                     "INSERT INTO processed_objects"
                     " (key, store, raw_key, client_id, row_count, checksum, policy_version)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (store, key) DO UPDATE SET"
                     " row_count = EXCLUDED.row_count, checksum = EXCLUDED.checksum,"
                     " policy_version = EXCLUDED.policy_version, written_at = now()",
-                    key, store, raw_key, client_id, rows, checksum, POLICY_VERSION,
+                    item.key, item.store, raw_key, item.client_id, item.rows, item.checksum, POLICY_VERSION,
                 )  # fmt: skip
+            # Written, or (on a retry) nothing left to write: that client no longer waits for this raw object.
+            done = {item.client_id for item in written} | (only or set())
             await conn.execute(
-                "UPDATE raw_objects SET processed_at = now(), policy_version = $2 WHERE key = $1",
-                raw_key, POLICY_VERSION,
+                "DELETE FROM processing_retries WHERE raw_key = $1 AND client_id = ANY($2::text[])",
+                raw_key, sorted(done - {client_id for client_id, _ in failed} - set(postponed)),
             )  # fmt: skip
-        result.raw_objects += 1
+            for client_id in postponed:
+                await self._postpone(conn, raw_key, client_id, result)
+            for client_id, error in failed:
+                await self._defer(conn, raw_key, client_id, error, result)
+            if only is None:
+                await conn.execute(
+                    "UPDATE raw_objects SET processed_at = now(), policy_version = $2 WHERE key = $1",
+                    raw_key, POLICY_VERSION,
+                )  # fmt: skip
+        if only is None:
+            result.raw_objects += 1
         result.client_objects += len(written)
-        result.rows += sum(item[3] for item in written)
-        result.keys.extend(item[1] for item in written)
+        result.rows += sum(item.rows for item in written)
+        result.keys.extend(item.key for item in written)
+
+    async def _claimed_events(
+        self, conn: asyncpg.Connection, raw_key: str, fmt: str, result: ProcessResult, only: set[str] | None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The raw object's events this object owns, by client: each (client, event id) once, the first seen."""
+        body = await self.raw.get(raw_key)
+        # Decoding is pure Python work: off the event loop that answers /collect.
+        events = await asyncio.to_thread(_unique_events, fmt, body, only)
+        del body
+        unique, total, invalid = events
+        if invalid:
+            # Ingest validates client ids, so these rows were written by something else: never a path segment.
+            result.dropped["invalid_client_id"] = result.dropped.get("invalid_client_id", 0) + invalid
+            logger.error("%s: %d events of invalid client ids left out", raw_key, invalid)
+        clients, ids = [c for c, _ in unique], [e for _, e in unique]
+        await conn.execute(
+            "INSERT INTO processed_event_ids (client_id, event_id, raw_key)"
+            " SELECT c, e::uuid, $3 FROM unnest($1::text[], $2::text[]) AS u(c, e) ON CONFLICT DO NOTHING",
+            clients, ids, raw_key,
+        )  # fmt: skip
+        owned = {
+            (r["client_id"], r["event_id"])
+            for r in await conn.fetch(
+                "SELECT client_id, event_id::text AS event_id FROM processed_event_ids WHERE raw_key = $1", raw_key
+            )
+        }
+        by_client: dict[str, list[dict[str, Any]]] = {}
+        for pair, event in unique.items():
+            if pair in owned:
+                by_client.setdefault(pair[0], []).append(event)
+        if only is None:  # a retry meets the same duplicates again: counted once, on the first pass
+            result.duplicates += total - sum(len(events) for events in by_client.values())
+        return by_client
+
+    async def _defer(
+        self, conn: asyncpg.Connection, raw_key: str, client_id: str, exc: BaseException, result: ProcessResult
+    ) -> None:
+        reason, error = failure_reason(exc), for_log(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
+        record = await conn.fetchrow(
+            "INSERT INTO processing_retries AS r (raw_key, client_id, reason, last_error, next_attempt_at)"
+            " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) ON CONFLICT (raw_key, client_id) DO UPDATE"
+            " SET attempts = r.attempts + 1, reason = EXCLUDED.reason, last_error = EXCLUDED.last_error,"
+            " next_attempt_at = now() + make_interval(secs => least($6, $5 * power(2, r.attempts)))"
+            " RETURNING attempts, extract(epoch FROM next_attempt_at - now())::float8 AS delay",
+            raw_key, client_id, reason, error, self.retry_base_s, self.retry_max_s,
+        )  # fmt: skip
+        assert record is not None
+        result.deferred[client_id] = result.deferred.get(client_id, 0) + 1
+        result.failures[reason] += 1
+        logger.warning("Client %s: object of %s not written (attempt %d, next in %.0f s): %s",
+                       client_id, raw_key, record["attempts"], record["delay"], error)  # fmt: skip
+
+    async def _postpone(self, conn: asyncpg.Connection, raw_key: str, client_id: str, result: ProcessResult) -> None:
+        """Queue a waiting client's object, not attempted, to be retried with the client's others."""
+        await conn.execute(
+            "INSERT INTO processing_retries AS r (raw_key, client_id, attempts, reason, last_error, next_attempt_at)"
+            " VALUES ($1, $2, 0, 'waiting', 'not attempted: earlier objects of this client failed',"
+            # The client's latest retry time; now (the next run) if it has none (its failure was not recorded).
+            " coalesce((SELECT max(next_attempt_at) FROM processing_retries WHERE client_id = $2), now()))"
+            " ON CONFLICT (raw_key, client_id) DO UPDATE SET next_attempt_at = EXCLUDED.next_attempt_at",
+            raw_key, client_id,
+        )  # fmt: skip
+        result.deferred[client_id] = result.deferred.get(client_id, 0) + 1
 
     async def _write_client(
         self, raw_key: str, fmt: str, client_id: str, events: list[dict[str, Any]], settings: ClientSettings
-    ) -> tuple[str, str, str, int, str]:
+    ) -> _Written:
         policy = Policy.for_level(settings.privacy_level)
         hasher = address_hasher(self.ip_hash_secret, settings.salt)
         key = processed_key(raw_key, client_id, settings.prefix)
@@ -175,10 +306,33 @@ class Processor:
         body = await asyncio.to_thread(_render, fmt, metadata, policy, hasher, events)
         await settings.store.put(key, body, CONTENT_TYPES[fmt])
         logger.info("Successfully uploaded %d events for client %s to processed S3: %s", len(events), client_id, key)
-        return settings.store.name, key, client_id, len(events), hashlib.sha256(body).hexdigest()
+        return _Written(settings.store.name, key, client_id, len(events), hashlib.sha256(body).hexdigest())
+
+
+def _unique_events(
+    fmt: str, body: bytes, only: set[str] | None
+) -> tuple[dict[tuple[str, str], dict[str, Any]], int, int]:
+    """(client, event id) → the first event with them, the events in scope, and events of invalid client ids."""
+    unique: dict[tuple[str, str], dict[str, Any]] = {}
+    total = invalid = 0
+    for event in iter_events(fmt, body):
+        client_id = event.get("client_id")
+        if only is not None:
+            if client_id not in only:
+                continue
+        elif not valid_client_id(client_id):
+            invalid += 1
+            continue
+        total += 1
+        unique.setdefault((str(client_id), str(event.get("event_id"))), event)
+    return unique, total, invalid
 
 
 def _render(
     fmt: str, metadata: dict[str, Any], policy: Policy, hasher: Callable[[str], str], events: list[dict[str, Any]]
 ) -> bytes:
-    return encode(fmt, "process_metadata", metadata, [policy.apply(event, hasher) for event in events])
+    # One event redacted and encoded at a time: never a second list of the client's events.
+    writer = ObjectWriter(fmt, "process_metadata")
+    for event in events:
+        writer.add(orjson.dumps(policy.apply(event, hasher)))
+    return writer.finish(metadata)

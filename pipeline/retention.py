@@ -14,7 +14,7 @@ from pipeline.status import export_watermark
 
 logger = logging.getLogger(__name__)
 
-_PARTITION = re.compile(r"^events_log_p(\d{4})(\d{2})(\d{2})$")
+_PARTITION = re.compile(r"events_log_p(\d{4})(\d{2})(\d{2})")
 
 
 @dataclass(slots=True)
@@ -31,7 +31,7 @@ async def daily_partitions(conn: asyncpg.Connection | asyncpg.Pool) -> list[tupl
     )
     found = []
     for record in names:
-        match = _PARTITION.match(record["relname"])
+        match = _PARTITION.fullmatch(record["relname"])
         if match:
             found.append((record["relname"], date(*map(int, match.groups()))))
     return sorted(found, key=lambda item: item[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pipeline.clients import ClientDirectory, ClientSettingsSource, load_destina
 from pipeline.export import Exporter, ExportResult
 from pipeline.process import Processor, ProcessResult
 from pipeline.retention import RetentionResult, drop_expired
-from pipeline.status import Queryable, export_watermark, oldest_unexported, oldest_unprocessed
+from pipeline.status import Queryable, client_retries, export_watermark, oldest_unexported, oldest_unprocessed
 from pipeline.stores import Stores
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,11 @@ class PipelineStats:
     # Unix times read from the tables by every worker (see Pipeline.refresh_lag), None when nothing waits.
     oldest_unexported_at: float | None = None  # receive time of the oldest event not yet exported
     oldest_unprocessed_at: float | None = None  # export time of the oldest raw object not yet processed
+    # Client objects that failed by reason (config, store, error), this worker's attempts; and, read from the
+    # shared table like the lag, the client objects waiting for a retry and the clients they belong to.
+    client_failures: Counter[str] = field(default_factory=Counter)
+    retry_objects: int = 0
+    failing_clients: int = 0
 
 
 class Pipeline:
@@ -128,11 +134,15 @@ class Pipeline:
 
         started = time.monotonic()
         result = await self._locked("process", PROCESS_LOCK_KEY, self.stats.process, work)
+        self.stats.client_failures.update(result.failures)
         if result.failed:
             self.stats.process.last_error = f"{len(result.failed)} raw object(s) failed, first {result.failed[0]}"
-        logger.info("Processing run: raw_objects=%d client_objects=%d rows=%d duplicates=%d failed=%d duration_ms=%.0f",
+        elif result.deferred:
+            self.stats.process.last_error = f"objects of {len(result.deferred)} client(s) wait for a retry"
+        logger.info("Processing run: raw_objects=%d client_objects=%d rows=%d duplicates=%d failed=%d"
+                    " clients_failed=%d duration_ms=%.0f",
                     result.raw_objects, result.client_objects, result.rows, result.duplicates, len(result.failed),
-                    (time.monotonic() - started) * 1000)  # fmt: skip
+                    len(result.deferred), (time.monotonic() - started) * 1000)  # fmt: skip
         return result
 
     async def _locked(
@@ -170,6 +180,7 @@ class Pipeline:
         unprocessed = await oldest_unprocessed(db)
         self.stats.oldest_unexported_at = None if unexported is None else unexported.timestamp()
         self.stats.oldest_unprocessed_at = None if unprocessed is None else unprocessed.timestamp()
+        self.stats.retry_objects, self.stats.failing_clients = await client_retries(db)
 
     def start(self, db: Queryable) -> None:
         """Schedule both stages, and the lag refresh through `db` (the app's pool: it needs no lock)."""
@@ -224,7 +235,12 @@ async def open_pipeline(settings: Settings, dsn: str, directory: ClientDirectory
     )
     return Pipeline(
         dsn,
-        Exporter(stores.raw, fmt=settings.export_format, batch_size=settings.export_batch_size),
+        Exporter(
+            stores.raw,
+            fmt=settings.export_format,
+            batch_size=settings.export_batch_size,
+            max_object_bytes=settings.export_max_object_bytes,
+        ),
         # Development has no secret of its own; production refuses to start without IP_HASH_SECRET.
         Processor(stores.raw, clients, ip_hash_secret=settings.ip_hash_secret or DEV_IP_HASH_SECRET),
         retention_days=settings.retention_days,

@@ -51,6 +51,35 @@ async def oldest_unprocessed(db: Queryable) -> datetime | None:
     return oldest
 
 
+async def client_retries(db: Queryable) -> tuple[int, int]:
+    """(client objects waiting for a retry, clients they belong to): processing_retries at a glance."""
+    row = await _row(db, "SELECT count(*) AS objects, count(DISTINCT client_id) AS clients FROM processing_retries")
+    return int(row["objects"]), int(row["clients"])
+
+
+async def failing_clients(db: Queryable, limit: int = 50) -> list[dict[str, Any]]:
+    """Clients whose objects wait for a retry (processing_retries), the longest waiting first."""
+    rows = await db.fetch(
+        "SELECT DISTINCT ON (client_id) client_id, count(*) OVER w AS objects, max(attempts) OVER w AS attempts,"
+        " min(first_failed_at) OVER w AS failing_since, min(next_attempt_at) OVER w AS next_attempt_at,"
+        " reason, last_error FROM processing_retries WINDOW w AS (PARTITION BY client_id)"
+        " ORDER BY client_id, attempts DESC, next_attempt_at DESC"  # reason and error of a real attempt
+    )
+    ordered = sorted(rows, key=lambda r: (r["failing_since"], r["client_id"]))[:limit]
+    return [
+        {
+            "client_id": r["client_id"],
+            "objects": int(r["objects"]),
+            "attempts": int(r["attempts"]),
+            "failing_since": _iso(r["failing_since"]),
+            "next_attempt_at": _iso(r["next_attempt_at"]),
+            "reason": r["reason"],
+            "error": r["last_error"],
+        }
+        for r in ordered
+    ]
+
+
 async def export_watermark(db: Queryable) -> int:
     """Every row with an id at or below it is in exactly one uploaded raw object."""
     value: int = await db.fetchval("SELECT watermark FROM export_state")
@@ -111,5 +140,8 @@ async def process_status(db: Queryable) -> dict[str, Any]:
         "processed_objects": int(done["objects"]),
         "processed_events": int(done["rows"]),
         "clients": int(done["clients"]),
+        # Client objects that failed (bad configuration, unreachable bucket) and wait with a growing delay.
+        "retry_objects": (await client_retries(db))[0],
+        "failing_clients": await failing_clients(db),
         "last_run": await _last_run(db, "process"),
     }

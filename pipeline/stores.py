@@ -6,6 +6,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from collector.settings import Settings
+from pipeline.clients import ClientConfigError
 from pipeline.objects import LocalStore, ObjectStore, S3Location, S3Store
 
 
@@ -40,6 +41,10 @@ class Stores:
         return cls(settings, stack, raw, processed)
 
     async def client_bucket(self, bucket: str) -> ObjectStore:
+        """A client's own bucket; ClientConfigError if it names the raw bucket (no client writes among raw objects)."""
+        raw = self._settings.raw_s3_bucket or (None if self._settings.processed_s3_bucket else "raw")
+        if bucket == raw:
+            raise ClientConfigError(f"processed_bucket {bucket} is the raw bucket")
         store = self._own.get(bucket)
         if store is None:
             if self._settings.processed_s3_bucket:

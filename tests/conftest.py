@@ -42,7 +42,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     if await conn.fetchval("SELECT to_regclass('events_log') IS NOT NULL"):
         await conn.execute("TRUNCATE events_log RESTART IDENTITY")
     if await conn.fetchval("SELECT to_regclass('raw_objects') IS NOT NULL"):
-        await conn.execute("TRUNCATE processed_objects, processed_event_ids, raw_objects, pipeline_runs")
+        await conn.execute("TRUNCATE processed_objects, processed_event_ids, raw_objects, pipeline_runs CASCADE")
         await conn.execute("UPDATE export_state SET watermark = 0")
     if await conn.fetchval("SELECT to_regclass('ingest_batches') IS NOT NULL"):
         await conn.execute("TRUNCATE ingest_batches, client_daily_counts, dead_letters")

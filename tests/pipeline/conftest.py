@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import pytest
 
+from collector.store import EventStore
 from pipeline.formats import decode_events, format_of
 from pipeline.objects import S3Location, S3Store
 
@@ -59,7 +60,14 @@ async def make_store(moto_url: str) -> AsyncIterator[MakeStore]:
 
 
 @pytest.fixture
-async def conn(database_url: str, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+async def schema(database_url: str) -> None:
+    """The packaged migrations applied (any file of these tests may run first, before an app has migrated)."""
+    store = await EventStore.open(database_url, min_size=1, max_size=1, durable=False)
+    await store.close()
+
+
+@pytest.fixture
+async def conn(database_url: str, schema: None, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
     """A second connection, as a stage runner holds (after `db` emptied the tables)."""
     connection = await asyncpg.connect(database_url)
     yield connection
