@@ -37,6 +37,8 @@ class EdgeStats:
 # File descriptors a worker keeps for everything but client connections: the database pool, the journal, log
 # files, the pipeline's sockets. The connection cap is lowered so that these are always left.
 FD_RESERVE = 256
+# After a refusal with client bytes still unread, how long the connection is kept to read and drop them.
+LINGER_S = 2.0
 
 
 def connection_cap(settings: Settings) -> int:
@@ -93,6 +95,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._completed = False  # a request ended during the current read
         self._deadline: asyncio.TimerHandle | None = None
+        self._discarding = False  # refused and answered: what the client still sends is read and dropped
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -101,7 +104,7 @@ class EdgeProtocol(HttpToolsProtocol):
             # instead of running out of file descriptors for its database and journal.
             self.stats.over_connection_limit += 1
             self._refuse(b"503 Service Unavailable", "too_many_connections",
-                         "the server holds too many connections; retry later")  # fmt: skip
+                         "the server holds too many connections; retry later", linger=False)  # fmt: skip
             return
         # The first-byte deadline is uvicorn's keep-alive timer, which the first read cancels (data_received).
         self.timeout_keep_alive_task = self.loop.call_later(self.first_byte_timeout_s, self.timeout_keep_alive_handler)
@@ -112,6 +115,8 @@ class EdgeProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         self._completed = False
         self._read_size = len(data)
         super().data_received(data)
@@ -153,7 +158,7 @@ class EdgeProtocol(HttpToolsProtocol):
         return size
 
     def send_400_response(self, msg: str) -> None:
-        if self.transport.is_closing():
+        if self._discarding or self.transport.is_closing():
             return  # the parser stopped because we refused the request (431) and answered it already
         super().send_400_response(msg)
 
@@ -184,7 +189,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._refuse(b"408 Request Timeout", "request_timeout",
                      f"the request was not received within {self.read_timeout_s:g} s")  # fmt: skip
 
-    def _refuse(self, status: bytes, error: str, detail: str) -> None:
+    def _refuse(self, status: bytes, error: str, detail: str, *, linger: bool = True) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -192,4 +197,16 @@ class EdgeProtocol(HttpToolsProtocol):
             self.cycle.disconnected = True  # the app, if it already runs, must not answer after us
             self.cycle.message_event.set()
         self.transport.write(_response(status, error, detail))
-        self.transport.close()
+        if not linger or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        # Closing a socket with client bytes unread makes the kernel send a reset, which can destroy the answer
+        # before the client reads it. As nginx's lingering close does: send our end (FIN), read and drop what the
+        # client still sends, and close when it closes its end or after LINGER_S, whichever comes first.
+        self._discarding = True
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self._close_after_linger)
+
+    def _close_after_linger(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
