@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from collector import routes
+from collector.protocol import EdgeProtocol, EdgeStats
 
 if TYPE_CHECKING:
     from collector.app import Services
@@ -43,9 +44,11 @@ READY_EVERY_SYNCS = 5
 # The reasons Ingest counts and the buffer drops for, exported at 0 from the start so that rate() and alerts see
 # a series before the first occurrence.
 REJECT_REASONS = (
-    "invalid_json", "invalid_event", "domain_not_authorized", "authorization_unavailable", "buffer_full",
-    "shutting_down",
+    "invalid_json", "invalid_event", "invalid_site", "domain_not_authorized", "origin_mismatch",
+    "request_rows_too_large", "rate_limited", "authorization_unavailable", "buffer_full", "shutting_down",
 )  # fmt: skip
+# What the edge cuts off below the app (collector.protocol.EdgeStats), by the field's name.
+EDGE_REASONS = tuple(EdgeStats.__slots__)
 DROP_REASONS = ("lost_on_close", "unstorable")
 CLIENT_FAILURE_REASONS = ("config", "store", "error")
 CONFIG_SOURCES = ("pixel_management", "storage_file")
@@ -115,6 +118,11 @@ class Metrics:
                 "collector_events_deduplicated_total", "Events of batches found already committed (retries, replays)"
             ),
             "dropped": counter("collector_events_dropped_total", "Accepted events not kept (stays 0)", ("reason",)),
+            "edge_refused": counter(
+                "collector_edge_refused_total",
+                "Connections or requests cut off below the app (header size, read or idle deadlines, connection cap)",
+                ("reason",),
+            ),
             "flushes": counter("collector_flushes_total", "Batches the flusher got committed or journaled"),
             "flush_failures": counter("collector_flush_failures_total", "Failed COPY attempts (each retry counts)"),
             "journal_full": counter("collector_journal_full_total", "Batches that found no room in the journal"),
@@ -208,6 +216,8 @@ class Metrics:
             self.counters["rejected"].labels(reason)
         for reason in DROP_REASONS:
             self.counters["dropped"].labels(reason)
+        for reason in EDGE_REASONS:
+            self.counters["edge_refused"].labels(reason)
         for reason in CLIENT_FAILURE_REASONS:
             self.counters["client_failures"].labels(reason)
         for source in CONFIG_SOURCES:
@@ -382,6 +392,7 @@ def snapshot_of(services: Services, requests: RequestCounts) -> Snapshot:
             "requests": by_route,
             "rejected": labelled(events["rejected"]),
             "dropped": labelled(events["dropped"]),
+            "edge_refused": {(reason,): float(getattr(EdgeProtocol.stats, reason)) for reason in EDGE_REASONS},
             "pipeline_runs": {
                 (stage, result): float(n)
                 for stage, s in stages.items()

@@ -6,6 +6,7 @@ import asyncio
 
 import asyncpg
 
+from collector.protocol import EdgeProtocol
 from tests.conftest import MakeApp, Running, wait_for_rows
 from tests.pixel_management import PixelManagement
 from tests.scrape import parse, run_promtool, value
@@ -122,3 +123,19 @@ async def test_metrics_answer_without_admin_token(make_app: MakeApp) -> None:
     """/metrics is a scrape target: it answers without the admin token (it holds no per-client figure)."""
     running = await make_app(admin_token="s3cret")
     assert (await running.client.get("/metrics")).status_code == 200
+
+
+async def test_hostile_refusals_have_series_from_the_start_and_count(running: Running) -> None:
+    """Refusals added against hostile input (invalid_site, request_rows_too_large, the edge's cut-offs) are
+    exported at 0 before they happen, so alerts see them, and count what happened."""
+    before = parse(await scrape(running))
+    assert value(before, "collector_events_rejected_total", reason="invalid_site") == 0
+    assert value(before, "collector_events_rejected_total", reason="request_rows_too_large") == 0
+    for reason in ("headers_too_large", "read_timeouts", "idle_timeouts", "over_connection_limit"):
+        assert value(before, "collector_edge_refused_total", reason=reason) == getattr(EdgeProtocol.stats, reason)
+    answer = await running.post({"eventType": "x", "siteId": "[::1%25\r\nforged]"})
+    assert answer.status_code == 422 and answer.json()["error"] == "invalid_site"
+    EdgeProtocol.stats.idle_timeouts += 1  # what the edge does when it closes a silent connection
+    after = parse(await scrape(running))
+    assert value(after, "collector_events_rejected_total", reason="invalid_site") == 1
+    assert value(after, "collector_edge_refused_total", reason="idle_timeouts") == EdgeProtocol.stats.idle_timeouts
