@@ -154,7 +154,9 @@ class EventStore:
         A connection that did not answer is terminated rather than released: releasing it would wait, with no
         limit, for a cancel request a hung server never answers.
         """
-        errors = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+        # InternalClientError: a connection left mid-operation when the server shut down under it ("cannot switch
+        # to state ..."); it says the database is not usable now, and /health must answer that, never a 500.
+        errors = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
         try:
             conn = await self.pool.acquire(timeout=timeout_s)
         except errors:
