@@ -8,7 +8,6 @@ growing delay, and the raw object is marked processed for everyone else. Duplica
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -23,9 +22,11 @@ import orjson
 
 from collector.auth import DirectoryUnavailable
 from collector.logsafe import for_log
+from pipeline import offload
 from pipeline.clients import ClientConfigError, ClientSettings, ClientSettingsSource, valid_client_id
 from pipeline.formats import CONTENT_TYPES, ObjectWriter, UnreadableObject, format_of, iter_events
 from pipeline.objects import ObjectStore, ObjectStoreError
+from pipeline.offload import OffloadFailed
 from pipeline.privacy import POLICY_VERSION, Policy, address_hasher
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,14 @@ class Processor:
     ) -> None:
         try:
             await self._process(conn, key, result, waiting, only)
-        except (ProcessingError, ObjectStoreError, UnreadableObject, DirectoryUnavailable, asyncpg.DataError) as exc:
+        except (
+            ProcessingError,
+            ObjectStoreError,
+            UnreadableObject,
+            DirectoryUnavailable,
+            asyncpg.DataError,
+            OffloadFailed,
+        ) as exc:
             result.failed.append(key)
             logger.warning("Processing %s failed, will retry: %s", key, for_log(str(exc), MAX_ERROR_CHARS))
             if only:  # the raw object itself failed: its waiting clients wait longer, not in a tight loop
@@ -175,20 +183,31 @@ class Processor:
                     await self._postpone(conn, raw_key, client_id, result)
             return
         fmt = format_of(raw_key)
-        by_client = await self._claimed_events(conn, raw_key, fmt, result, only)
-        written: list[_Written] = []
+        body = await self.raw.get(raw_key)
+        # Decoding, redacting and encoding are CPU work on the whole object: in the worker process (offload), so
+        # that the process answering /collect only moves bytes.
+        clients, ids, per_client, total, invalid = await offload.run(_scan, fmt, body, only)
+        if invalid:
+            # Ingest validates client ids, so these rows were written by something else: never a path segment.
+            result.dropped["invalid_client_id"] = result.dropped.get("invalid_client_id", 0) + invalid
+            logger.error("%s: %d events of invalid client ids left out", raw_key, invalid)
+        skip = await self._claim(conn, raw_key, clients, ids)
+        owned = Counter(per_client)
+        owned.subtract(client_id for client_id, _ in skip)
+        if only is None:  # a retry meets the same duplicates again: counted once, on the first pass
+            result.duplicates += total - sum(owned.values())
         failed: list[tuple[str, BaseException]] = []
-        postponed: list[str] = []
-        for client_id, client_events in sorted(by_client.items()):
-            if client_id in waiting:
-                postponed.append(client_id)
-                continue
+        postponed = sorted(c for c, n in owned.items() if n > 0 and c in waiting)
+        jobs = await self._jobs(raw_key, sorted(c for c, n in owned.items() if n > 0 and c not in waiting), failed)
+        waiting.update(client_id for client_id, _ in failed)
+        renders = {client_id: self._render_job(raw_key, fmt, client_id, *job) for client_id, job in jobs.items()}
+        rendered = await offload.run(_render_all, fmt, body, only, skip, renders) if renders else {}
+        del body
+        written: list[_Written] = []
+        for client_id, (settings, key) in jobs.items():
             try:
-                settings = await self.clients.get(client_id)
-                written.append(await self._write_client(raw_key, fmt, client_id, client_events, settings))
-            except DirectoryUnavailable:
-                raise  # says nothing about this client: the whole raw object waits for the next run
-            except Exception as exc:  # this client's failure, whatever it is, is only this client's
+                written.append(await self._upload(client_id, settings, key, fmt, rendered[client_id]))
+            except Exception as exc:  # a render that failed on this client's events, or its bucket
                 failed.append((client_id, exc))
                 waiting.add(client_id)
         async with conn.transaction():
@@ -222,38 +241,39 @@ class Processor:
         result.rows += sum(item.rows for item in written)
         result.keys.extend(item.key for item in written)
 
-    async def _claimed_events(
-        self, conn: asyncpg.Connection, raw_key: str, fmt: str, result: ProcessResult, only: set[str] | None
-    ) -> dict[str, list[dict[str, Any]]]:
-        """The raw object's events this object owns, by client: each (client, event id) once, the first seen."""
-        body = await self.raw.get(raw_key)
-        # Decoding is pure Python work: off the event loop that answers /collect.
-        events = await asyncio.to_thread(_unique_events, fmt, body, only)
-        del body
-        unique, total, invalid = events
-        if invalid:
-            # Ingest validates client ids, so these rows were written by something else: never a path segment.
-            result.dropped["invalid_client_id"] = result.dropped.get("invalid_client_id", 0) + invalid
-            logger.error("%s: %d events of invalid client ids left out", raw_key, invalid)
-        clients, ids = [c for c, _ in unique], [e for _, e in unique]
+    async def _jobs(
+        self, raw_key: str, client_ids: list[str], failed: list[tuple[str, BaseException]]
+    ) -> dict[str, tuple[ClientSettings, str]]:
+        """Each client's settings and object key; a client whose configuration fails joins `failed`."""
+        jobs: dict[str, tuple[ClientSettings, str]] = {}
+        for client_id in client_ids:
+            try:
+                settings = await self.clients.get(client_id)
+                jobs[client_id] = (settings, processed_key(raw_key, client_id, settings.prefix))
+            except DirectoryUnavailable:
+                raise  # says nothing about this client: the whole raw object waits for the next run
+            except Exception as exc:  # this client's failure, whatever it is, is only this client's
+                failed.append((client_id, exc))
+        return jobs
+
+    async def _claim(
+        self, conn: asyncpg.Connection, raw_key: str, clients: list[str], ids: list[str]
+    ) -> set[tuple[str, str]]:
+        """Claim each (client, event id) of the object for it; those an earlier raw object claimed first."""
         await conn.execute(
             "INSERT INTO processed_event_ids (client_id, event_id, raw_key)"
             " SELECT c, e::uuid, $3 FROM unnest($1::text[], $2::text[]) AS u(c, e) ON CONFLICT DO NOTHING",
             clients, ids, raw_key,
         )  # fmt: skip
-        owned = {
+        return {
             (r["client_id"], r["event_id"])
             for r in await conn.fetch(
-                "SELECT client_id, event_id::text AS event_id FROM processed_event_ids WHERE raw_key = $1", raw_key
+                "SELECT p.client_id, p.event_id::text AS event_id FROM processed_event_ids p"
+                " JOIN unnest($1::text[], $2::text[]) AS u(c, e) ON p.client_id = u.c AND p.event_id = u.e::uuid"
+                " WHERE p.raw_key <> $3",
+                clients, ids, raw_key,
             )
-        }
-        by_client: dict[str, list[dict[str, Any]]] = {}
-        for pair, event in unique.items():
-            if pair in owned:
-                by_client.setdefault(pair[0], []).append(event)
-        if only is None:  # a retry meets the same duplicates again: counted once, on the first pass
-            result.duplicates += total - sum(len(events) for events in by_client.values())
-        return by_client
+        }  # fmt: skip
 
     async def _defer(
         self, conn: asyncpg.Connection, raw_key: str, client_id: str, exc: BaseException, result: ProcessResult
@@ -285,54 +305,96 @@ class Processor:
         )  # fmt: skip
         result.deferred[client_id] = result.deferred.get(client_id, 0) + 1
 
-    async def _write_client(
-        self, raw_key: str, fmt: str, client_id: str, events: list[dict[str, Any]], settings: ClientSettings
-    ) -> _Written:
+    def _render_job(
+        self, raw_key: str, fmt: str, client_id: str, settings: ClientSettings, key: str
+    ) -> tuple[dict[str, Any], Policy, Callable[[str], str]]:
+        """What the worker process needs to render one client's object: its metadata, policy and IP hasher."""
         policy = Policy.for_level(settings.privacy_level)
-        hasher = address_hasher(self.ip_hash_secret, settings.salt)
-        key = processed_key(raw_key, client_id, settings.prefix)
         metadata = {
             "process_id": key.rsplit("/", 1)[-1].split(".", 1)[0],
             "processed_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "source_object": raw_key,
             "client_id": client_id,
-            "event_count": len(events),
+            "event_count": 0,  # set by the worker, which counts them
             "format": fmt,
             "pipeline_stage": "processed",
             "privacy_level": policy.level,
             "policy_version": POLICY_VERSION,
         }
-        # Redaction is pure Python at several µs per event: off the event loop that answers /collect.
-        body = await asyncio.to_thread(_render, fmt, metadata, policy, hasher, events)
+        return metadata, policy, address_hasher(self.ip_hash_secret, settings.salt)
+
+    async def _upload(
+        self, client_id: str, settings: ClientSettings, key: str, fmt: str, rendered: Rendered | str
+    ) -> _Written:
+        if isinstance(rendered, str):
+            raise ProcessingError(f"client {client_id}: its events could not be rendered: {rendered}")
+        body, rows, checksum = rendered
         await settings.store.put(key, body, CONTENT_TYPES[fmt])
-        logger.info("Successfully uploaded %d events for client %s to processed S3: %s", len(events), client_id, key)
-        return _Written(settings.store.name, key, client_id, len(events), hashlib.sha256(body).hexdigest())
+        logger.info("Successfully uploaded %d events for client %s to processed S3: %s", rows, client_id, key)
+        return _Written(settings.store.name, key, client_id, rows, checksum)
 
 
-def _unique_events(
-    fmt: str, body: bytes, only: set[str] | None
-) -> tuple[dict[tuple[str, str], dict[str, Any]], int, int]:
-    """(client, event id) → the first event with them, the events in scope, and events of invalid client ids."""
-    unique: dict[tuple[str, str], dict[str, Any]] = {}
+# What the worker process returns per client: the object's bytes, its events and its sha256; or why it failed.
+Rendered = tuple[bytes, int, str]
+
+
+def _scan(fmt: str, body: bytes, only: set[str] | None) -> tuple[list[str], list[str], dict[str, int], int, int]:
+    """(In the worker process.) The object's (client, event id) pairs, each once, as two parallel lists; unique
+    pairs per client; events in scope; events of invalid client ids."""
+    seen: set[tuple[str, str]] = set()
+    clients: list[str] = []
+    ids: list[str] = []
+    per_client: Counter[str] = Counter()
     total = invalid = 0
     for event in iter_events(fmt, body):
         client_id = event.get("client_id")
         if only is not None:
-            if client_id not in only:
+            if type(client_id) is not str or client_id not in only:
                 continue
         elif not valid_client_id(client_id):
             invalid += 1
             continue
         total += 1
-        unique.setdefault((str(client_id), str(event.get("event_id"))), event)
-    return unique, total, invalid
+        pair = (str(client_id), str(event.get("event_id")))
+        if pair not in seen:
+            seen.add(pair)
+            clients.append(pair[0])
+            ids.append(pair[1])
+            per_client[pair[0]] += 1
+    return clients, ids, dict(per_client), total, invalid
 
 
-def _render(
-    fmt: str, metadata: dict[str, Any], policy: Policy, hasher: Callable[[str], str], events: list[dict[str, Any]]
-) -> bytes:
-    # One event redacted and encoded at a time: never a second list of the client's events.
-    writer = ObjectWriter(fmt, "process_metadata")
-    for event in events:
-        writer.add(orjson.dumps(policy.apply(event, hasher)))
-    return writer.finish(metadata)
+def _render_all(
+    fmt: str,
+    body: bytes,
+    only: set[str] | None,
+    skip: set[tuple[str, str]],
+    jobs: dict[str, tuple[dict[str, Any], Policy, Callable[[str], str]]],
+) -> dict[str, Rendered | str]:
+    """(In the worker process.) Each client's processed object: the first event of each of its (client, event id)
+    pairs that `skip` (claimed by an earlier raw object) does not name, redacted under its policy and encoded one
+    at a time. A client whose events fail to render gets the error's text instead; the others are unaffected."""
+    writers = {client_id: ObjectWriter(fmt, "process_metadata") for client_id in jobs}
+    errors: dict[str, str] = {}
+    seen: set[tuple[str, str]] = set()
+    for event in iter_events(fmt, body):
+        client_id = event.get("client_id")
+        if type(client_id) is not str or (writer := writers.get(client_id)) is None:
+            continue
+        pair = (client_id, str(event.get("event_id")))
+        if pair in seen or pair in skip:
+            continue
+        seen.add(pair)
+        _, policy, hasher = jobs[client_id]
+        try:
+            writer.add(orjson.dumps(policy.apply(event, hasher)))
+        except Exception as exc:
+            errors[client_id] = for_log(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
+            del writers[client_id]
+    out: dict[str, Rendered | str] = dict(errors)
+    for client_id, writer in writers.items():
+        metadata = jobs[client_id][0]
+        metadata["event_count"] = writer.count
+        data = writer.finish(metadata)
+        out[client_id] = (data, writer.count, hashlib.sha256(data).hexdigest())
+    return out

@@ -17,6 +17,7 @@ import asyncpg
 
 from collector.settings import Settings
 from collector.sites import DEV_IP_HASH_SECRET
+from pipeline import offload
 from pipeline.clients import ClientDirectory, ClientSettingsSource, load_destinations
 from pipeline.export import Exporter, ExportResult
 from pipeline.process import Processor, ProcessResult
@@ -191,11 +192,13 @@ class Pipeline:
         ]
 
     async def close(self) -> None:
-        """Stop both schedules; a run in progress is cancelled (its claims make the next run finish it)."""
+        """Stop both schedules; a run in progress is cancelled (its claims make the next run finish it). Then stop
+        the worker process processing renders in, if one was started."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await asyncio.to_thread(offload.shutdown)
 
     @staticmethod
     async def _every(interval_s: float, run: Callable[[], Awaitable[Any]]) -> None:
