@@ -395,7 +395,7 @@ def document(settings: Settings) -> dict[str, Any]:
         "info": {
             "title": "Collection API",
             "version": "0.1.0",
-            "description": "Collector of website tracking events; see the README for the behaviour behind each code.",
+            "description": "Collector of website tracking events; docs/api.md says the behaviour behind each code.",
         },
         "paths": {**PATHS, settings.collect_alias_path: COLLECT, settings.tracker_path: tracker},
         "components": {
