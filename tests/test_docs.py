@@ -158,7 +158,8 @@ async def test_readme_sample_answer_is_what_its_commands_get(make_app: MakeApp) 
     ]
     assert commands, "no curl -X POST in the README's Try it section"
     sample = json.loads(re.findall(r"```json\n(.*?)```", section, flags=re.S)[0])
-    running = await make_app(pixel_management_url=None)  # the development domains file, as `make run`
+    # The development domains file, as `make run`; on loopback, as the README's curl (admin endpoints answer it).
+    running = await make_app(client_host="127.0.0.1", pixel_management_url=None)
 
     answers = []
     for argv in commands:
@@ -175,3 +176,24 @@ async def test_readme_sample_answer_is_what_its_commands_get(make_app: MakeApp) 
     for key in ("status", "events_processed", "client_id"):
         assert sample[key] == last[key], key
     assert sample["message"] == last["message"]
+
+    await running.services.buffer.drain()
+    shown = re.search(r'/events/count .*"total_events": (\d+)', section)
+    assert shown, "the Try it section shows no /events/count answer"
+    assert (await running.client.get("/events/count")).json()["total_events"] == int(shown.group(1))
+
+
+async def test_readme_export_example_holds_whether_or_not_the_schedule_ran_first(make_app: MakeApp) -> None:
+    """`/export/run` then `/export/status` shows nothing pending, whether the run or the schedule exported the rows."""
+    section = _section(README.read_text(encoding="utf-8"), "The pipeline")
+    assert "/export/run" in section and '"pending_events": 0' in section
+    running = await make_app(client_host="127.0.0.1", pixel_management_url=None)
+    assert (await running.post({"eventType": "pageview", "siteId": "localhost"})).status_code in (200, 202)
+    await running.services.buffer.drain()
+
+    for _ in range(2):  # the second run finds what the first (the schedule, say) left: nothing
+        export = await running.client.post("/export/run")
+        assert export.status_code == 200 and export.json()["status"] == "success", export.text
+        assert (await running.client.post("/process/run")).status_code == 200
+        status = (await running.client.get("/export/status")).json()
+        assert status["pending_events"] == 0 and status["exported_events"] == 1
