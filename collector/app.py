@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from collector import openapi, routes
+from collector import __version__, openapi, routes
 from collector.accounting import Accounting
 from collector.auth import (
     DEFAULT_DOMAINS_FILE,
@@ -164,8 +164,23 @@ def create_app(settings: Settings) -> CollectorApp:
             routes.require_admin(request)
         return routes.JSONResponse(document)
 
+    # Load balancers probe `/` by default, and the seed answered there: a 200 that says what this is and where to go.
+    index = {
+        "service": "collection-api",
+        "version": __version__,
+        "links": {
+            "collect": "/collect", "collect_alias": settings.collect_alias_path, "tracker": settings.tracker_path,
+            "health": "/health", "livez": "/livez", "readyz": "/readyz", "metrics": "/metrics",
+            "openapi": "/openapi.json",
+        },
+    }  # fmt: skip
+
+    async def root(request: Request) -> Response:
+        return routes.JSONResponse(index)
+
     app = Starlette(
         routes=[
+            Route("/", root),
             Route("/openapi.json", openapi_json),
             Route(settings.tracker_path, TrackerScript(settings.collect_alias_path).serve),
             Route("/health", routes.health),

@@ -91,6 +91,12 @@ COLLECT: dict[str, Any] = {
 }
 
 PATHS: dict[str, dict[str, Any]] = {
+    "/": {
+        "get": {
+            "summary": "The service's name, version and links (what load balancers probe by default; public)",
+            "responses": {"200": _json(_ref("Index"), "this service")},
+        }
+    },
     "/collect": COLLECT,
     "/health": {
         "get": {
@@ -222,10 +228,43 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/cleanup/status": {
+        "get": {
+            "summary": "Admin: retention (the seed's cleanup): day partitions past RETENTION_DAYS, the last run",
+            "security": ADMIN,
+            "responses": {
+                "200": _json(
+                    {"type": "object", "required": ["retention_days", "cutoff", "expired_partitions", "last_run"]},
+                    "status",
+                ),
+                **ADMIN_ERRORS,
+            },
+        }
+    },
+    "/cleanup/run": {
+        "post": {
+            "summary": "Admin: apply retention now: drop day partitions past RETENTION_DAYS whose rows are exported",
+            "security": ADMIN,
+            "responses": {
+                "200": _json({"type": "object", "required": ["status", "dropped", "kept_unexported"]}, "done"),
+                "409": _error("`stage_running`: the export stage (which retention follows) is running elsewhere"),
+                **ADMIN_ERRORS,
+            },
+        }
+    },
 }
 
 NULLABLE_TEXT = {"type": "string", "nullable": True}
 SCHEMAS: dict[str, Any] = {
+    "Index": {
+        "type": "object",
+        "required": ["service", "version", "links"],
+        "properties": {
+            "service": {"type": "string"},
+            "version": {"type": "string"},
+            "links": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error", "detail"],
@@ -356,7 +395,7 @@ def document(settings: Settings) -> dict[str, Any]:
         "info": {
             "title": "Collection API",
             "version": "0.1.0",
-            "description": "Collector of website tracking events; see the README for the behaviour behind each code.",
+            "description": "Collector of website tracking events; docs/api.md says the behaviour behind each code.",
         },
         "paths": {**PATHS, settings.collect_alias_path: COLLECT, settings.tracker_path: tracker},
         "components": {

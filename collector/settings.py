@@ -16,6 +16,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 RESERVED_PATHS = frozenset((
     "/health", "/livez", "/readyz", "/events/count", "/events/recent", "/dead-letters", "/openapi.json", "/metrics",
     "/export/run", "/export/status", "/export/config", "/process/run", "/process/status", "/pipeline/status",
+    "/", "/cleanup/status", "/cleanup/run",
 ))  # fmt: skip
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -12,9 +13,9 @@ from collector.errors import CollectorError, Unavailable
 from collector.routes import JSONResponse, now_iso, require_admin, services_of
 from pipeline.export import ExportStalled
 from pipeline.objects import ObjectStoreError
-from pipeline.retention import daily_partitions
-from pipeline.scheduler import StageBusy, StageStats
-from pipeline.status import export_status, process_status
+from pipeline.retention import RetentionResult, daily_partitions, drop_expired
+from pipeline.scheduler import CONNECT_TIMEOUT_S, EXPORT_LOCK_KEY, StageBusy, StageStats
+from pipeline.status import export_status, export_watermark, process_status
 
 
 class StageRunning(CollectorError):
@@ -147,6 +148,65 @@ def _stage(stats: StageStats) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _cutoff(retention_days: int) -> date:
+    """Day partitions before this day are past RETENTION_DAYS (the rule pipeline.retention.drop_expired applies)."""
+    return datetime.now(UTC).date() - timedelta(days=retention_days)
+
+
+def _retention_result(result: RetentionResult | None) -> dict[str, Any] | None:
+    return None if result is None else {"dropped": result.dropped, "kept_unexported": result.kept_unexported}
+
+
+async def cleanup_status(request: Request) -> JSONResponse:
+    """The seed's /cleanup/status, answered by retention: what is past RETENTION_DAYS and what the last run did."""
+    require_admin(request)
+    services = services_of(request.scope)
+    pipeline, pool = services.pipeline, services.store.pool
+    cutoff = _cutoff(pipeline.retention_days)
+    partitions = await daily_partitions(pool)
+    return JSONResponse({
+        "retention_days": pipeline.retention_days,
+        "cutoff": cutoff.isoformat(),
+        "partitions": len(partitions),
+        "oldest_partition": partitions[0][0] if partitions else None,
+        # Dropped by the next run once all their rows are exported (export_watermark moves past them).
+        "expired_partitions": [name for name, day in partitions if day < cutoff],
+        "export_watermark": await export_watermark(pool),
+        "last_run": _retention_result(pipeline.last_retention),
+        "schedule": f"after every export run (every {pipeline.export_interval_s:g} s) and on POST /cleanup/run",
+        "timestamp": now_iso(),
+    })  # fmt: skip
+
+
+async def cleanup_run(request: Request) -> JSONResponse:
+    """The seed's /cleanup/run: apply retention now, under the export stage's lock (retention runs after export)."""
+    require_admin(request)
+    services = services_of(request.scope)
+    pipeline = services.pipeline
+    # A connection of its own, as the scheduler's runs hold: closing it releases the lock whatever happens.
+    dsn = services.settings.database_url
+    assert dsn is not None  # create_app refuses settings without one
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    try:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", EXPORT_LOCK_KEY):
+            raise StageRunning("another worker or instance is running the export stage (retention follows it)")
+        result = await drop_expired(conn, retention_days=pipeline.retention_days, today=datetime.now(UTC).date())
+    finally:
+        await conn.close()
+    pipeline.last_retention = result
+    pipeline.stats.retention_dropped += len(result.dropped)
+    return JSONResponse({
+        "status": "success",
+        "message": f"Dropped {len(result.dropped)} partition(s) older than {pipeline.retention_days} days",
+        "dropped": result.dropped,
+        # Past RETENTION_DAYS but holding rows not exported yet: dropped once the export catches up.
+        "kept_unexported": result.kept_unexported,
+        "retention_days": pipeline.retention_days,
+        "cutoff": _cutoff(pipeline.retention_days).isoformat(),
+        "timestamp": now_iso(),
+    })  # fmt: skip
+
+
 ROUTES = [
     Route("/export/run", export_run, methods=["POST"]),
     Route("/export/status", export_status_route),
@@ -154,4 +214,6 @@ ROUTES = [
     Route("/process/run", process_run, methods=["POST"]),
     Route("/process/status", process_status_route),
     Route("/pipeline/status", pipeline_status),
+    Route("/cleanup/status", cleanup_status),
+    Route("/cleanup/run", cleanup_run, methods=["POST"]),
 ]
