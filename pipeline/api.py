@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -9,12 +11,12 @@ import asyncpg
 from starlette.requests import Request
 from starlette.routing import Route
 
-from collector.errors import CollectorError, Unavailable
+from collector.errors import CollectorError, DatabaseUnavailable, Unavailable
 from collector.routes import JSONResponse, now_iso, require_admin, services_of
 from pipeline.export import ExportStalled
 from pipeline.objects import ObjectStoreError
-from pipeline.retention import RetentionResult, daily_partitions, drop_expired
-from pipeline.scheduler import CONNECT_TIMEOUT_S, EXPORT_LOCK_KEY, StageBusy, StageStats
+from pipeline.retention import RetentionResult, daily_partitions
+from pipeline.scheduler import StageBusy, StageStats
 from pipeline.status import export_status, export_watermark, process_status
 
 
@@ -31,12 +33,29 @@ class ExportBlocked(CollectorError):
     status, error = 500, "export_blocked"
 
 
+# A run's own connection failing to open (or dropping): the database, not the request, is the problem.
+DATABASE_DOWN = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError, asyncpg.InterfaceError,
+)  # fmt: skip
+
+
+@contextmanager
+def _database_needed() -> Iterator[None]:
+    """503 with Retry-After, not a 500, when a stage cannot reach PostgreSQL."""
+    try:
+        yield
+    except DATABASE_DOWN as exc:  # object stores wrap their OSErrors in ObjectStoreError: never caught here
+        raise DatabaseUnavailable(f"the database is unreachable ({type(exc).__name__}); retry later") from None
+
+
 async def export_run(request: Request) -> JSONResponse:
     """Export now (the schedule runs it every EXPORT_INTERVAL_S anyway)."""
     require_admin(request)
     pipeline = services_of(request.scope).pipeline
     try:
-        result = await pipeline.run_export()
+        with _database_needed():
+            result = await pipeline.run_export()
     except StageBusy as exc:
         raise StageRunning(str(exc)) from None
     except ObjectStoreError as exc:
@@ -62,7 +81,8 @@ async def process_run(request: Request) -> JSONResponse:
     """Process exported raw objects now."""
     require_admin(request)
     try:
-        result = await services_of(request.scope).pipeline.run_process()
+        with _database_needed():
+            result = await services_of(request.scope).pipeline.run_process()
     except StageBusy as exc:
         raise StageRunning(str(exc)) from None
     return JSONResponse({
@@ -183,18 +203,11 @@ async def cleanup_run(request: Request) -> JSONResponse:
     require_admin(request)
     services = services_of(request.scope)
     pipeline = services.pipeline
-    # A connection of its own, as the scheduler's runs hold: closing it releases the lock whatever happens.
-    dsn = services.settings.database_url
-    assert dsn is not None  # create_app refuses settings without one
-    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     try:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", EXPORT_LOCK_KEY):
-            raise StageRunning("another worker or instance is running the export stage (retention follows it)")
-        result = await drop_expired(conn, retention_days=pipeline.retention_days, today=datetime.now(UTC).date())
-    finally:
-        await conn.close()
-    pipeline.last_retention = result
-    pipeline.stats.retention_dropped += len(result.dropped)
+        with _database_needed():
+            result = await pipeline.run_retention()
+    except StageBusy as exc:
+        raise StageRunning(str(exc)) from None
     return JSONResponse({
         "status": "success",
         "message": f"Dropped {len(result.dropped)} partition(s) older than {pipeline.retention_days} days",

@@ -146,10 +146,27 @@ class Pipeline:
                     len(result.deferred), (time.monotonic() - started) * 1000)  # fmt: skip
         return result
 
+    async def run_retention(self) -> RetentionResult:
+        """Apply retention now (the seed's /cleanup/run) under the export stage's lock: it follows every export."""
+        conn = await self._connect()
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", EXPORT_LOCK_KEY):
+                raise StageBusy("another worker or instance is running the export stage (retention follows it)")
+            result = await drop_expired(conn, retention_days=self.retention_days, today=datetime.now(UTC).date())
+        finally:
+            await _close(conn)
+        self.last_retention = result
+        self.stats.retention_dropped += len(result.dropped)
+        return result
+
+    async def _connect(self) -> asyncpg.Connection:
+        """A connection of the run's own: closing it releases the stage's advisory lock, whatever happens."""
+        return await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S, command_timeout=STATEMENT_TIMEOUT_S)
+
     async def _locked(
         self, stage: str, key: int, stats: StageStats, work: Callable[[asyncpg.Connection], Awaitable[T]]
     ) -> T:
-        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S, command_timeout=STATEMENT_TIMEOUT_S)
+        conn = await self._connect()
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
                 stats.skipped += 1
@@ -169,11 +186,7 @@ class Pipeline:
             await _record(conn, stage, ok=True, error=None, objects=result.objects, rows=result.rows)
             return result
         finally:
-            # Closing the connection releases the lock too; terminate if the server does not answer.
-            try:
-                await conn.close(timeout=5)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                conn.terminate()
+            await _close(conn)
 
     async def refresh_lag(self, db: Queryable) -> None:
         """Read what waits for each stage from the shared tables, so every worker reports the leader's progress."""
@@ -250,3 +263,11 @@ async def open_pipeline(settings: Settings, dsn: str, directory: ClientDirectory
         export_interval_s=settings.export_interval_s,
         process_interval_s=settings.process_interval_s,
     )
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    """Close a run's connection (which releases its lock too); terminate it if the server does not answer."""
+    try:
+        await conn.close(timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        conn.terminate()

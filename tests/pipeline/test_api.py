@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import uuid
 from typing import Any
 
@@ -100,3 +101,19 @@ async def test_pipeline_endpoints_need_admin(running: Any) -> None:
     for method, path in endpoints:
         response = await running.client.request(method, path)
         assert response.status_code == 403, (path, response.text)
+
+
+async def test_stage_runs_answer_503_when_the_database_is_unreachable(
+    db: asyncpg.Connection, running_admin: MakeApp
+) -> None:
+    """A stage run whose own connection cannot reach PostgreSQL answers 503 database_unavailable with Retry-After,
+    never a 500 (export, process and the seed's /cleanup/run alike)."""
+    app = await running_admin()
+    with socket.socket() as closed:  # a loopback port nothing listens on: connecting is refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    app.services.pipeline._dsn = f"postgresql://collector@127.0.0.1:{port}/collector"
+    for path in ("/export/run", "/process/run", "/cleanup/run"):
+        response = await app.client.post(path)
+        assert response.status_code == 503, (path, response.text)
+        assert response.json()["error"] == "database_unavailable" and response.headers["retry-after"] == "5"
