@@ -37,6 +37,10 @@ class Ingest:
         self._trusted = settings.trusted_proxies
         self.max_body_bytes = settings.max_body_bytes
         self._verb = "stored" if self.durable else "queued"
+        self._ack = settings.ack_mode
+        # A success's status, decided once: 200 in both modes unless BUFFERED_SUCCESS_STATUS asks 202 for buffered
+        # acks (the body's `ack` tells the two promises apart either way).
+        self.success_status = 200 if self.durable else settings.buffered_success_status
         self._last_millis = (0, "")
         self.ip_limiter = limiter(settings.rate_limit_ip_per_s, settings.rate_limit_ip_burst)
         self.site_limiter = limiter(settings.rate_limit_site_per_s, settings.rate_limit_site_burst)
@@ -148,6 +152,7 @@ class Ingest:
         response: dict[str, Any] = {
             "status": "success",
             "message": f"{len(rows)} event(s) received and {self._verb}",
+            "ack": self._ack,
             "events_processed": len(rows),
             "client_id": site.client_id,
             "timestamp": self._iso_millis(ctx.received_ns),

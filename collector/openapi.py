@@ -48,8 +48,10 @@ COLLECT: dict[str, Any] = {
             "content": {JSON: {"schema": _ref("EventOrBatch")}, "text/plain": {"schema": {"type": "string"}}},
         },
         "responses": {
-            "200": _json(_ref("Accepted"), "stored (ACK_MODE=durable)"),
-            "202": _json(_ref("Accepted"), "queued (ACK_MODE=buffered)"),
+            "200": _json(
+                _ref("Accepted"), "success: `ack` says queued in memory (`buffered`) or committed (`durable`)"
+            ),
+            "202": _json(_ref("Accepted"), "a buffered success when BUFFERED_SUCCESS_STATUS=202 (`ack: buffered`)"),
             "400": _error("`invalid_json` or `invalid_encoding`"),
             "403": _error("`domain_not_authorized`, or `origin_mismatch` (Origin/Referer is not the site)"),
             "405": _error("`method_not_allowed`"),
@@ -265,10 +267,15 @@ SCHEMAS: dict[str, Any] = {
     },
     "Accepted": {
         "type": "object",
-        "required": ["status", "message", "events_processed", "client_id", "timestamp"],
+        "required": ["status", "message", "ack", "events_processed", "client_id", "timestamp"],
         "properties": {
             "status": {"type": "string", "enum": ["success"]},
             "message": {"type": "string"},
+            "ack": {
+                "type": "string",
+                "enum": ["buffered", "durable"],
+                "description": "`buffered`: in the collector's memory; `durable`: committed to PostgreSQL",
+            },
             "events_processed": {"type": "integer", "minimum": 1},
             "client_id": {"type": "string"},
             "timestamp": {"type": "string"},

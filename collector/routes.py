@@ -117,7 +117,7 @@ async def collect(services: Services, scope: Scope, receive: Receive, send: Send
             body, peer=client[0] if client else None, forwarded_for=forwarded_for, user_agent=user_agent,
             origin=site_host,
         )  # fmt: skip
-        status = 200 if ingest.durable else 202
+        status = ingest.success_status
         if origin is None:
             await _send_json(send, status, orjson.dumps(result), ())
         else:
