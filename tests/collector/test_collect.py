@@ -173,6 +173,35 @@ async def test_timestamp_missing_or_null_becomes_receive_time(running: Running, 
         assert row["event_timestamp"] == row["received_at"]
 
 
+async def test_timestamp_empty_string_becomes_receive_time_like_null(running: Running, db: asyncpg.Connection) -> None:
+    """An empty-string timestamp is missing, not malformed: the receive time alone, in a batch the wrapper's."""
+    single = {"eventType": "single", "siteId": "acme.com", "timestamp": ""}
+    wrapper_empty = {**SEED_BATCH, "timestamp": "", "events": [{"eventType": "from_empty_wrapper", "sessionId": "s"}]}
+    sub_empty = {**SEED_BATCH, "events": [{"eventType": "inherits", "timestamp": ""}]}
+    for payload in (single, wrapper_empty, sub_empty):
+        response = await running.post(payload)
+        assert (response.status_code, response.json().get("events_rejected")) == (200, None), response.text
+    await running.services.buffer.drain()
+    rows = {r["event_type"]: r for r in await stored(db)}
+    for name in ("single", "from_empty_wrapper"):
+        assert rows[name]["event_timestamp"] == rows[name]["received_at"], name
+    assert rows["inherits"]["event_timestamp"] == datetime(2025, 7, 11, 12, 0, tzinfo=UTC)
+
+
+async def test_whitespace_only_event_type_is_refused_like_an_empty_one(
+    running: Running, db: asyncpg.Connection
+) -> None:
+    """An eventType of spaces, tabs or other Unicode blanks is refused per event (422 alone, listed in a batch)."""
+    for blank in (" ", "\t\n", "\u2003\u00a0"):
+        response = await running.post({"eventType": blank, "siteId": "acme.com"})
+        assert (response.status_code, response.json()["error"]) == (422, "invalid_event"), repr(blank)
+    sub_events = [{"eventType": "   ", "eventData": {}}, {"eventType": " ok "}, {"eventType": "\t"}]
+    batch = {**SEED_BATCH, "events": sub_events}
+    response = await running.post(batch)
+    assert response.status_code == 200
+    assert [r["index"] for r in response.json()["events_rejected"]] == [0, 2]
+    await running.services.buffer.drain()
+    assert [r["event_type"] for r in await stored(db)] == [" ok "]
 
 
 async def test_both_ack_modes_answer_200_and_name_their_promise(make_app: MakeApp, db: asyncpg.Connection) -> None:
