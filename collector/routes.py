@@ -344,6 +344,9 @@ def _limit(request: Request) -> int:
 
 
 async def events_recent(request: Request) -> JSONResponse:
+    """The newest stored events. One naming rule: what the client sent reads back under the name it was sent
+    with (eventType, eventData, sessionId, url, ...), what the server added in the seed's snake_case (client_id,
+    created_at), so the seed's `jq '.[] | {eventType, client_id, created_at}'` keeps working."""
     require_admin(request)
     services = services_of(request.scope)
     records = await services.store.recent(_limit(request), _client_filter(request))
@@ -352,10 +355,15 @@ async def events_recent(request: Request) -> JSONResponse:
             {
                 "eventId": str(r["event_id"]),
                 "eventType": r["event_type"],
-                "client_id": r["client_id"],
-                "site_id": r["site_id"],
-                "session_id": r["session_id"],
+                "eventData": r["event_data"],
+                "sessionId": r["session_id"],
+                "visitorId": r["visitor_id"],
+                "siteId": r["site_id"],
+                "url": r["url"],
+                "path": r["path"],
+                "referrer": r["referrer"],
                 "timestamp": r["event_timestamp"].isoformat(),
+                "client_id": r["client_id"],
                 "created_at": r["received_at"].isoformat(),
             }
             for r in records
