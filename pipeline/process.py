@@ -305,7 +305,10 @@ class Processor:
         # Redaction is pure Python at several µs per event: off the event loop that answers /collect.
         body = await asyncio.to_thread(_render, fmt, metadata, policy, hasher, events)
         await settings.store.put(key, body, CONTENT_TYPES[fmt])
-        logger.info("Successfully uploaded %d events for client %s to processed S3: %s", len(events), client_id, key)
+        logger.info(
+            "Successfully uploaded %d events for client %s to processed %s: %s",
+            len(events), client_id, settings.store.destination, key,
+        )  # fmt: skip
         return _Written(settings.store.name, key, client_id, len(events), hashlib.sha256(body).hexdigest())
 
 
