@@ -109,7 +109,10 @@ class Settings:
     # A new connection must send its first byte within this, and an idle keep-alive connection is closed after
     # KEEPALIVE_TIMEOUT_S: a socket that sends nothing holds a file descriptor and must not hold it for ever.
     first_byte_timeout_s: float = 10.0
-    keepalive_timeout_s: float = 5.0
+    # Longer than the idle timeout of whatever proxies to us (AWS ALB 60 s, nginx's upstream keepalive_timeout
+    # 60 s; the shipped deploy/nginx sets 60 s): the proxy must close an idle connection first. Were the collector
+    # first, a request the proxy sends just as the collector closes would meet a reset (a 502 to the client).
+    keepalive_timeout_s: float = 75.0
     # Open connections per worker; past it a new one gets an immediate 503 and is closed. The worker lowers it
     # further to what its file limit leaves after a reserve for the database pool, journal and logs.
     max_connections: int = 10_000
