@@ -119,10 +119,10 @@ async def collect(services: Services, scope: Scope, receive: Receive, send: Send
         )  # fmt: skip
         status = ingest.success_status
         if origin is None:
-            await _send_json(send, status, orjson.dumps(result), ())
+            await _send_json(send, status, result, ())
         else:
             ingest.origins.add(origin)
-            await _send_json(send, status, orjson.dumps(result), cors_headers(origin))
+            await _send_json(send, status, result, cors_headers(origin))
         return status
     except CollectorError as exc:
         headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]

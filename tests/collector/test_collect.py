@@ -48,6 +48,7 @@ async def test_single_event_is_stored_with_its_columns_and_client(running: Runni
     )
     assert response.status_code == 200
     body = response.json()
+    assert list(body) == ["status", "message", "ack", "events_processed", "client_id", "timestamp"]
     assert body["status"] == "success"
     assert body["message"] == "1 event(s) received and queued"
     assert body["ack"] == "buffered"
