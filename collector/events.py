@@ -367,7 +367,7 @@ def _event_type(event_type: str) -> bytes:
     return copyformat.text(event_type)
 
 
-# Event types are at most MAX_EVENT_TYPE_CHARS (100) characters: at most ~4,096 x 0.6 KB = 2.5 MB.
+# Event types are at most MAX_EVENT_TYPE_CHARS (100) characters, ~1 KB an entry at most: ~4 MB in all.
 _event_type_field = lru_cache(maxsize=4096)(_event_type)
 
 
