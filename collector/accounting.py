@@ -40,6 +40,7 @@ class DeadLetter:
     domain: str | None
     detail: str
     payload: str
+    received_at: datetime  # when the request was refused (it is written up to a flush interval later)
 
 
 def sample_payload(value: Any) -> str:
@@ -78,8 +79,11 @@ def _cut(value: Any) -> Any:
     return value
 
 
-def _redacted(letters: list[DeadLetter]) -> list[tuple[str, str | None, str | None, str, str]]:
-    return [(d.reason, d.client_id, d.domain, redact_sample(d.detail), redact_sample(d.payload)) for d in letters]
+def _redacted(letters: list[DeadLetter]) -> list[tuple[str, str | None, str | None, str, str, datetime]]:
+    return [
+        (d.reason, d.client_id, d.domain, redact_sample(d.detail), redact_sample(d.payload), d.received_at)
+        for d in letters
+    ]
 
 
 class Accounting:
@@ -108,7 +112,9 @@ class Accounting:
         if self._sampled[kind] >= SAMPLES_PER_KIND:
             return
         self._sampled[kind] += 1
-        self.dead_letters.append(DeadLetter(reason, client_id, domain, detail[:DETAIL_CHARS], sample_payload(payload)))
+        self.dead_letters.append(
+            DeadLetter(reason, client_id, domain, detail[:DETAIL_CHARS], sample_payload(payload), datetime.now(UTC))
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="accounting")
@@ -145,8 +151,8 @@ class Accounting:
                     )  # fmt: skip
                 if letters:
                     await conn.executemany(
-                        "INSERT INTO dead_letters (reason, client_id, domain, detail, payload)"
-                        " VALUES ($1, $2, $3, $4, $5)",
+                        "INSERT INTO dead_letters (reason, client_id, domain, detail, payload, received_at)"
+                        " VALUES ($1, $2, $3, $4, $5, $6)",
                         rows,
                     )
                     await conn.execute(

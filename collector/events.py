@@ -226,7 +226,7 @@ class EventParser:
         fast = is_batch
         room, limit, max_keys = MAX_JSON_DEPTH - 3, self.max_event_bytes, self.max_event_data_keys
         middle, tail = defaults.middle, ctx.tail
-        dumps, join, text, jsonb_header = orjson.dumps, b"".join, copyformat.cached_text, _JSONB_HEADER
+        dumps, join, text, jsonb_header = orjson.dumps, b"".join, _event_type_field, _JSONB_HEADER
         heads = _ids.heads  # popped here directly: a call of ours per event would cost as much as the pop saves
         version = JSONB_VERSION
         for index, event in enumerate(events):
@@ -261,7 +261,7 @@ class EventParser:
         try:
             fields = [_text(wrapper, name) for name in ROW_TEXT_FIELDS]
             raw_ts = wrapper.get("timestamp")
-            fields.append(ctx.received if raw_ts is None else copyformat.timestamp(_timestamp(raw_ts)))
+            fields.append(ctx.received if raw_ts is None or raw_ts == "" else copyformat.timestamp(_timestamp(raw_ts)))
             extra = {k: v for k, v in wrapper.items() if k not in KNOWN_FIELDS}
             fields.append(copyformat.jsonb(self._json(extra, "unknown fields", 0) if extra else None))
         except EventRejected as exc:
@@ -279,8 +279,8 @@ class EventParser:
         if type(event) is not dict:
             raise EventRejected("an event must be a JSON object")
         event_type = event.get("eventType")
-        if type(event_type) is not str or not event_type:
-            raise EventRejected("`eventType` is required and must be a non-empty string")
+        if type(event_type) is not str or not event_type or event_type.isspace():
+            raise EventRejected("`eventType` is required and must be a non-empty string (not only whitespace)")
         if len(event_type) > MAX_EVENT_TYPE_CHARS:
             raise EventRejected(f"`eventType` must be at most {MAX_EVENT_TYPE_CHARS} characters")
         if event.keys() <= SIMPLE_FIELDS:
@@ -305,7 +305,7 @@ class EventParser:
             raise EventRejected("`eventData` must be a JSON object")
         given_id = event.get("eventId")
         try:
-            type_field = copyformat.cached_text(event_type)
+            type_field = _event_type_field(event_type)
         except copyformat.Unencodable as exc:
             raise EventRejected(f"`eventType` {exc}") from None
         return b"".join((
@@ -328,7 +328,7 @@ class EventParser:
             if event.get(name) is not None:
                 fields[position] = _text(event, name)
         raw_ts = event.get("timestamp")
-        if raw_ts is not None:
+        if raw_ts is not None and raw_ts != "":  # "" is missing, like null (clients send it for "no time known")
             encoded = d.seen_timestamps.get(raw_ts) if type(raw_ts) is str else None
             if encoded is None:
                 encoded = copyformat.timestamp(_timestamp(raw_ts))
@@ -356,6 +356,19 @@ class EventParser:
         if b"\\" in encoded and b"\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
             raise EventRejected(f"`{what}` contains a NUL character")
         return encoded
+
+
+def _event_type(event_type: str) -> bytes:
+    """An eventType as its encoded field; Unencodable if it is only whitespace (the batch fast path then leaves it
+    to _row, which refuses it by name). Cached apart from other text: a request's event types repeat, and the
+    blank check then costs a cache hit, as the encoding alone did."""
+    if event_type.isspace():
+        raise copyformat.Unencodable("is only whitespace")
+    return copyformat.text(event_type)
+
+
+# Event types are at most MAX_EVENT_TYPE_CHARS (100) characters, ~1 KB an entry at most: ~4 MB in all.
+_event_type_field = lru_cache(maxsize=4096)(_event_type)
 
 
 def _text(event: dict[str, Any], name: str) -> bytes:

@@ -73,7 +73,7 @@ class EdgeProtocol(HttpToolsProtocol):
     max_header_bytes: ClassVar[int] = 32 * 1024
     read_timeout_s: ClassVar[float] = 10.0
     first_byte_timeout_s: ClassVar[float] = 10.0
-    keepalive_timeout_s: ClassVar[float] = 5.0
+    keepalive_timeout_s: ClassVar[float] = 75.0
     max_connections: ClassVar[int] = 10_000
     stats: ClassVar[EdgeStats] = EdgeStats()
 

@@ -117,12 +117,12 @@ async def collect(services: Services, scope: Scope, receive: Receive, send: Send
             body, peer=client[0] if client else None, forwarded_for=forwarded_for, user_agent=user_agent,
             origin=site_host,
         )  # fmt: skip
-        status = 200 if ingest.durable else 202
+        status = ingest.success_status
         if origin is None:
-            await _send_json(send, status, orjson.dumps(result), ())
+            await _send_json(send, status, result, ())
         else:
             ingest.origins.add(origin)
-            await _send_json(send, status, orjson.dumps(result), cors_headers(origin))
+            await _send_json(send, status, result, cors_headers(origin))
         return status
     except CollectorError as exc:
         headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
@@ -344,6 +344,9 @@ def _limit(request: Request) -> int:
 
 
 async def events_recent(request: Request) -> JSONResponse:
+    """The newest stored events. One naming rule: what the client sent reads back under the name it was sent
+    with (eventType, eventData, sessionId, url, ...), what the server added in the seed's snake_case (client_id,
+    created_at), so the seed's `jq '.[] | {eventType, client_id, created_at}'` keeps working."""
     require_admin(request)
     services = services_of(request.scope)
     records = await services.store.recent(_limit(request), _client_filter(request))
@@ -352,10 +355,15 @@ async def events_recent(request: Request) -> JSONResponse:
             {
                 "eventId": str(r["event_id"]),
                 "eventType": r["event_type"],
-                "client_id": r["client_id"],
-                "site_id": r["site_id"],
-                "session_id": r["session_id"],
+                "eventData": r["event_data"],
+                "sessionId": r["session_id"],
+                "visitorId": r["visitor_id"],
+                "siteId": r["site_id"],
+                "url": r["url"],
+                "path": r["path"],
+                "referrer": r["referrer"],
                 "timestamp": r["event_timestamp"].isoformat(),
+                "client_id": r["client_id"],
                 "created_at": r["received_at"].isoformat(),
             }
             for r in records

@@ -80,6 +80,11 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
 
     ack_mode: AckMode = "buffered"
+    # The status of a buffered success (ACK_MODE=buffered). 200 by default: seed clients, and Segment, Snowplow,
+    # PostHog or RudderStack clients, count only 200 as success; the body's `ack` ("buffered" / "durable") tells
+    # the two promises apart. 202 (Accepted: queued, not yet stored) for whoever wants the status to say so.
+    # A durable success is always 200.
+    buffered_success_status: int = 200
     flush_max_events: int = 1000
     flush_interval_ms: int = 50
     buffer_max_events: int = 100_000
@@ -105,7 +110,10 @@ class Settings:
     # A new connection must send its first byte within this, and an idle keep-alive connection is closed after
     # KEEPALIVE_TIMEOUT_S: a socket that sends nothing holds a file descriptor and must not hold it for ever.
     first_byte_timeout_s: float = 10.0
-    keepalive_timeout_s: float = 5.0
+    # Longer than the idle timeout of whatever proxies to us (AWS ALB 60 s, nginx's upstream keepalive_timeout
+    # 60 s; the shipped deploy/nginx sets 60 s): the proxy must close an idle connection first. Were the collector
+    # first, a request the proxy sends just as the collector closes would meet a reset (a 502 to the client).
+    keepalive_timeout_s: float = 75.0
     # Open connections per worker; past it a new one gets an immediate 503 and is closed. The worker lowers it
     # further to what its file limit leaves after a reserve for the database pool, journal and logs.
     max_connections: int = 10_000
@@ -187,6 +195,7 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()}: must be a positive number")
+        _check_success_status(self.buffered_success_status)
         if self.database_max_overflow < 0:
             raise SettingsError("DATABASE_MAX_OVERFLOW: must be zero or more")
         for name in ("rate_limit_ip_per_s", "rate_limit_site_per_s", "cors_max_age_s"):
@@ -215,6 +224,12 @@ class Settings:
                 reason = weak_secret(getattr(self, name))
                 if reason is not None:
                     raise SettingsError(f"{name.upper()}: {reason}")
+
+
+def _check_success_status(status: int) -> None:
+    """200 (what clients written for the seed count as success) or 202; no other status means success to them."""
+    if status not in (200, 202):
+        raise SettingsError("BUFFERED_SUCCESS_STATUS: must be 200 (the default) or 202")
 
 
 def _as_str(raw: str) -> str:

@@ -210,7 +210,10 @@ class EventStore:
         )  # fmt: skip
 
     async def recent(self, limit: int, client_id: str | None) -> list[asyncpg.Record]:
-        columns = "event_id, event_type, client_id, site_id, session_id, event_timestamp, received_at"
+        columns = (
+            "event_id, event_type, event_data, session_id, visitor_id, site_id, url, path, referrer, event_timestamp,"
+            " client_id, received_at"
+        )
         if client_id is None:
             return await self.pool.fetch(f"SELECT {columns} FROM events_log ORDER BY id DESC LIMIT $1", limit)
         return await self.pool.fetch(

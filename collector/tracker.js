@@ -56,6 +56,9 @@
     fetch(endpoint, { method: "POST", body: body, keepalive: true, credentials: "omit",
                       headers: { "Content-Type": "text/plain" } })
       .then(function (r) {
+        // Any 2xx is success: 200 by default, 202 with BUFFERED_SUCCESS_STATUS=202 (the body's `ack` tells which).
+        // Other 4xx are the events' own fault: sending them again would be refused again.
+        if (r.ok) return;
         if (r.status === 429 || r.status >= 500) retry(body, tries, r.headers.get("Retry-After"));
       }, function () { retry(body, tries, null); });
   }

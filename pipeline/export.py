@@ -241,4 +241,4 @@ class Exporter:
         result.rows += rows
         result.keys.append(key)
         result.watermark = obj.last_id
-        logger.info("Successfully uploaded %d events to raw S3: %s", rows, key)
+        logger.info("Successfully uploaded %d events to raw %s: %s", rows, self.objects.destination, key)

@@ -34,7 +34,10 @@ def check_key(key: str) -> str:
 class ObjectStore(Protocol):
     """Where raw or processed objects live. `put` of an existing key replaces it: keys are deterministic."""
 
-    name: str  # for status and log lines: s3://bucket or file://dir
+    name: str  # for status and error lines: s3://bucket or file://dir
+    # Where "Successfully uploaded N events to raw <destination>: <key>" says the events went: "S3" (the seed's
+    # line, which log searches expect), or the local folder that development mode writes to instead.
+    destination: str
 
     async def put(self, key: str, body: bytes, content_type: str) -> None: ...
 
@@ -51,6 +54,7 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.name = f"file://{root}"
+        self.destination = f"local folder {root}"
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -107,6 +111,7 @@ class S3Store:
     def __init__(self, location: S3Location, client: Any) -> None:
         self.location = location
         self.name = f"s3://{location.bucket}"
+        self.destination = "S3"
         self._client = client
 
     @classmethod

@@ -330,7 +330,10 @@ class Processor:
             raise ProcessingError(f"client {client_id}: its events could not be rendered: {rendered}")
         body, rows, checksum = rendered
         await settings.store.put(key, body, CONTENT_TYPES[fmt])
-        logger.info("Successfully uploaded %d events for client %s to processed S3: %s", rows, client_id, key)
+        logger.info(
+            "Successfully uploaded %d events for client %s to processed %s: %s",
+            rows, client_id, settings.store.destination, key,
+        )  # fmt: skip
         return _Written(settings.store.name, key, client_id, rows, checksum)
 
 

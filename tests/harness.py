@@ -77,7 +77,7 @@ class Ledger:
         self.acked: set[uuid.UUID] = set()
         self.refused = 0
         self.pids: set[int] = set()
-        self.answers: Counter[str] = Counter()  # "202", "503 buffer_full", "transport", ...
+        self.answers: Counter[str] = Counter()  # "200", "503 buffer_full", "transport", ...
 
     async def drive(
         self, url: str, stop: asyncio.Event, *, connections: int = 8, batch: int = 5, request_timeout_s: float = 10

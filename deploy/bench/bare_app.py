@@ -26,7 +26,7 @@ async def collect(request: Request) -> Response:
     payload = orjson.loads(await request.body())
     events = payload.get("events") if payload.get("eventType") == "batch" else None
     count = len(events) if isinstance(events, list) else 1
-    return _json({"status": "success", "events_processed": count}, 202)
+    return _json({"status": "success", "events_processed": count}, 200)
 
 
 async def livez(request: Request) -> Response:

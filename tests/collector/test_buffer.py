@@ -15,10 +15,10 @@ async def test_flush_by_size(make_app: MakeApp, db: asyncpg.Connection) -> None:
     """With a long interval, reaching FLUSH_MAX_EVENTS alone triggers the flush."""
     running = await make_app(flush_max_events=5, flush_interval_ms=60_000)
     batch = {"eventType": "batch", "siteId": "acme.com", "events": [{"eventType": "e"}] * 4}
-    assert (await running.post(batch)).status_code == 202
+    assert (await running.post(batch)).status_code == 200
     await asyncio.sleep(0.3)
     assert await count_rows(db) == 0, "four events are below the size threshold and the interval is a minute"
-    assert (await running.post({"eventType": "fifth", "siteId": "acme.com"})).status_code == 202
+    assert (await running.post({"eventType": "fifth", "siteId": "acme.com"})).status_code == 200
     await wait_for_rows(db, 5)
 
 
@@ -26,7 +26,7 @@ async def test_flush_by_time(make_app: MakeApp, db: asyncpg.Connection, caplog: 
     """A lone event is flushed FLUSH_INTERVAL_MS after it arrived, with one INFO line for the flush."""
     caplog.set_level(logging.INFO, logger="collector.buffer")
     running = await make_app(flush_max_events=1000, flush_interval_ms=300)
-    assert (await running.post({"eventType": "lonely", "siteId": "acme.com"})).status_code == 202
+    assert (await running.post({"eventType": "lonely", "siteId": "acme.com"})).status_code == 200
     assert await count_rows(db) == 0
     await wait_for_rows(db, 1)
     assert "Bulk inserted 1 events for 1 client(s) in" in caplog.text
@@ -42,7 +42,7 @@ async def test_copy_failure_keeps_the_batch_and_recovers(
     try:
         for i in range(10):
             response = await running.post({"eventType": f"e{i}", "siteId": "acme.com"})
-            assert response.status_code == 202
+            assert response.status_code == 200
         async with asyncio.timeout(5):
             while running.services.storage.stats.copy_failures < 3:
                 await asyncio.sleep(0.02)
@@ -68,7 +68,7 @@ async def test_full_buffer_answers_503_with_retry_after(make_app: MakeApp, db: a
         refused = None
         for i in range(6):
             response = await running.post({"eventType": f"e{i}", "siteId": "acme.com"})
-            if response.status_code == 202:
+            if response.status_code == 200:
                 accepted += 1
             else:
                 refused = response
@@ -105,7 +105,7 @@ async def test_durable_requests_share_commits(make_app: MakeApp, db: asyncpg.Con
 async def test_refuses_new_events_once_closing(make_app: MakeApp, db: asyncpg.Connection) -> None:
     """After close() starts, new events get 503 and what was queued is flushed."""
     running = await make_app(flush_interval_ms=60_000)
-    assert (await running.post({"eventType": "before", "siteId": "acme.com"})).status_code == 202
+    assert (await running.post({"eventType": "before", "siteId": "acme.com"})).status_code == 200
     await running.services.buffer.close()
     response = await running.post({"eventType": "after", "siteId": "acme.com"})
     assert response.status_code == 503

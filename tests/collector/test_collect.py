@@ -46,10 +46,12 @@ async def test_single_event_is_stored_with_its_columns_and_client(running: Runni
         },
         headers={"user-agent": "Mozilla/5.0 test"},
     )
-    assert response.status_code == 202
+    assert response.status_code == 200
     body = response.json()
+    assert list(body) == ["status", "message", "ack", "events_processed", "client_id", "timestamp"]
     assert body["status"] == "success"
     assert body["message"] == "1 event(s) received and queued"
+    assert body["ack"] == "buffered"
     assert body["events_processed"] == 1
     assert body["client_id"] == "client_acme_corp"
     assert body["timestamp"].endswith("Z")
@@ -77,7 +79,7 @@ async def test_single_event_is_stored_with_its_columns_and_client(running: Runni
 async def test_batch_of_n_stores_n_rows_inheriting_the_wrapper(running: Running, db: asyncpg.Connection) -> None:
     """The seed's batch stores its three sub-events (not the wrapper), each inheriting the wrapper's fields."""
     response = await running.post(SEED_BATCH)
-    assert response.status_code == 202
+    assert response.status_code == 200
     assert response.json()["events_processed"] == 3
     assert response.json()["message"] == "3 event(s) received and queued"
     await running.services.buffer.drain()
@@ -105,7 +107,7 @@ async def test_sub_event_fields_override_the_wrapper(running: Running, db: async
             },
         ],
     }
-    assert (await running.post(batch)).status_code == 202
+    assert (await running.post(batch)).status_code == 200
     await running.services.buffer.drain()
     first, second = await stored(db)
     assert (first["session_id"], first["url"]) == ("sess_abc123", "https://acme.com/a")
@@ -131,7 +133,7 @@ async def test_invalid_sub_events_are_listed_and_valid_ones_kept(running: Runnin
         ],
     }
     response = await running.post(batch)
-    assert response.status_code == 202
+    assert response.status_code == 200
     body = response.json()
     assert body["events_processed"] == 2
     assert [r["index"] for r in body["events_rejected"]] == [1, 2, 3, 4, 6, 7, 8, 9]
@@ -154,7 +156,7 @@ async def test_all_invalid_events_answer_422_and_store_nothing(running: Running,
 async def test_unknown_fields_are_kept_in_extra(running: Running, db: asyncpg.Connection) -> None:
     """Fields the spec does not name are preserved (wrapper's inherited, the event's own winning)."""
     batch = {**SEED_BATCH, "appVersion": "1.2", "events": [{"eventType": "a", "experiment": {"arm": "B"}}]}
-    assert (await running.post(batch)).status_code == 202
+    assert (await running.post(batch)).status_code == 200
     await running.services.buffer.drain()
     [row] = await stored(db)
     assert row["extra"] == {"appVersion": "1.2", "experiment": {"arm": "B"}}
@@ -166,10 +168,66 @@ async def test_timestamp_missing_or_null_becomes_receive_time(running: Running, 
         {"eventType": "a", "siteId": "acme.com"},
         {"eventType": "b", "siteId": "acme.com", "timestamp": None},
     ):
-        assert (await running.post(payload)).status_code == 202
+        assert (await running.post(payload)).status_code == 200
     await running.services.buffer.drain()
     for row in await stored(db):
         assert row["event_timestamp"] == row["received_at"]
+
+
+async def test_timestamp_empty_string_becomes_receive_time_like_null(running: Running, db: asyncpg.Connection) -> None:
+    """An empty-string timestamp is missing, not malformed: the receive time alone, in a batch the wrapper's."""
+    single = {"eventType": "single", "siteId": "acme.com", "timestamp": ""}
+    wrapper_empty = {**SEED_BATCH, "timestamp": "", "events": [{"eventType": "from_empty_wrapper", "sessionId": "s"}]}
+    sub_empty = {**SEED_BATCH, "events": [{"eventType": "inherits", "timestamp": ""}]}
+    for payload in (single, wrapper_empty, sub_empty):
+        response = await running.post(payload)
+        assert (response.status_code, response.json().get("events_rejected")) == (200, None), response.text
+    await running.services.buffer.drain()
+    rows = {r["event_type"]: r for r in await stored(db)}
+    for name in ("single", "from_empty_wrapper"):
+        assert rows[name]["event_timestamp"] == rows[name]["received_at"], name
+    assert rows["inherits"]["event_timestamp"] == datetime(2025, 7, 11, 12, 0, tzinfo=UTC)
+
+
+async def test_whitespace_only_event_type_is_refused_like_an_empty_one(
+    running: Running, db: asyncpg.Connection
+) -> None:
+    """An eventType of spaces, tabs or other Unicode blanks is refused per event (422 alone, listed in a batch)."""
+    for blank in (" ", "\t\n", "\u2003\u00a0"):
+        response = await running.post({"eventType": blank, "siteId": "acme.com"})
+        assert (response.status_code, response.json()["error"]) == (422, "invalid_event"), repr(blank)
+    sub_events = [{"eventType": "   ", "eventData": {}}, {"eventType": " ok "}, {"eventType": "\t"}]
+    batch = {**SEED_BATCH, "events": sub_events}
+    response = await running.post(batch)
+    assert response.status_code == 200
+    assert [r["index"] for r in response.json()["events_rejected"]] == [0, 2]
+    await running.services.buffer.drain()
+    assert [r["event_type"] for r in await stored(db)] == [" ok "]
+
+
+async def test_both_ack_modes_answer_200_and_name_their_promise(make_app: MakeApp, db: asyncpg.Connection) -> None:
+    """Success is 200 in both modes (what seed clients count); the message and `ack` say queued or stored."""
+    for mode, verb in (("buffered", "queued"), ("durable", "stored")):
+        app = await make_app(ack_mode=mode)
+        response = await app.post({"eventType": mode, "siteId": "acme.com"})
+        body = response.json()
+        assert (response.status_code, body["ack"], body["message"]) == (200, mode, f"1 event(s) received and {verb}")
+        assert body["status"] == "success"
+
+
+async def test_buffered_success_status_202_is_an_opt_in_for_buffered_acks_only(
+    make_app: MakeApp, db: asyncpg.Connection
+) -> None:
+    """BUFFERED_SUCCESS_STATUS=202 makes buffered acks 202; durable acks and the GET pixel stay 200."""
+    buffered = await make_app(buffered_success_status=202)
+    response = await buffered.post({"eventType": "a", "siteId": "acme.com"})
+    assert (response.status_code, response.json()["ack"]) == (202, "buffered")
+    pixel = await buffered.client.get("/collect", params={"eventType": "px", "siteId": "acme.com"})
+    assert (pixel.status_code, pixel.headers["content-type"]) == (200, "image/gif")
+    assert pixel.headers["x-collector-status"] == "accepted"
+    durable = await make_app(ack_mode="durable", buffered_success_status=202)
+    response = await durable.post({"eventType": "b", "siteId": "acme.com"})
+    assert (response.status_code, response.json()["ack"]) == (200, "durable")
 
 
 async def test_text_plain_beacons_are_accepted(running: Running, db: asyncpg.Connection) -> None:
@@ -179,7 +237,7 @@ async def test_text_plain_beacons_are_accepted(running: Running, db: asyncpg.Con
         content=b'{"eventType":"pageview","siteId":"acme.com"}',
         headers={"content-type": "text/plain;charset=UTF-8"},
     )
-    assert response.status_code == 202
+    assert response.status_code == 200
     await running.services.buffer.drain()
     assert len(await stored(db)) == 1
 
@@ -212,7 +270,7 @@ async def test_error_codes_for_bad_requests(make_app: MakeApp, db: asyncpg.Conne
     assert (await app.client.put("/collect", json={})).status_code == 405  # GET is the pixel, OPTIONS the preflight
     # Depth 32 itself is fine.
     ok = await app.client.post("/collect", content=_nested(32, b'"eventType":"deep","siteId":"acme.com",'))
-    assert ok.status_code == 202, ok.text
+    assert ok.status_code == 200, ok.text
     await app.services.buffer.drain()
     assert [r["event_type"] for r in await stored(db)] == ["deep"]
 
@@ -250,7 +308,7 @@ async def test_unknown_domain_is_403_and_nothing_is_stored(
 async def test_domain_falls_back_to_the_url_host(running: Running, db: asyncpg.Connection) -> None:
     """Without siteId the host of url is the domain authorized."""
     response = await running.post({"eventType": "pageview", "url": "https://shop.acme.com:8443/x"})
-    assert response.status_code == 202
+    assert response.status_code == 200
     await running.services.buffer.drain()
     [row] = await stored(db)
     assert (row["site_id"], row["client_id"]) == ("shop.acme.com", "client_acme_corp")
@@ -287,7 +345,7 @@ async def test_depth_limit_counts_the_whole_body_in_batches(running: Running, db
         return {"eventType": "batch", "siteId": "acme.com", "events": [{"eventType": "ok"}, event]}
 
     fits = await running.post(batch({"eventType": "deep", "eventData": _deep_value(29)}))
-    assert fits.status_code == 202, fits.text
+    assert fits.status_code == 200, fits.text
     for too_deep in (
         {"eventType": "deep", "eventData": _deep_value(30)},
         {"eventType": "deep", "custom": [_deep_value(29)]},
@@ -305,7 +363,7 @@ async def test_unicode_text_and_ipv6_peers_round_trip(make_app: MakeApp, db: asy
     """Non-ASCII text in the body and an IPv6 client address are stored exactly as sent."""
     running = await make_app(client_host="2001:db8::5")
     event = {"eventType": "café ☕", "siteId": "acme.com", "sessionId": "sess-😀", "eventData": {"q": "naïve ☃"}}
-    assert (await running.post(event, headers={"user-agent": "Mozilla/5.0 (X11)"})).status_code == 202
+    assert (await running.post(event, headers={"user-agent": "Mozilla/5.0 (X11)"})).status_code == 200
     await running.services.buffer.drain()
     [row] = await stored(db)
     assert (row["event_type"], row["session_id"], row["event_data"]) == ("café ☕", "sess-😀", {"q": "naïve ☃"})
@@ -323,7 +381,7 @@ async def test_text_postgresql_cannot_store_rejects_only_that_event(running: Run
         # orjson refuses lone surrogates while parsing: the whole body is then invalid JSON, which is also fine.
         assert response.json()["error"] == "invalid_json"
         return
-    assert response.status_code == 202, response.text
+    assert response.status_code == 200, response.text
     assert [r["index"] for r in response.json()["events_rejected"]] == [1, 2]
     await running.services.buffer.drain()
     assert [r["event_type"] for r in await stored(db)] == ["ok", "ok2"]

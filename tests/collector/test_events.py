@@ -58,6 +58,8 @@ def test_fast_path_rows_equal_the_full_paths(sub_event: dict[str, Any]) -> None:
         {"eventType": "big", "eventData": {"k": "v" * 3000}},
         {"eventType": "many_keys", "eventData": {f"k{i}": i for i in range(101)}},
         {"eventType": "", "eventData": {}},
+        {"eventType": "   ", "eventData": {}},
+        {"eventType": "\u2003", "eventData": {}},
         {"eventType": "x" * 101, "eventData": {}},
     ],
 )

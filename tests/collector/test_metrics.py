@@ -22,8 +22,8 @@ async def scrape(running: Running) -> str:
 async def test_metrics_count_requests_events_rejections_and_flushes(running: Running) -> None:
     """After a batch, a bad body and an unknown domain, the counters say so exactly, and the flush histograms agree."""
     batch = {"eventType": "batch", "siteId": "acme.com", "events": [{"eventType": f"e{i}"} for i in range(4)]}
-    assert (await running.post(batch)).status_code == 202
-    assert (await running.post({"eventType": "x", "siteId": "acme.com"})).status_code == 202
+    assert (await running.post(batch)).status_code == 200
+    assert (await running.post({"eventType": "x", "siteId": "acme.com"})).status_code == 200
     bad = await running.client.post("/collect", content=b"{not json", headers={"content-type": "application/json"})
     assert bad.status_code == 400
     assert (await running.post({"eventType": "x", "siteId": "stranger.org"})).status_code == 403
@@ -31,7 +31,7 @@ async def test_metrics_count_requests_events_rejections_and_flushes(running: Run
     assert (await running.client.get("/health")).status_code == 200
 
     samples = parse(await scrape(running))
-    assert value(samples, "collector_http_requests_total", route="/collect", status="202") == 2
+    assert value(samples, "collector_http_requests_total", route="/collect", status="200") == 2
     assert value(samples, "collector_http_requests_total", route="/collect", status="400") == 1
     assert value(samples, "collector_http_requests_total", route="/collect", status="403") == 1
     assert value(samples, "collector_http_requests_total", route="/health", status="200") == 1
@@ -64,10 +64,10 @@ async def test_metrics_count_requests_events_rejections_and_flushes(running: Run
 async def test_metrics_track_lookup_failures_and_stale_decisions(make_app: MakeApp, pixel: PixelManagement) -> None:
     """pixel-management failing: a cached domain is served stale and counted; an uncached one fails and is counted."""
     running = await make_app(auth_cache_ttl_s=0.05)
-    assert (await running.post({"eventType": "x", "siteId": "acme.com"})).status_code == 202
+    assert (await running.post({"eventType": "x", "siteId": "acme.com"})).status_code == 200
     await asyncio.sleep(0.1)  # acme.com's entry is now past its TTL: the next request looks it up again
     pixel.status = 503
-    assert (await running.post({"eventType": "x", "siteId": "acme.com"})).status_code == 202
+    assert (await running.post({"eventType": "x", "siteId": "acme.com"})).status_code == 200
     assert (await running.post({"eventType": "x", "siteId": "shop.acme.com"})).status_code == 503
     samples = parse(await scrape(running))
     assert value(samples, "collector_auth_stale_served_total") == 1
@@ -110,7 +110,7 @@ async def test_durable_journaling_shows_in_the_metrics(make_app: MakeApp, db: as
 
 async def test_scrape_passes_promtool_check_metrics(running: Running) -> None:
     """promtool check metrics finds no problem in a real scrape after traffic (skipped without promtool)."""
-    assert (await running.post({"eventType": "x", "siteId": "acme.com"})).status_code == 202
+    assert (await running.post({"eventType": "x", "siteId": "acme.com"})).status_code == 200
     await running.post({"eventType": "x", "siteId": "stranger.org"})
     await running.services.buffer.drain()
     text = await scrape(running)

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
+
 from tests.conftest import MakeApp, Running
+
+# The request's fields read back under the names they are sent with, the server's additions in the seed's
+# snake_case (its README filters with jq '.[] | {eventType, client_id, created_at}').
+RECENT_FIELDS = {
+    "eventId", "eventType", "eventData", "sessionId", "visitorId", "siteId", "url", "path", "referrer", "timestamp",
+    "client_id", "created_at",
+}  # fmt: skip
 
 
 async def test_health_reports_database_buffer_and_mode(running: Running) -> None:
@@ -45,12 +55,8 @@ async def test_count_and_recent_filter_by_client(make_app: MakeApp) -> None:
     assert (acme["total_events"], acme["client_id"]) == (3, "client_acme_corp")
     recent = (await running.client.get("/events/recent", params={"limit": 2})).json()
     assert [e["eventType"] for e in recent] == ["eu", "a2"]
-    assert set(recent[0]) >= {"eventType", "client_id", "site_id", "session_id", "created_at"}
-    assert (recent[0]["client_id"], recent[0]["site_id"], recent[0]["session_id"]) == (
-        "client_eu_shop",
-        "eu-shop.com",
-        "s1",
-    )
+    newest = recent[0]
+    assert (newest["client_id"], newest["siteId"], newest["sessionId"]) == ("client_eu_shop", "eu-shop.com", "s1")
     only_acme = (await running.client.get("/events/recent", params={"client_id": "client_acme_corp"})).json()
     assert {e["client_id"] for e in only_acme} == {"client_acme_corp"} and len(only_acme) == 3
     assert (await running.client.get("/events/recent", params={"limit": "x"})).status_code == 422
@@ -85,3 +91,36 @@ async def test_admin_endpoints_answer_loopback_only_without_a_token(make_app: Ma
         assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
         assert (await local.client.get(path)).status_code == 200
     assert (await remote.client.get("/health")).status_code == 200
+
+
+async def test_recent_events_carry_what_was_sent_under_one_naming_style(running_admin: MakeApp) -> None:
+    """/events/recent shows eventData, url, path and referrer, with the seed's jq fields (eventType, client_id,
+    created_at) and the request's own names for the rest."""
+    running = await running_admin()
+    event = {
+        "eventType": "pageview", "siteId": "acme.com", "sessionId": "s1", "visitorId": "v1",
+        "url": "https://acme.com/cart?x=1", "path": "/cart", "referrer": "https://search.example/",
+        "eventData": {"title": "Cart"}, "timestamp": "2025-07-11T12:00:00Z",
+    }  # fmt: skip
+    assert (await running.post(event)).status_code == 200
+    await running.services.buffer.drain()
+    [recent] = (await running.client.get("/events/recent")).json()
+    assert set(recent) == RECENT_FIELDS
+    assert (recent["eventType"], recent["client_id"]) == ("pageview", "client_acme_corp")
+    assert (recent["eventData"], recent["url"], recent["path"], recent["referrer"]) == (
+        {"title": "Cart"}, "https://acme.com/cart?x=1", "/cart", "https://search.example/",
+    )  # fmt: skip
+    assert (recent["visitorId"], recent["timestamp"]) == ("v1", "2025-07-11T12:00:00+00:00")
+    assert datetime.fromisoformat(recent["created_at"]) > datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def test_dead_letter_received_at_is_the_requests_time_not_the_flushs(running_admin: MakeApp) -> None:
+    """A refused request's sample is dated when the request came, however later the accounting writes it."""
+    running = await running_admin()
+    before = datetime.now(UTC)
+    assert (await running.post({"eventType": "x", "siteId": "stranger.net"})).status_code == 403
+    after = datetime.now(UTC)
+    await asyncio.sleep(1.5)  # the accounting writes every few seconds; here it writes well after the request
+    await running.services.accounting.flush()
+    [letter] = (await running.client.get("/dead-letters")).json()
+    assert before <= datetime.fromisoformat(letter["received_at"]) <= after, (before, letter["received_at"], after)

@@ -17,7 +17,7 @@ def test_defaults_are_the_documented_ones() -> None:
     """With nothing set, the embedded development defaults apply."""
     settings = Settings.from_env({})
     assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
-    assert settings.ack_mode == "buffered"
+    assert (settings.ack_mode, settings.buffered_success_status) == ("buffered", 200)
     assert (settings.flush_max_events, settings.flush_interval_ms, settings.buffer_max_events) == (1000, 50, 100_000)
     assert (settings.max_body_bytes, settings.max_events_per_request, settings.max_event_bytes) == (1 << 20, 500, 32768)
     assert settings.database_url is None and settings.pixel_management_url is None
@@ -33,6 +33,7 @@ def test_values_are_cast() -> None:
             "FLUSH_INTERVAL_MS": "25",
             "TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.1",
             "AUTH_TIMEOUT_S": "0.5",
+            "BUFFERED_SUCCESS_STATUS": "202",
             "DATABASE_URL": "postgresql://u:p@db:5432/events",
         }
     )
@@ -41,6 +42,7 @@ def test_values_are_cast() -> None:
     assert settings.flush_interval_s == 0.025
     assert settings.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.1.1/32"))
     assert settings.auth_timeout_s == 0.5
+    assert settings.buffered_success_status == 202
 
 
 @pytest.mark.parametrize(
@@ -55,6 +57,8 @@ def test_values_are_cast() -> None:
         ("PIXEL_MANAGEMENT_URL", "ftp://x"),
         ("ENVIRONMENT", "staging"),
         ("AUTH_TIMEOUT_S", "nan"),
+        ("BUFFERED_SUCCESS_STATUS", "201"),
+        ("BUFFERED_SUCCESS_STATUS", "accepted"),
     ],
 )
 def test_malformed_value_names_the_variable(name: str, value: str) -> None:

@@ -38,8 +38,8 @@ async def test_collected_events_are_exported_and_processed_per_client(
     app = await running_admin(**bucket_settings(moto_url, raw_bucket, processed_bucket), export_format="ndjson.gz")
     clicks = [{"eventType": "click", "eventData": {"email": "x@y.com", "n": i}} for i in range(12)]
     batch = {"eventType": "batch", "siteId": "acme.com", "sessionId": "s1", "events": clicks}
-    assert (await app.post(batch)).status_code == 202
-    assert (await app.post({"eventType": "pageview", "siteId": "eu-shop.com"})).status_code == 202
+    assert (await app.post(batch)).status_code == 200
+    assert (await app.post({"eventType": "pageview", "siteId": "eu-shop.com"})).status_code == 200
     await app.services.buffer.drain()
 
     caplog.set_level(logging.INFO)
@@ -71,11 +71,13 @@ async def test_collected_events_are_exported_and_processed_per_client(
 
 
 async def test_development_mode_exports_to_a_local_directory(
-    db: asyncpg.Connection, running_admin: MakeApp, tmp_path: Any
+    db: asyncpg.Connection, running_admin: MakeApp, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Without buckets, /export/run writes under DATA_DIR/objects/raw with the bucket's keys."""
+    """Without buckets, /export/run writes under DATA_DIR/objects/raw with the bucket's keys, and logs that folder
+    (not S3) as where the events went."""
+    caplog.set_level(logging.INFO)
     app = await running_admin()
-    assert (await app.post({"eventType": "pageview", "siteId": "acme.com"})).status_code == 202
+    assert (await app.post({"eventType": "pageview", "siteId": "acme.com"})).status_code == 200
     await app.services.buffer.drain()
     pipeline, pool = app.services.pipeline, app.services.store.pool
     await pipeline.refresh_lag(pool)
@@ -85,6 +87,9 @@ async def test_development_mode_exports_to_a_local_directory(
     assert pipeline.stats.oldest_unexported_at is None and pipeline.stats.oldest_unprocessed_at is not None
     path = tmp_path / "data" / "objects" / "raw" / body["objects"][0]
     assert path.is_file()
+    raw_dir = tmp_path / "data" / "objects" / "raw"
+    assert f"Successfully uploaded 1 events to raw local folder {raw_dir}: {body['objects'][0]}" in caplog.text
+    assert "S3" not in "".join(r.getMessage() for r in caplog.records if r.name.startswith("pipeline."))
     assert (await app.client.post("/process/run")).json()["events_processed"] == 1
     clients = [p.name for p in (tmp_path / "data" / "objects" / "processed" / "processed-events").iterdir()]
     assert clients == ["client_acme_corp"]

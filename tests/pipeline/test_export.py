@@ -105,6 +105,7 @@ class CrashAfterUpload:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self.name = store.name
+        self.destination = store.destination
 
     async def put(self, key: str, body: bytes, content_type: str) -> None:
         await self.store.put(key, body, content_type)
