@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import suppress
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -161,17 +162,18 @@ class EventStore:
             conn = await self.pool.acquire(timeout=timeout_s)
         except errors:
             return False
+        ok = False
         try:
             await conn.fetchval("SELECT 1", timeout=timeout_s)
-            return True
+            ok = True
         except errors:
-            conn.terminate()
-            return False
-        finally:
+            _terminate(conn)
+        finally:  # also when the request is cancelled: the connection goes back either way
             try:
                 await self.pool.release(conn, timeout=timeout_s)
             except errors:
-                conn.terminate()
+                _terminate(conn)
+        return ok
 
     def pool_stats(self) -> tuple[int, int, int, int]:
         """(open, in use, max, waiting) connections of the pool, for the metrics."""
@@ -219,3 +221,10 @@ class EventStore:
         return await self.pool.fetch(
             f"SELECT {columns} FROM events_log WHERE client_id = $1 ORDER BY id DESC LIMIT $2", client_id, limit
         )
+
+
+def _terminate(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+    """Close a pool connection at once. When the server went away mid-operation, asyncpg may already have detached
+    the proxy from its connection (InterfaceError), and the pool closes that connection itself."""
+    with suppress(asyncpg.InterfaceError):
+        conn.terminate()
