@@ -12,7 +12,7 @@ from contextlib import ExitStack
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from collector.app import CollectorApp, create_app
+from collector.app import CollectorApp, check_directory, create_app
 from collector.embedded import embedded_postgres
 from collector.metrics import MULTIPROC_ENV, prepare_multiprocess_dir, remove_multiprocess_dir
 from collector.protocol import EdgeProtocol, connection_cap
@@ -99,6 +99,11 @@ def serve(config: uvicorn.Config) -> None:
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
+    try:
+        check_directory(settings)
+    except ValueError as exc:
+        print(f"collector: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     files = raise_file_limit()
     logging.getLogger(__name__).info("File limit %d: at most %d connections per worker", files,
                                      connection_cap(settings))  # fmt: skip
