@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import subprocess
+import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import httpx
 import pytest
 
 from collector.embedded import embedded_postgres
-from tests.harness import collector_process, stored_ids, wait_until_live
+from tests.harness import collector_process, free_port, stored_ids, wait_until_live
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -88,3 +91,74 @@ async def test_a_terminal_stop_stores_every_acknowledged_event_and_stops_the_dat
     missing = acked - stored
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged events were lost\n{log}"
     assert "Stopped embedded PostgreSQL" in log
+
+
+# Makes the terminal named in argv[1] the controlling terminal of this new session (opening it as session leader
+# does), as a shell does for its jobs, then runs the collector on it.
+ON_TERMINAL = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+for std in (0, 1, 2):
+    os.dup2(fd, std)
+os.execv(sys.executable, [sys.executable, "-m", "collector"])
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_closing_the_terminal_stores_every_acknowledged_event(tmp_path: Path, workers: int) -> None:
+    """The collector runs on a terminal (a pty) that then closes: the kernel's hangup stops it gracefully."""
+    data = tmp_path / "data"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env |= {"PORT": str(port), "DATA_DIR": str(data), "WORKERS": str(workers), "FLUSH_INTERVAL_MS": "60000"}
+    master, slave = os.openpty()
+    screen = bytearray()
+    closing = threading.Event()
+
+    def read_screen() -> None:  # until the terminal closes (a pty whose output nobody reads would block its writer)
+        while not closing.is_set():
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    screen.extend(os.read(master, 65536))
+                except OSError:  # EIO while no process has the terminal open (yet, or any more)
+                    closing.wait(0.05)
+
+    def close_terminal() -> None:
+        if not closing.is_set():
+            closing.set()
+            reader.join()
+            os.close(master)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ON_TERMINAL, os.ttyname(slave)], env=env, start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(slave)
+    reader = threading.Thread(target=read_screen, daemon=True)
+    reader.start()
+    try:
+        await wait_until_live(proc, f"http://127.0.0.1:{port}")
+        postmaster = int((data / "postgres" / "postmaster.pid").read_text().split()[0])
+        acked = await _post_events(f"http://127.0.0.1:{port}")
+        close_terminal()  # the terminal window closes
+        try:
+            exit_code: int | None = await asyncio.to_thread(proc.wait, 40)
+        except subprocess.TimeoutExpired:
+            exit_code = None
+        for _ in range(100):
+            if not (_group_alive(proc.pid) or _alive(postmaster)):
+                break
+            await asyncio.sleep(0.1)
+        group_left, database_left = _group_alive(proc.pid), _alive(postmaster)
+    finally:
+        close_terminal()
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with embedded_postgres(str(data)) as database_url:
+        stored = await stored_ids(database_url)
+    shown = screen.decode(errors="replace")
+    assert exit_code == 0, shown
+    assert not group_left, "a worker outlived the hangup"
+    assert not database_left, "the embedded PostgreSQL was left running"
+    assert not acked - stored, f"{len(acked - stored)} of {len(acked)} acknowledged events were lost\n{shown}"
