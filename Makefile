@@ -22,7 +22,7 @@ ifneq ($(filter environment command line,$(origin PYTHON)),)
 	  have=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	  if [ "$$want" != "$$have" ]; then \
 	    echo "$(VENV) was made with Python $$have, but PYTHON=$(PYTHON) is Python $$want:"; \
-	    echo "remove it (make clean) to rebuild it with $(PYTHON), or leave PYTHON unset to keep using it."; \
+	    echo "remove it (rm -rf $(VENV)) to rebuild it with $(PYTHON), or leave PYTHON unset to keep using it."; \
 	    exit 1; \
 	  fi; \
 	fi
