@@ -1,21 +1,49 @@
-# Every target installs what it needs into .venv first, so each works on a fresh machine with Python 3.11+.
+# Every target installs what it needs into .venv first, so each works on a fresh machine with Python 3.11+:
+# `make run` the runtime and the embedded PostgreSQL only; `make test`, `lint` and `typecheck` add the test toolchain.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
+PIP := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off
 
-.PHONY: install run test lint typecheck all clean bench promtool browser fuzz
+.PHONY: install install-dev check-python run test lint typecheck all clean bench promtool browser fuzz
 
-install: $(STAMP)
+install: $(RUNTIME)
+install-dev: $(DEV)
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+# Checked on every run: a Python older than 3.11, or an existing .venv of another Python than an explicit PYTHON=
+# asks for (it would otherwise be used silently).
+check-python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: $(PYTHON) is " + sys.version.split()[0] + " (set PYTHON=...)")'
+ifneq ($(filter environment command line,$(origin PYTHON)),)
+	@if [ -x $(BIN)/python ]; then \
+	  want=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  have=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  if [ "$$want" != "$$have" ]; then \
+	    echo "$(VENV) was made with Python $$have, but PYTHON=$(PYTHON) is Python $$want:"; \
+	    echo "remove it (rm -rf $(VENV)) to rebuild it with $(PYTHON), or leave PYTHON unset to keep using it."; \
+	    exit 1; \
+	  fi; \
+	fi
+endif
 
-run: install
+$(BIN)/python: | check-python
+	@echo "Creating $(VENV) with $$($(PYTHON) --version)"
+	@$(PYTHON) -m venv $(VENV)
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	@echo "Installing the collector's runtime (starlette, uvicorn, asyncpg, aiohttp, aioboto3, orjson, ...) and the"
+	@echo "embedded PostgreSQL (pgserver) into $(VENV); the test toolchain comes with \`make test\`."
+	$(PIP) -e '.[embedded]'
+	@touch $@
+
+$(DEV): $(RUNTIME)
+	@echo "Installing the test toolchain (pytest, ruff, mypy, moto, duckdb, playwright, schemathesis, ...) into $(VENV)"
+	$(PIP) -e '.[embedded,dev]'
+	@touch $@
+
+run: check-python install
 	$(BIN)/python -m collector
 
 # promtool (Debian's `prometheus` package) checks the /metrics scrape, the alert rules and their unit tests in
@@ -28,7 +56,7 @@ promtool:
 	    && { ! command -v systemctl >/dev/null || systemctl disable --now prometheus 2>/dev/null || true; }; \
 	  else echo "promtool not found: apt-get install prometheus (its tests will be skipped)"; fi; }
 
-test: install promtool browser
+test: check-python install-dev promtool browser
 	$(BIN)/python -m pytest
 
 # The browser test drives the system Chromium (Debian packages, never a browser download). Installed here when
@@ -41,34 +69,34 @@ browser:
 
 # schemathesis against a live collector under uvicorn, FUZZ_EXAMPLES (default 300) per operation and phase;
 # `make test` runs the same with 5. FUZZ_SEED varies the run.
-fuzz: install
+fuzz: check-python install-dev
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest tests/test_fuzz.py -v -s
 
-lint: install
+lint: check-python install-dev
 	$(BIN)/ruff check collector pipeline tests
 	$(BIN)/ruff format --check collector pipeline tests
 
-typecheck: install
+typecheck: check-python install-dev
 	$(BIN)/mypy
 
 all: lint typecheck test
 
 # Throughput, latency, CPU and memory of the collector against a bare Starlette ceiling, under wrk; fails when an
 # acknowledged event is not stored. BENCH_DURATION, BENCH_SCENARIOS, BENCH_RUNS, BENCH_OUTPUT: see deploy/bench/README.md.
-bench: install
+bench: check-python install-dev
 	@command -v wrk || { if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; else echo "install wrk (apt-get install wrk)"; exit 1; fi; }
 	$(BIN)/python deploy/bench/bench.py
 
 # Fault injection, long variants: SIGKILLs, PostgreSQL restarts, outages and hangs under load; prints the figures.
 # (The fast variants run in `make test`.)
 .PHONY: faults
-faults: install
+faults: check-python install-dev
 	FAULTS_LONG=1 $(BIN)/python -m pytest -m faults tests/faults -v -s
 
 # The hostile-internet suite, long variants: floods, huge and crafted inputs, idle sockets; prints the figures
 # (FIGURE lines). The fast variants run in `make test`. See docs/security.md.
 .PHONY: hostile
-hostile: install
+hostile: check-python install-dev
 	HOSTILE_LONG=1 $(BIN)/python -m pytest tests/security -v -s
 
 clean:

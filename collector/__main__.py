@@ -10,8 +10,9 @@ import sys
 from contextlib import ExitStack
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
-from collector.app import CollectorApp, create_app
+from collector.app import CollectorApp, check_directory, create_app
 from collector.embedded import embedded_postgres
 from collector.metrics import MULTIPROC_ENV, prepare_multiprocess_dir, remove_multiprocess_dir
 from collector.protocol import EdgeProtocol, connection_cap
@@ -35,6 +36,8 @@ def load_settings() -> Settings:
 
 def worker_app() -> CollectorApp:
     """The app factory each uvicorn worker calls; the parent already checked these settings."""
+    # uvicorn drains on SIGINT and SIGTERM only; a closed terminal sends SIGHUP to every process of the job.
+    signal.signal(signal.SIGHUP, _hang_up)
     settings = load_settings()
     configure_logging(settings.log_level)
     EdgeProtocol.configure(settings)  # before uvicorn accepts this worker's first connection
@@ -57,19 +60,59 @@ def raise_file_limit() -> int:
     return hard
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
+def _exit(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _hang_up(signum: int, frame: object) -> None:
+    """SIGHUP (the terminal closed) stops the process as SIGTERM does: whoever handles SIGTERM now drains."""
+    signal.raise_signal(signal.SIGTERM)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of WORKERS>1, except that SIGHUP stops it like SIGTERM instead of replacing the workers.
+
+    Closing the terminal sends SIGHUP to the whole job: the workers drain and stop (see worker_app), and a
+    supervisor that started new ones would keep serving with no terminal and the embedded database never stopped.
+    """
+
+    def handle_hup(self) -> None:
+        logging.getLogger("uvicorn.error").info("Received SIGHUP, exiting.")
+        self.should_exit.set()
+
+
+def serve(config: uvicorn.Config) -> None:
+    """uvicorn.run's single and multi-process paths, with our Supervisor for the latter."""
+    if config.workers > 1:
+        sock = config.bind_socket()
+        try:
+            Supervisor(config, sockets=[sock]).run()
+        finally:
+            sock.close()
+        return
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the app, or the socket, failed before serving
 
 
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
+    try:
+        check_directory(settings)
+    except ValueError as exc:
+        print(f"collector: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     files = raise_file_limit()
     logging.getLogger(__name__).info("File limit %d: at most %d connections per worker", files,
                                      connection_cap(settings))  # fmt: skip
-    # uvicorn re-raises the SIGTERM it handled once it has drained; turning that into SystemExit lets
-    # the embedded database below be stopped instead of the process dying on the default handler.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # uvicorn re-raises the SIGINT or SIGTERM it handled once it has drained (and before it serves, nothing handles
+    # them): turning them into SystemExit lets the embedded database below be stopped instead of the process dying on
+    # the default handler. SIGHUP (a closed terminal) takes the same way; see _hang_up and Supervisor.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit)
+    signal.signal(signal.SIGHUP, _hang_up)
     with ExitStack() as stack:
         if settings.database_url is None:
             # One embedded database for the whole run; workers find it through the inherited variable.
@@ -80,7 +123,7 @@ def main() -> None:
             folder = prepare_multiprocess_dir(settings.data_dir)
             os.environ[MULTIPROC_ENV] = str(folder)
             stack.callback(remove_multiprocess_dir, folder)
-        uvicorn.run(
+        config = uvicorn.Config(
             "collector.__main__:worker_app",
             factory=True,
             host=settings.host,
@@ -97,6 +140,7 @@ def main() -> None:
             log_config=None,
             timeout_graceful_shutdown=int(settings.drain_timeout_s),
         )
+        serve(config)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,22 +90,57 @@ class PixelManagementDirectory:
         return f"pixel-management at {self._base}"
 
 
-class FileDirectory:
-    """A JSON file mapping domain → the config pixel-management would return (development mode)."""
+# What a domain given in AUTHORIZED_DOMAINS is configured with (as localhost is in the development defaults).
+DEV_SITE_POLICY: dict[str, Any] = {
+    "privacy_level": "standard",
+    "ip_collection": {"enabled": True, "hash_required": False, "salt": None},
+    "consent": {"required": False, "default_behavior": "allow"},
+    "features": {},
+    "deployment": {"type": "shared", "hostname": None},
+}
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
 
-    def __init__(self, path: Path, ip_hash_secret: str) -> None:
-        self._path = path
-        raw = read_json_object(path, "AUTHORIZED_DOMAINS_FILE", "domain names to config objects")
+
+def default_client_id(domain: str) -> str:
+    """The client a domain given without one in AUTHORIZED_DOMAINS belongs to: named after it, `www.` dropped, so
+    that a site's apex and www host are one client (shop.example.com → client_shop_example_com)."""
+    return "client_" + _NOT_ALNUM.sub("_", domain.removeprefix("www."))[:100].strip("_")
+
+
+class FileDirectory:
+    """Domain → the config pixel-management would return (development mode), from layers that each add domains, a
+    later one's entry for the same domain winning: JSON files (the development defaults, AUTHORIZED_DOMAINS_FILE),
+    then the AUTHORIZED_DOMAINS entries (`domain` or `domain=client_id`).
+
+    A malformed file or entry raises ValueError with one line naming the variable, the file and the entry.
+    """
+
+    def __init__(self, files: Sequence[tuple[str, Path]], ip_hash_secret: str, domains: Sequence[str] = ()) -> None:
+        self._sources = [f"{variable} {path}" for variable, path in files]
         self._configs: dict[str, dict[str, Any]] = {}
-        for name, config in raw.items():
+        for variable, path in files:
+            raw = read_json_object(path, variable, "domain names to config objects")
+            for name, config in raw.items():
+                self._add(f"{variable} {path}: {name!r}", name, config, ip_hash_secret)
+        for entry in domains:
+            name, _, client_id = entry.partition("=")
             domain = normalize_domain(name)
-            if domain is None:
-                raise ValueError(f"AUTHORIZED_DOMAINS_FILE {path}: {name!r} is not a domain name")
-            try:
-                SiteConfig.from_config(config, ip_hash_secret)
-            except InvalidSiteConfig as exc:
-                raise ValueError(f"AUTHORIZED_DOMAINS_FILE {path}: {name}: {exc}") from None
-            self._configs[domain] = config
+            config = {"client_id": client_id or default_client_id(domain or ""), **DEV_SITE_POLICY}
+            self._add(f"AUTHORIZED_DOMAINS: {entry!r}", name, config, ip_hash_secret)
+        if domains:
+            self._sources.append("AUTHORIZED_DOMAINS")
+
+    def _add(self, where: str, name: str, config: Any, ip_hash_secret: str) -> None:
+        domain = normalize_domain(name)
+        if domain is None:
+            raise ValueError(f"{where} is not a domain name")
+        if isinstance(config, dict) and "client_id" not in config:
+            raise ValueError(f"{where} has no client_id")
+        try:
+            SiteConfig.from_config(config, ip_hash_secret)
+        except InvalidSiteConfig as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        self._configs[domain] = config
 
     async def lookup(self, domain: str) -> dict[str, Any] | None:
         return self._configs.get(domain)
@@ -116,7 +152,7 @@ class FileDirectory:
         return None
 
     def describe(self) -> str:
-        return f"domains file {self._path} ({len(self._configs)} domains)"
+        return f"{' + '.join(self._sources)} ({len(self._configs)} domains)"
 
 
 @dataclass(slots=True)

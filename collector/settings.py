@@ -69,6 +69,9 @@ class Settings:
     # None means "authorize from authorized_domains_file" (development only).
     pixel_management_url: str | None = None
     authorized_domains_file: str | None = None
+    # Development: domains authorized on top of the defaults (localhost, 127.0.0.1, example.com) and the file above,
+    # comma-separated, each `domain` (its client: client_<domain>, www. dropped) or `domain=client_id`.
+    authorized_domains: tuple[str, ...] = ()
     auth_timeout_s: float = 2.0
     auth_cache_ttl_s: float = 300.0
     auth_negative_ttl_s: float = 30.0
@@ -204,6 +207,7 @@ class Settings:
         paths = {"/collect", self.collect_alias_path, self.tracker_path}
         if len(paths) != 3 or paths & RESERVED_PATHS:
             raise SettingsError("COLLECT_ALIAS_PATH, TRACKER_PATH: must differ from each other and from other paths")
+        _check_domain_entries(self.authorized_domains)
         if self.flush_max_events > self.buffer_max_events:
             raise SettingsError("FLUSH_MAX_EVENTS: must not exceed BUFFER_MAX_EVENTS")
         if self.environment == "production":
@@ -230,6 +234,14 @@ def _check_success_status(status: int) -> None:
     """200 (what clients written for the seed count as success) or 202; no other status means success to them."""
     if status not in (200, 202):
         raise SettingsError("BUFFERED_SUCCESS_STATUS: must be 200 (the default) or 202")
+
+
+def _check_domain_entries(entries: tuple[str, ...]) -> None:
+    """The shape of AUTHORIZED_DOMAINS entries (the directory checks the host names and the client ids)."""
+    for entry in entries:
+        name, eq, client_id = entry.partition("=")
+        if not name or (eq and not client_id) or "=" in client_id or any(c.isspace() for c in entry):
+            raise SettingsError(f"AUTHORIZED_DOMAINS: {entry!r} is not `domain` or `domain=client_id`")
 
 
 def _as_str(raw: str) -> str:
@@ -261,6 +273,10 @@ def _networks(raw: str) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
 
 
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def _path(raw: str) -> str:
     if not raw.startswith("/") or len(raw) < 2 or any(c in raw for c in "?#% "):
         raise ValueError("expected an absolute URL path such as /e")
@@ -289,6 +305,7 @@ _CASTERS: dict[str, Callable[[str], Any]] = {
     "ack_mode": _one_of("buffered", "durable"),
     "log_level": lambda raw: _one_of("debug", "info", "warning", "error")(raw).upper(),
     "trusted_proxies": _networks,
+    "authorized_domains": _list,
     "database_url": _database_url,
     "pixel_management_url": _http_url,
     "s3_endpoint_url": _http_url,

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,18 @@ def free_port() -> int:
 
 @contextmanager
 def collector_process(
-    database_url: str | None, tmp_path: Path, *, port: int | None = None, **env: str
+    database_url: str | None,
+    tmp_path: Path,
+    *,
+    port: int | None = None,
+    new_session: bool = False,
+    **env: str,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """Start `python -m collector` on a loopback port (no DATABASE_URL: embedded); kill it if left running.
 
     Its output is appended to tmp_path/collector.log, so that successive runs on the same DATA_DIR share one log.
+    `new_session` starts it in a session and process group of its own, as a terminal's `make run` job is: a signal
+    to that group (os.killpg) reaches every worker too, as closing the terminal or Ctrl+C does.
     """
     port = port or free_port()
     log = (tmp_path / "collector.log").open("ab")
@@ -48,13 +56,22 @@ def collector_process(
         "DATA_DIR": str(tmp_path / "data"),
         **env,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "collector"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector"],
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=new_session,
+    )
     try:
         yield proc, f"http://127.0.0.1:{port}"
     finally:
+        if new_session:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # workers too, if a test left any
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.wait()
         log.close()
 
 
