@@ -32,7 +32,7 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     with collector_process(database_url, tmp_path) as (proc, url):
         await wait_until_live(proc, url)
         cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
-        assert cli, "schemathesis is a dev dependency: make install"
+        assert cli, "schemathesis is a dev dependency: make install-dev"
         run = await asyncio.create_subprocess_exec(
             cli, "run", f"{url}/openapi.json", "--checks", CHECKS, "--max-examples", str(EXAMPLES),
             "--seed", os.environ.get("FUZZ_SEED", "0"), "--no-color",
