@@ -13,9 +13,9 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from collector.app import CollectorApp, check_directory, create_app
-from collector.embedded import embedded_postgres
-from collector.metrics import MULTIPROC_ENV, prepare_multiprocess_dir, remove_multiprocess_dir
-from collector.protocol import EdgeProtocol, connection_cap
+from collector.edge.protocol import EdgeProtocol, connection_cap
+from collector.ops.embedded import embedded_postgres
+from collector.ops.metrics import MULTIPROC_ENV, prepare_multiprocess_dir, remove_multiprocess_dir
 from collector.settings import Settings, SettingsError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s:%(name)s:%(message)s"
@@ -130,11 +130,11 @@ def main() -> None:
             port=settings.port,
             workers=settings.workers,
             loop="uvloop",
-            # httptools, plus a header size limit and a read deadline (collector/protocol.py).
+            # httptools, plus a header size limit and a read deadline (collector/edge/protocol.py).
             http=EdgeProtocol,
             lifespan="on",
             access_log=False,
-            # X-Forwarded-For is judged by our own TRUSTED_PROXIES (collector/proxies.py); uvicorn's middleware
+            # X-Forwarded-For is judged by our own TRUSTED_PROXIES (collector/ingest/proxies.py); uvicorn's middleware
             # would parse addresses on every request for nothing.
             proxy_headers=False,
             log_config=None,

@@ -6,7 +6,6 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -16,44 +15,31 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from collector import __version__, openapi, routes
-from collector.accounting import Accounting
-from collector.auth import (
+from collector import __version__
+from collector.edge import openapi, routes
+from collector.edge import pipeline_admin as pipeline_api
+from collector.edge.tracker import TrackerScript
+from collector.errors import CollectorError
+from collector.ingest.auth import (
     DEFAULT_DOMAINS_FILE,
     DomainAuthorizer,
     DomainDirectory,
     FileDirectory,
     PixelManagementDirectory,
 )
-from collector.buffer import WriteBehindBuffer
-from collector.errors import CollectorError
-from collector.ingest import Ingest
-from collector.metrics import Metrics, MetricsSync, RequestCounts, multiprocess_dir, snapshot_of
-from collector.partitions import PartitionMaintainer
+from collector.ingest.service import Ingest
+from collector.ingest.sites import DEV_IP_HASH_SECRET
+from collector.ops.metrics import Metrics, MetricsSync, RequestCounts, multiprocess_dir, snapshot_of
+from collector.services import Services
 from collector.settings import Settings, redact_url
-from collector.sites import DEV_IP_HASH_SECRET
-from collector.storage import Storage
-from collector.store import EventStore
-from collector.tracker import TrackerScript
-from pipeline import api as pipeline_api
-from pipeline.scheduler import Pipeline, open_pipeline
+from collector.storage.accounting import Accounting
+from collector.storage.buffer import WriteBehindBuffer
+from collector.storage.database import EventStore
+from collector.storage.partitions import PartitionMaintainer
+from collector.storage.spill import Storage
+from pipeline.scheduler import open_pipeline
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    """The long-lived objects the handlers use, on app.state.services while the app runs."""
-
-    settings: Settings
-    store: EventStore
-    authorizer: DomainAuthorizer
-    buffer: WriteBehindBuffer
-    storage: Storage
-    accounting: Accounting
-    ingest: Ingest
-    metrics: MetricsSync
-    pipeline: Pipeline
 
 
 def make_directory(settings: Settings) -> DomainDirectory:
@@ -105,7 +91,7 @@ def create_app(settings: Settings) -> CollectorApp:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            # WORKERS>1: every worker writes its values under DATA_DIR/metrics (see collector.metrics).
+            # WORKERS>1: every worker writes its values under DATA_DIR/metrics (see collector.ops.metrics).
             metrics = Metrics(multiproc_dir=multiprocess_dir(settings.data_dir) if settings.workers > 1 else None)
             store = await EventStore.open(
                 database_url,

@@ -53,7 +53,7 @@ class ClientConfigError(ValueError):
 
 
 class ClientDirectory(Protocol):
-    """collector.auth's directories: a client's config, None if unknown; DirectoryUnavailable if it cannot say."""
+    """collector.ingest.auth's directories: a client's config; None if unknown, DirectoryUnavailable if it can't say."""
 
     async def lookup_client(self, client_id: str) -> dict[str, Any] | None: ...
 

@@ -14,7 +14,7 @@ from itertools import pairwise
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from collector.sites import hash_ip
+from collector.ingest.sites import hash_ip
 from pipeline.personal import path_phone_spans, personal_spans, replace_spans
 
 # Recorded in every processed object: bump it whenever a rule below changes what is redacted.

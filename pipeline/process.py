@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from collector.auth import DirectoryUnavailable
+from collector.ingest.auth import DirectoryUnavailable
 from collector.logsafe import for_log
 from pipeline import offload
 from pipeline.clients import ClientConfigError, ClientSettings, ClientSettingsSource, valid_client_id

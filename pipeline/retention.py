@@ -9,7 +9,7 @@ from datetime import date, timedelta
 
 import asyncpg
 
-from collector.store import SCHEMA_LOCK_KEY
+from collector.storage.database import SCHEMA_LOCK_KEY
 from pipeline.status import export_watermark
 
 logger = logging.getLogger(__name__)

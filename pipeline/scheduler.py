@@ -15,8 +15,8 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
+from collector.ingest.sites import DEV_IP_HASH_SECRET
 from collector.settings import Settings
-from collector.sites import DEV_IP_HASH_SECRET
 from pipeline import offload
 from pipeline.clients import ClientDirectory, ClientSettingsSource, load_destinations
 from pipeline.export import Exporter, ExportResult

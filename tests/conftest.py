@@ -16,7 +16,8 @@ import asyncpg
 import httpx
 import pytest
 
-from collector.app import CollectorApp, Services, create_app
+from collector.app import CollectorApp, create_app
+from collector.services import Services
 from collector.settings import Settings
 from tests.pixel_management import PixelManagement, site_config
 
@@ -28,7 +29,7 @@ def database_url() -> Iterator[str]:
     if given:
         yield given
         return
-    from collector.embedded import embedded_postgres
+    from collector.ops.embedded import embedded_postgres
 
     with tempfile.TemporaryDirectory(prefix="collector-test-") as data_dir, embedded_postgres(data_dir) as url:
         yield url

@@ -9,8 +9,8 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from collector.auth import DEFAULT_DOMAINS_FILE
-from collector.openapi import document
+from collector.edge.openapi import document
+from collector.ingest.auth import DEFAULT_DOMAINS_FILE
 from collector.settings import Settings
 from tests.conftest import MakeApp
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from collector.app import make_directory
-from collector.auth import PixelManagementDirectory
+from collector.ingest.auth import PixelManagementDirectory
 from collector.settings import Settings, SettingsError
 from tests.conftest import MakeApp
 

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from collector import __version__
-from collector.store import EventStore
+from collector.storage.database import EventStore
 from tests.conftest import MakeApp, Running
 from tests.pipeline.conftest import insert_events
 from tests.pipeline.test_retention import make_partition

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from collector.embedded import embedded_postgres
+from collector.ops.embedded import embedded_postgres
 from tests.harness import collector_process, free_port, stored_ids, wait_until_live
 
 pytestmark = pytest.mark.timeout(120)

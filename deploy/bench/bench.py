@@ -861,7 +861,7 @@ def database(config: Config) -> Iterator[tuple[str | None, str]]:
         yield config.database_url, "DATABASE_URL (events_log is truncated before each cell)"
     else:
         sys.path.insert(0, str(REPO))
-        from collector.embedded import embedded_postgres
+        from collector.ops.embedded import embedded_postgres
 
         with embedded_postgres(str(WORK_DIR)) as url:
             yield url, f"embedded PostgreSQL in {WORK_DIR / 'postgres'}"

@@ -21,13 +21,14 @@ from typing import Any
 
 import orjson
 
-from collector import routes
-from collector.accounting import Accounting
-from collector.app import DEV_IP_HASH_SECRET, Services, make_directory
-from collector.auth import DomainAuthorizer
-from collector.buffer import WriteBehindBuffer
-from collector.ingest import Ingest
+from collector.edge import routes
+from collector.app import DEV_IP_HASH_SECRET, make_directory
+from collector.services import Services
+from collector.ingest.auth import DomainAuthorizer
+from collector.ingest.service import Ingest
 from collector.settings import Settings
+from collector.storage.accounting import Accounting
+from collector.storage.buffer import WriteBehindBuffer
 
 SINGLE = orjson.dumps({"eventType": "pageview", "sessionId": "s1", "siteId": "localhost", "url": "http://localhost/"})
 BATCH20 = orjson.dumps(

@@ -2,7 +2,7 @@
 
     python standin.py --domains domains.json --port 8080
 
-The file maps domain -> the config pixel-management returns (the same shape as collector/authorized_domains.json).
+The file maps domain -> the config pixel-management returns (the same shape as collector/ingest/authorized_domains.json).
 Standard library only, so that it runs on a bare python:3.11-slim image. Contract (shared/pixel-management-api.md):
   GET /api/v1/config/domain/{domain}  200 config | 404 {"detail": "Domain not authorized"} | 400 malformed domain
   GET /api/v1/config/client/{client}  200 config | 404 {"detail": "Client not found"}

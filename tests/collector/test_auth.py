@@ -6,8 +6,8 @@ import asyncio
 
 import asyncpg
 
-from collector.auth import DomainAuthorizer, PixelManagementDirectory
 from collector.errors import AuthorizationUnavailable, DomainNotAuthorized
+from collector.ingest.auth import DomainAuthorizer, PixelManagementDirectory
 from tests.conftest import MakeApp
 from tests.pixel_management import PixelManagement, site_config
 

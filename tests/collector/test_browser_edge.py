@@ -8,7 +8,7 @@ import secrets
 
 import asyncpg
 
-from collector.browser import GIF
+from collector.edge.browser import GIF
 from tests.conftest import MakeApp, Running, count_rows
 
 EVENT = {"eventType": "pageview", "siteId": "acme.com", "sessionId": "s1"}

@@ -24,7 +24,7 @@ async def test_flush_by_size(make_app: MakeApp, db: asyncpg.Connection) -> None:
 
 async def test_flush_by_time(make_app: MakeApp, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture) -> None:
     """A lone event is flushed FLUSH_INTERVAL_MS after it arrived, with one INFO line for the flush."""
-    caplog.set_level(logging.INFO, logger="collector.buffer")
+    caplog.set_level(logging.INFO, logger="collector.storage.buffer")
     running = await make_app(flush_max_events=1000, flush_interval_ms=300)
     assert (await running.post({"eventType": "lonely", "siteId": "acme.com"})).status_code == 200
     assert await count_rows(db) == 0

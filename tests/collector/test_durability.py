@@ -9,10 +9,10 @@ from pathlib import Path
 
 import asyncpg
 
-from collector.events import EventParser, RequestContext, parse_body
-from collector.journal import Journal
-from collector.storage import Storage
-from collector.store import EventStore
+from collector.ingest.events import EventParser, RequestContext, parse_body
+from collector.storage.database import EventStore
+from collector.storage.journal import Journal
+from collector.storage.spill import Storage
 from tests.conftest import MakeApp, count_rows, wait_for_rows
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from collector import events as ev
 from collector.errors import InvalidJson
+from collector.ingest import events as ev
 
 PARSER = ev.EventParser(max_events_per_request=500, max_event_bytes=2048)
 WRAPPER = {"eventType": "batch", "siteId": "acme.com", "sessionId": "s1", "url": "https://acme.com/"}

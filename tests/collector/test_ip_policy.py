@@ -8,7 +8,7 @@ import ipaddress
 
 import asyncpg
 
-from collector.proxies import client_ip
+from collector.ingest.proxies import client_ip
 from tests.conftest import MakeApp
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.journal import Journal, JournalFull, Record, encode, read_segment
+from collector.storage.journal import Journal, JournalFull, Record, encode, read_segment
 
 
 def rows(n: int, tag: bytes = b"r") -> list[bytes]:

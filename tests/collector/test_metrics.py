@@ -6,7 +6,7 @@ import asyncio
 
 import asyncpg
 
-from collector.protocol import EdgeProtocol
+from collector.edge.protocol import EdgeProtocol
 from tests.conftest import MakeApp, Running, wait_for_rows
 from tests.pixel_management import PixelManagement
 from tests.scrape import parse, run_promtool, value

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collector.origins import candidates, host_of, within
-from collector.ratelimit import RateLimiter, limiter
+from collector.ingest.origins import candidates, host_of, within
+from collector.ingest.ratelimit import RateLimiter, limiter
 
 
 class Clock:

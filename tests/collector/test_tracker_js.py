@@ -1,4 +1,4 @@
-"""collector/tracker.js under Node with a stand-in fetch: which answers count as success and which are retried."""
+"""collector/edge/tracker.js under Node with a stand-in fetch: which answers count as success and which are retried."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-TRACKER = Path(__file__).resolve().parents[2] / "collector" / "tracker.js"
+TRACKER = Path(__file__).resolve().parents[2] / "collector" / "edge" / "tracker.js"
 NODE = shutil.which("node")
 
 # Runs the tracker in a bare context (the page's globals stubbed), flushes the pageview it queues on load with

@@ -23,7 +23,7 @@ class StoppablePostgres:
 
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata
-        # cleanup_mode=None: the test owns this server and stops it itself (see collector/embedded.py).
+        # cleanup_mode=None: the test owns this server and stops it itself (see collector/ops/embedded.py).
         self._server: Any = pgserver.get_server(pgdata, cleanup_mode=None)
         info = self._server.get_postmaster_info()
         self.socket_dir: Path = info.socket_dir

@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 import pytest
 
-from collector.store import EventStore
+from collector.storage.database import EventStore
 from pipeline.formats import decode_events, format_of
 from pipeline.objects import S3Location, S3Store
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from collector.sites import hash_ip
+from collector.ingest.sites import hash_ip
 from pipeline.privacy import (
     MAX_STRING_CHARS,
     REDACTED,

@@ -9,8 +9,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from collector.auth import PixelManagementDirectory
-from collector.sites import hash_ip
+from collector.ingest.auth import PixelManagementDirectory
+from collector.ingest.sites import hash_ip
 from pipeline.clients import ClientSettingsSource, Destination, load_destinations
 from pipeline.export import Exporter
 from pipeline.objects import ObjectStore, S3Store

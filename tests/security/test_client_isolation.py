@@ -12,8 +12,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from collector.auth import PixelManagementDirectory
-from collector.store import EventStore
+from collector.ingest.auth import PixelManagementDirectory
+from collector.storage.database import EventStore
 from pipeline.clients import ClientConfigError, ClientSettingsSource, Destination, load_destinations
 from pipeline.export import Exporter
 from pipeline.objects import LocalStore, ObjectStore, S3Location, S3Store, check_key

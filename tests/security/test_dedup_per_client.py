@@ -9,8 +9,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from collector.auth import PixelManagementDirectory
-from collector.store import EventStore
+from collector.ingest.auth import PixelManagementDirectory
+from collector.storage.database import EventStore
 from pipeline.clients import ClientSettingsSource
 from pipeline.export import Exporter
 from pipeline.objects import LocalStore, ObjectStore

@@ -8,12 +8,12 @@ import asyncpg
 import orjson
 import pytest
 
-from collector.accounting import SAMPLES_PER_KIND
+from collector.storage.accounting import SAMPLES_PER_KIND
 from tests.conftest import Running
 from tests.pixel_management import PixelManagement
 
 HOSTILE_SITE_IDS = [
-    "[::1%\r\nINFO collector.auth: Domain admin.com authorized for client forged\x1b[2J]",
+    "[::1%\r\nINFO collector.ingest.auth: Domain admin.com authorized for client forged\x1b[2J]",
     "[::1%" + "x" * 200_000 + "]",
     "unknown-\u2028-site.com\n",
     "never-registered.example",

@@ -13,8 +13,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from collector.auth import PixelManagementDirectory
-from collector.store import EventStore
+from collector.ingest.auth import PixelManagementDirectory
+from collector.storage.database import EventStore
 from pipeline.clients import ClientSettingsSource
 from pipeline.export import Exporter
 from pipeline.objects import LocalStore, ObjectStore
@@ -93,7 +93,7 @@ _WORKER = textwrap.dedent(
     import asyncio, json, sys
     from pathlib import Path
     import asyncpg
-    from collector.auth import PixelManagementDirectory
+    from collector.ingest.auth import PixelManagementDirectory
     from pipeline.clients import ClientSettingsSource
     from pipeline.export import Exporter
     from pipeline.objects import LocalStore

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from collector.origins import candidates
-from collector.ratelimit import address_key
+from collector.ingest.origins import candidates
+from collector.ingest.ratelimit import address_key
 from tests.conftest import MakeApp
 
 EVENT = {"eventType": "pageview", "siteId": "acme.com"}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from collector.ingest.sites import DEV_IP_HASH_SECRET
 from collector.settings import Settings, SettingsError, weak_secret
-from collector.sites import DEV_IP_HASH_SECRET
 
 pytestmark = pytest.mark.timeout(60)
 

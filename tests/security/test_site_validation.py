@@ -7,9 +7,9 @@ import logging
 import asyncpg
 import pytest
 
-from collector import origins, sites
-from collector.origins import host_of
-from collector.sites import normalize_domain
+from collector.ingest import origins, sites
+from collector.ingest.origins import host_of
+from collector.ingest.sites import normalize_domain
 from tests.conftest import MakeApp, Running
 from tests.pixel_management import PixelManagement, site_config
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 
-from collector import copyformat
+from collector.storage import copyformat
 
 
 def _claim_script(batch_id: bytes, rows: int, clients: dict[str, int]) -> str:

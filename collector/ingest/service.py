@@ -8,15 +8,15 @@ from typing import Any
 
 import orjson
 
-from collector.accounting import Accounting
-from collector.auth import DomainAuthorizer
-from collector.buffer import WriteBehindBuffer
 from collector.errors import CollectorError, InvalidEvent, OriginMismatch, RateLimited, RequestRowsTooLarge
-from collector.events import EventParser, Rejection, RequestContext, parse_body
-from collector.origins import RememberedOrigins, within
-from collector.proxies import client_ip
-from collector.ratelimit import address_key, limiter
+from collector.ingest.auth import DomainAuthorizer
+from collector.ingest.events import EventParser, Rejection, RequestContext, parse_body
+from collector.ingest.origins import RememberedOrigins, within
+from collector.ingest.proxies import client_ip
+from collector.ingest.ratelimit import address_key, limiter
 from collector.settings import Settings
+from collector.storage.accounting import Accounting
+from collector.storage.buffer import WriteBehindBuffer
 
 
 class Ingest:

@@ -1,4 +1,4 @@
-"""The tracker script: collector/tracker.js with the collect path filled in, served from memory."""
+"""The tracker script: collector/edge/tracker.js with the collect path filled in, served from memory."""
 
 from __future__ import annotations
 

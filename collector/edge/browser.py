@@ -11,10 +11,10 @@ import orjson
 from starlette.types import Scope, Send
 
 from collector.errors import CollectorError, InvalidEvent, OriginMismatch
-from collector.origins import host_of, origin_allowed, preflight_headers
+from collector.ingest.origins import host_of, origin_allowed, preflight_headers
 
 if TYPE_CHECKING:
-    from collector.app import Services
+    from collector.services import Services
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from collector.store import EventStore
+from collector.storage.database import EventStore
 
 logger = logging.getLogger(__name__)
 

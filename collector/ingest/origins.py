@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from collector.auth import DomainAuthorizer
 from collector.errors import DomainNotAuthorized
-from collector.sites import normalize_domain
+from collector.ingest.auth import DomainAuthorizer
+from collector.ingest.sites import normalize_domain
 
 ALLOW_METHODS = b"POST, GET, OPTIONS"
 ALLOW_HEADERS = b"content-type, content-encoding"

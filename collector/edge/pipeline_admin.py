@@ -11,8 +11,8 @@ import asyncpg
 from starlette.requests import Request
 from starlette.routing import Route
 
+from collector.edge.routes import JSONResponse, now_iso, require_admin, services_of
 from collector.errors import CollectorError, DatabaseUnavailable, Unavailable
-from collector.routes import JSONResponse, now_iso, require_admin, services_of
 from pipeline.export import ExportStalled
 from pipeline.objects import ObjectStoreError
 from pipeline.retention import RetentionResult, daily_partitions

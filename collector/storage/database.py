@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from collector.copyformat import JSONB_VERSION
-from collector.writer import CopyWriter
+from collector.storage.copyformat import JSONB_VERSION
+from collector.storage.writer import CopyWriter
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every packaged migration, in order."""
     found = []
-    for entry in resources.files("collector.migrations").iterdir():
+    for entry in resources.files("collector.storage.migrations").iterdir():
         if entry.name.endswith(".sql"):
             version = int(entry.name.split("_", 1)[0])
             found.append((version, entry.name, entry.read_text(encoding="utf-8")))

@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from collector import browser
-from collector.bodies import ClientDisconnected, read_body
+from collector.edge import browser
+from collector.edge.bodies import ClientDisconnected, read_body
+from collector.edge.protocol import EdgeProtocol
 from collector.errors import (
     CollectorError,
     Forbidden,
@@ -25,11 +26,10 @@ from collector.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from collector.origins import cors_headers, host_of
-from collector.protocol import EdgeProtocol
+from collector.ingest.origins import cors_headers, host_of
 
 if TYPE_CHECKING:
-    from collector.app import Services
+    from collector.services import Services
 
 logger = logging.getLogger(__name__)
 

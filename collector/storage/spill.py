@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from collector.journal import Journal, JournalFull, Record
-from collector.writer import Batch, PermanentWriteError
+from collector.storage.journal import Journal, JournalFull, Record
+from collector.storage.writer import Batch, PermanentWriteError
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import orjson
 from cachetools import LRUCache
 
 from collector.errors import AuthorizationUnavailable, DomainNotAuthorized
+from collector.ingest.sites import InvalidSiteConfig, SiteConfig, normalize_domain
 from collector.jsonfile import read_json_object
 from collector.logsafe import for_log
-from collector.sites import InvalidSiteConfig, SiteConfig, normalize_domain
 
 logger = logging.getLogger(__name__)
 

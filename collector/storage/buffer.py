@@ -17,7 +17,7 @@ from collector.errors import BufferFull, ShuttingDown
 
 logger = logging.getLogger(__name__)
 
-Row = bytes  # one events_log record in binary COPY format (collector.copyformat)
+Row = bytes  # one events_log record in binary COPY format (collector.storage.copyformat)
 BACKLOG_FACTOR = 10
 
 

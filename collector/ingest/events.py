@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
-from collector import copyformat
 from collector.errors import InvalidEvent, InvalidJson, InvalidSite, RequestRowsTooLarge
-from collector.sites import normalize_domain
+from collector.ingest.sites import normalize_domain
+from collector.storage import copyformat
 
 ROW_START_AND_UUID_LENGTH = copyformat.ROW_START + copyformat.UUID_LENGTH
 JSONB_VERSION = copyformat.JSONB_VERSION

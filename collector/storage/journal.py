@@ -7,7 +7,7 @@ its own) and replays them. Corrupt records are moved to `quarantine/`.
 
 Record: magic `EVJ1`, body length (u32), CRC-32 of the body (u32), body. Body: batch id (16 bytes), the length
 (u32) of a JSON object counting the rows per client, that object, row count (u32), each row's length (u32 each),
-the rows (binary COPY records, collector.copyformat). A record is fsync'd
+the rows (binary COPY records, collector.storage.copyformat). A record is fsync'd
 before append() returns, so a durable acknowledgement may follow it; a crash mid-write leaves a torn record at the
 tail of the last segment, which is recognised (short, or CRC mismatch at the end) and dropped: it was never
 acknowledged.

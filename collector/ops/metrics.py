@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from collector import routes
-from collector.protocol import EdgeProtocol, EdgeStats
+from collector.edge import routes
+from collector.edge.protocol import EdgeProtocol, EdgeStats
 
 if TYPE_CHECKING:
-    from collector.app import Services
+    from collector.services import Services
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Ingest: a payload to authorized, encoded rows; no HTTP, no SQL."""

@@ -1,0 +1,30 @@
+"""Services: the long-lived objects every handler uses, built by the app's lifespan (collector.app)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from collector.ingest.auth import DomainAuthorizer
+from collector.ingest.service import Ingest
+from collector.ops.metrics import MetricsSync
+from collector.settings import Settings
+from collector.storage.accounting import Accounting
+from collector.storage.buffer import WriteBehindBuffer
+from collector.storage.database import EventStore
+from collector.storage.spill import Storage
+from pipeline.scheduler import Pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The long-lived objects the handlers use, on app.state.services while the app runs."""
+
+    settings: Settings
+    store: EventStore
+    authorizer: DomainAuthorizer
+    buffer: WriteBehindBuffer
+    storage: Storage
+    accounting: Accounting
+    ingest: Ingest
+    metrics: MetricsSync
+    pipeline: Pipeline
