@@ -55,10 +55,6 @@ class DomainNotAuthorized(CollectorError):
     status, error = 403, "domain_not_authorized"
 
 
-class NotFound(CollectorError):
-    status, error = 404, "not_found"
-
-
 class MethodNotAllowed(CollectorError):
     status, error = 405, "method_not_allowed"
 

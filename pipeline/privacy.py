@@ -108,10 +108,6 @@ def is_sensitive_key(key: str) -> bool:
     return _matches(key_tokens(key), SENSITIVE_TOKENS, SENSITIVE_PAIRS)
 
 
-def is_health_key(key: str) -> bool:
-    return _matches(key_tokens(key), HEALTH_TOKENS, frozenset())
-
-
 @dataclass(frozen=True, slots=True)
 class KeyKind:
     """What a key's tokens say about the value under it."""

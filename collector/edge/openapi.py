@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from collector import __version__
 from collector.settings import Settings
 
 JSON = "application/json"
@@ -421,7 +422,7 @@ def document(settings: Settings) -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {
             "title": "Collection API",
-            "version": "0.1.0",
+            "version": __version__,
             "description": "Collector of website tracking events; docs/api.md says the behaviour behind each code.",
         },
         "paths": {**PATHS, settings.collect_alias_path: COLLECT, settings.tracker_path: tracker},

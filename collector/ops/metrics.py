@@ -21,13 +21,13 @@ import time
 from collections import Counter as PlainCounter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from collector import __version__
 from collector.edge import routes
 from collector.edge.protocol import EdgeProtocol, EdgeStats
 
@@ -211,7 +211,7 @@ class Metrics:
             registry=r,
         )
         build = gauge("collector_build_info", "Collector and Python versions", ("version", "python"), "livemax")
-        build.labels(version or _version(), platform.python_version()).set(1)
+        build.labels(version or __version__, platform.python_version()).set(1)
         for reason in REJECT_REASONS:
             self.counters["rejected"].labels(reason)
         for reason in DROP_REASONS:
@@ -284,13 +284,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _version() -> str:
-    try:
-        return metadata.version("collection-api")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class MetricsSync:
