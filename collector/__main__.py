@@ -138,7 +138,7 @@ def main() -> None:
             # would parse addresses on every request for nothing.
             proxy_headers=False,
             log_config=None,
-            timeout_graceful_shutdown=int(settings.drain_timeout_s),
+            timeout_graceful_shutdown=settings.connection_drain_s,
         )
         serve(config)
 

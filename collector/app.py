@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> CollectorApp:
                 max_bytes=settings.buffer_max_bytes,
                 flush_max_events=settings.flush_max_events,
                 flush_interval_s=settings.flush_interval_s,
-                drain_timeout_s=settings.drain_timeout_s,
+                drain_timeout_s=settings.buffer_drain_s,
                 on_flush=metrics.observe_flush,
             )
             await buffer.start()

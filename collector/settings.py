@@ -46,6 +46,10 @@ def weak_secret(value: str) -> str | None:
     return None
 
 
+# The share of DRAIN_TIMEOUT_S that requests in flight get at a graceful stop; the buffer's flush gets the rest.
+CONNECTION_DRAIN_SHARE = 0.25
+
+
 class SettingsError(ValueError):
     """A variable is missing or malformed; the message names it."""
 
@@ -153,6 +157,17 @@ class Settings:
     # A raw object ends at EXPORT_BATCH_SIZE rows or this many bytes of encoded events, whichever comes first: what
     # export and processing hold in memory is bounded by one object, however large the backlog or its rows.
     export_max_object_bytes: int = 16 * 1024 * 1024
+
+    @property
+    def connection_drain_s(self) -> int:
+        """Of DRAIN_TIMEOUT_S, what a graceful stop gives requests in flight (uvicorn counts whole seconds)."""
+        return max(1, int(self.drain_timeout_s * CONNECTION_DRAIN_SHARE))
+
+    @property
+    def buffer_drain_s(self) -> float:
+        """The rest of DRAIN_TIMEOUT_S: flushing (or journaling) the buffer once no request is left. The two run
+        one after the other, so a stop takes at most DRAIN_TIMEOUT_S, within the grace period of the manifests."""
+        return max(1.0, self.drain_timeout_s - self.connection_drain_s)
 
     @property
     def flush_interval_s(self) -> float:

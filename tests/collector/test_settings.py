@@ -100,3 +100,13 @@ def test_password_is_hidden_in_logged_urls() -> None:
     """The database URL written to the startup log hides its password."""
     assert redact_url("postgresql://app:s3cret@db:5432/events") == "postgresql://app:***@db:5432/events"
     assert "s3cret" not in redact_url("postgres://app:s3cret@db/x")
+
+
+def test_a_graceful_stop_splits_drain_timeout_between_requests_and_the_buffer() -> None:
+    """Requests in flight and the buffer's flush run one after the other: together they take DRAIN_TIMEOUT_S, not
+    twice it (uvicorn and the buffer were each given all of it: 40 s against a 45 s grace period less 10 s preStop)."""
+    for total in (2.0, 20.0, 45.0):
+        settings = Settings(drain_timeout_s=total)
+        assert settings.connection_drain_s >= 1 and settings.buffer_drain_s >= 1
+        assert settings.connection_drain_s + settings.buffer_drain_s == total
+    assert Settings().connection_drain_s == 5 and Settings().buffer_drain_s == 15

@@ -86,13 +86,15 @@ def test_deployment_probes_readiness_and_liveness_on_the_service_port() -> None:
 
 
 def test_termination_grace_outlasts_the_prestop_pause_and_the_drain() -> None:
-    """terminationGracePeriodSeconds > preStop pause + DRAIN_TIMEOUT_S, and preStop pauses before SIGTERM."""
+    """terminationGracePeriodSeconds > preStop pause + the connection drain + the buffer drain (which run one after
+    the other), and preStop pauses before SIGTERM."""
     spec = documents()["Deployment"]["spec"]["template"]["spec"]
     command = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     pause = int(command[1])
     assert pause >= 5, "the load balancer needs a few seconds to stop sending"
-    assert spec["terminationGracePeriodSeconds"] > pause + settings_of_base().drain_timeout_s
+    settings = settings_of_base()
+    assert spec["terminationGracePeriodSeconds"] > pause + settings.connection_drain_s + settings.buffer_drain_s
 
 
 def test_deployment_requests_resources_and_runs_as_non_root() -> None:
@@ -150,7 +152,7 @@ def test_systemd_unit_runs_the_collector_and_waits_for_the_drain() -> None:
     assert service["User"] not in ("root", "0")
     assert service["KillSignal"] == "SIGTERM"
     timeout = int(service["TimeoutStopSec"])
-    assert timeout > Settings().drain_timeout_s
+    assert timeout > Settings().connection_drain_s + Settings().buffer_drain_s
     assert service["Restart"] == "on-failure"
     assert service["EnvironmentFile"].startswith("/etc/")
     assert "DATA_DIR=/var/lib/collection-api" in service["Environment"]
