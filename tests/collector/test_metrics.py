@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib
+import pkgutil
 
 import asyncpg
 
+import collector
 from collector.edge.protocol import EdgeProtocol
+from collector.ops.metrics import STATS_COUNTERS, stats_objects
 from tests.conftest import MakeApp, Running, wait_for_rows
 from tests.pixel_management import PixelManagement
 from tests.scrape import parse, run_promtool, value
@@ -139,3 +144,36 @@ async def test_hostile_refusals_have_series_from_the_start_and_count(running: Ru
     after = parse(await scrape(running))
     assert value(after, "collector_events_rejected_total", reason="invalid_site") == 1
     assert value(after, "collector_edge_refused_total", reason="idle_timeouts") == EdgeProtocol.stats.idle_timeouts
+
+
+def test_every_stats_field_of_the_collector_has_a_metric() -> None:
+    """Each dataclass named *Stats in collector/ is declared in STATS_COUNTERS with a row for every one of its fields:
+    a counter added to a stats object without a metric fails here (they had drifted: journal and edge counters
+    reached /health but not /metrics)."""
+    found: set[type] = set()
+    for module in pkgutil.walk_packages(collector.__path__, "collector."):
+        if module.name == "collector.__main__":
+            continue
+        for name, obj in vars(importlib.import_module(module.name)).items():
+            if name.endswith("Stats") and dataclasses.is_dataclass(obj) and obj.__module__ == module.name:
+                found.add(obj)  # type: ignore[arg-type]
+    assert found == set(STATS_COUNTERS), "stats classes without a STATS_COUNTERS entry, or entries of no class"
+    for cls, table in STATS_COUNTERS.items():
+        assert set(table) == {f.name for f in dataclasses.fields(cls)}, cls.__name__
+
+
+async def test_every_stats_field_reaches_the_scrape_with_its_value(make_app: MakeApp) -> None:
+    """Each declared stats field, set to a value of its own, reads back from /metrics under its metric and labels."""
+    running = await make_app(ack_mode="durable")
+    metrics = running.services.metrics.metrics
+    expected = []
+    for number, stats in enumerate(stats_objects(running.services), start=1):
+        for offset, (name, (key, labels)) in enumerate(STATS_COUNTERS[type(stats)].items()):
+            target = 1000 * number + offset + getattr(stats, name)
+            setattr(stats, name, target)
+            counter = metrics.counters[key]
+            expected.append((counter._name, dict(zip(counter._labelnames, labels, strict=True)), target))
+    assert {type(stats) for stats in stats_objects(running.services)} == set(STATS_COUNTERS)
+    samples = parse(await scrape(running))
+    for metric, labels, target in expected:
+        assert value(samples, f"{metric}_total", **labels) == target, (metric, labels)
