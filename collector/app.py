@@ -29,7 +29,8 @@ from collector.ingest.auth import (
 )
 from collector.ingest.service import Ingest
 from collector.ingest.sites import DEV_IP_HASH_SECRET
-from collector.ops.metrics import Metrics, MetricsSync, RequestCounts, multiprocess_dir, snapshot_of
+from collector.ops.metrics import Metrics, MetricsSync, multiprocess_dir
+from collector.ops.snapshot import RequestCounts, snapshot_of
 from collector.services import Services
 from collector.settings import Settings, redact_url
 from collector.storage.accounting import Accounting

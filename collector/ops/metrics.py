@@ -17,25 +17,19 @@ import logging
 import os
 import platform
 import shutil
-import time
-from collections import Counter as PlainCounter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from collector import __version__
-from collector.edge.protocol import EdgeProtocol, EdgeStats
-from collector.ingest.auth import AuthStats
-from collector.storage.buffer import BufferStats
-from collector.storage.journal import JournalStats
-from collector.storage.spill import StorageStats
+from collector.edge.protocol import EdgeStats
 
 if TYPE_CHECKING:
-    from collector.services import Services
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -53,29 +47,6 @@ REJECT_REASONS = (
 # What the edge cuts off below the app (collector.edge.protocol.EdgeStats), by the field's name.
 EDGE_REASONS = tuple(EdgeStats.__slots__)
 
-# Every field of the collector's stats objects, and the counter (key in Metrics.counters, label values) it is
-# exported as: the one declaration snapshot_of reads. /health shows the same objects whole, so nothing reaches one
-# and not the other; tests/collector/test_metrics.py fails when a stats field has no row here.
-STATS_COUNTERS: dict[type[Any], dict[str, tuple[str, tuple[str, ...]]]] = {
-    AuthStats: {
-        "hits": ("auth_hits", ()), "misses": ("auth_misses", ()), "stale_served": ("auth_stale", ()),
-        "lookups": ("auth_lookups", ()), "lookup_failures": ("auth_failures", ()),
-    },
-    StorageStats: {
-        "stored": ("stored", ()), "journaled": ("journaled", ()), "replayed": ("replayed", ()),
-        "deduplicated": ("deduplicated", ()), "dropped_unstorable": ("dropped", ("unstorable",)),
-        "copy_failures": ("flush_failures", ()), "journal_full": ("journal_full", ()),
-    },
-    BufferStats: {
-        "batches": ("flushes", ()), "rows": ("flushed", ()), "lost_on_close": ("dropped", ("lost_on_close",)),
-    },
-    JournalStats: {
-        "records_written": ("journal_records", ()), "rows_written": ("journal_rows", ()),
-        "torn_tails": ("journal_torn_tails", ()), "corrupt_records": ("journal_corrupt", ()),
-        "adopted_segments": ("journal_adopted", ()),
-    },
-    EdgeStats: {reason: ("edge_refused", (reason,)) for reason in EDGE_REASONS},
-}  # fmt: skip
 DROP_REASONS = ("lost_on_close", "unstorable")
 CLIENT_FAILURE_REASONS = ("config", "store", "error")
 CONFIG_SOURCES = ("pixel_management", "storage_file")
@@ -374,82 +345,3 @@ class MetricsSync:
                     await self.check_ready()
             except Exception:  # metrics must never take the service down; try again next second
                 logger.exception("Metrics sync failed")
-
-
-def labelled(counts: PlainCounter[str] | Mapping[str, int]) -> dict[tuple[str, ...], float]:
-    """A plain counter keyed by one label value, as Snapshot.labelled wants it."""
-    return {(k,): float(v) for k, v in counts.items()}
-
-
-@dataclass(slots=True)
-class RequestCounts:
-    """Answered requests, bumped by CollectorApp: /collect by status alone (one int-keyed bump on the hot path)."""
-
-    collect: PlainCounter[int] = field(default_factory=PlainCounter)
-    other: PlainCounter[tuple[str, int]] = field(default_factory=PlainCounter)
-
-
-def snapshot_of(services: Services, requests: RequestCounts) -> Snapshot:
-    """Read the service's plain counters and gauges (on the request loop; the flusher's ints are read as they are)."""
-    ingest, buffer = services.ingest, services.buffer
-    pool_size, pool_in_use, pool_max, pool_waiting = services.store.pool_stats()
-    by_route: dict[tuple[str, ...], float] = {("/collect", str(s)): float(n) for s, n in requests.collect.items()}
-    by_route.update({(route, str(status)): float(n) for (route, status), n in requests.other.items()})
-    pipeline = services.pipeline.stats
-    stages = {"export": pipeline.export, "process": pipeline.process}
-    now = time.time()
-    oldest = {"export": pipeline.oldest_unexported_at, "process": pipeline.oldest_unprocessed_at}
-    snapshot = Snapshot(
-        counters={
-            "received": ingest.accepted + sum(ingest.rejected.values()),
-            "accepted": ingest.accepted,
-            "retention_dropped": pipeline.retention_dropped,
-        },
-        labelled={
-            "requests": by_route,
-            "rejected": labelled(ingest.rejected),
-            "preflights": labelled(ingest.preflights),
-            "pipeline_runs": {
-                (stage, result): float(n)
-                for stage, s in stages.items()
-                for result, n in (("success", s.runs - s.failures), ("failure", s.failures), ("busy", s.skipped))
-            },
-            "pipeline_objects": {(stage,): float(s.objects) for stage, s in stages.items()},
-            "pipeline_rows": {(stage,): float(s.rows) for stage, s in stages.items()},
-            "client_failures": labelled(pipeline.client_failures),
-            "client_config_refused": labelled(services.pipeline.processor.clients.refused),
-        },
-        gauges={
-            "buffer_events": buffer.depth,
-            "buffer_capacity": buffer.capacity,
-            "buffer_bytes": buffer.bytes,
-            "buffer_capacity_bytes": buffer.max_bytes,
-            "journal_bytes": services.storage.journal_bytes,
-            "pool_size": pool_size,
-            "pool_max": pool_max,
-            "pool_in_use": pool_in_use,
-            "pool_waiting": pool_waiting,
-            "pipeline_retry_objects": pipeline.retry_objects,
-            "pipeline_failing_clients": pipeline.failing_clients,
-        },
-        labelled_gauges={
-            "pipeline_last_success": {(k,): s.last_success for k, s in stages.items() if s.last_success is not None},
-            "pipeline_lag": {(k,): 0.0 if t is None else max(0.0, now - t) for k, t in oldest.items()},
-        },
-    )
-    for stats in stats_objects(services):
-        for name, (key, labels) in STATS_COUNTERS[type(stats)].items():
-            value = float(getattr(stats, name))
-            if labels:
-                snapshot.labelled.setdefault(key, {})[labels] = value  # type: ignore[index]
-            else:
-                snapshot.counters[key] = value
-    return snapshot
-
-
-def stats_objects(services: Services) -> list[Any]:
-    """The collector's stats objects, each of a type STATS_COUNTERS declares (the journal's only when there is one)."""
-    found: list[Any] = [services.authorizer.stats, services.storage.stats, services.buffer.stats, EdgeProtocol.stats]
-    if services.storage.journal is not None:
-        found.append(services.storage.journal.stats)
-    return found

@@ -11,7 +11,7 @@ import asyncpg
 
 import collector
 from collector.edge.protocol import EdgeProtocol
-from collector.ops.metrics import STATS_COUNTERS, stats_objects
+from collector.ops.snapshot import STATS_COUNTERS, stats_objects
 from tests.conftest import MakeApp, Running, wait_for_rows
 from tests.pixel_management import PixelManagement
 from tests.scrape import parse, run_promtool, value
