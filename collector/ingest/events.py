@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import struct
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,17 +14,18 @@ from urllib.parse import urlsplit
 import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
-from collector.errors import InvalidEvent, InvalidJson, InvalidSite, RequestRowsTooLarge
+from collector.errors import InvalidEvent, InvalidSite, RequestRowsTooLarge
+from collector.ingest.payload import MAX_JSON_DEPTH, check_depth
 from collector.ingest.sites import normalize_domain
 from collector.storage import copyformat
+from collector.storage.copyformat import ROW_IDS, row_head
 
-ROW_START_AND_UUID_LENGTH = copyformat.ROW_START + copyformat.UUID_LENGTH
+ROW_START_AND_UUID_LENGTH = copyformat.ROW_START_AND_UUID_LENGTH
 JSONB_VERSION = copyformat.JSONB_VERSION
 _JSONB_HEADER = copyformat.JSONB_HEADER
 TIMESTAMP_FIELD = copyformat.INHERITED_COLUMNS.index("event_timestamp")
 EXTRA_FIELD = copyformat.INHERITED_COLUMNS.index("extra")
 
-MAX_JSON_DEPTH = 32
 MAX_EVENT_TYPE_CHARS = 100
 INHERITED = ("sessionId", "visitorId", "siteId", "url", "path", "referrer", "timestamp")
 KNOWN_FIELDS = frozenset(("eventType", "eventId", "eventData", "events", *INHERITED))
@@ -123,43 +122,6 @@ class Rejection:
     code: str = "invalid_event"  # what it is counted under
 
 
-def parse_body(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or InvalidJson (400)."""
-    if not body:
-        raise InvalidJson("the body is empty; expected a JSON object")
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJson(f"the body is not valid JSON: {exc}") from None
-    if type(payload) is not dict:
-        raise InvalidJson("the body must be a JSON object")
-    # Fewer brackets than the limit cannot nest deeper than it. Past that, walking the whole tree costs more
-    # than the rest of the request, so the depth is checked per value instead: on every eventData and unknown
-    # field as it is serialized (see EventParser._json), and on anything rejected (see _check_depth).
-    return payload
-
-
-def _check_depth(value: Any, depth: int) -> None:
-    """Raise InvalidJson (400) if `value`, standing at `depth` in the body (the root is 1), nests past the limit."""
-    kind = type(value)
-    if (kind is dict or kind is list) and _depth_exceeds(value, MAX_JSON_DEPTH - depth + 1):
-        raise InvalidJson(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-
-
-def _depth_exceeds(root: Any, limit: int) -> bool:
-    stack = [(root, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if type(node) is dict else node
-        for child in children:
-            kind = type(child)
-            if kind is dict or kind is list:
-                if depth + 1 > limit:
-                    return True
-                stack.append((child, depth + 1))
-    return False
-
-
 class EventParser:
     """Turns a parsed /collect payload into COPY rows, rejecting invalid events one by one."""
 
@@ -182,7 +144,7 @@ class EventParser:
             return [payload]
         events = payload.get("events")
         if type(events) is not list:
-            _check_depth(events, 2)
+            check_depth(events, 2)
             raise InvalidEvent("a batch needs an `events` array")
         if not events:
             raise InvalidEvent("the batch's `events` array is empty")
@@ -202,13 +164,13 @@ class EventParser:
             site = source.get("siteId")
             if site is not None:
                 if type(site) is not str or not (domain := normalize_domain(site)):
-                    _check_depth(payload, 1)
+                    check_depth(payload, 1)
                     raise InvalidSite(SITE_ID_RULE)
                 return domain
             url = source.get("url")
             if type(url) is str and (host := _host_of(url)):
                 return host
-        _check_depth(payload, 1)
+        check_depth(payload, 1)
         raise InvalidEvent("no `siteId` (and no `url` to take the domain from)")
 
     def rows(
@@ -227,7 +189,7 @@ class EventParser:
         room, limit, max_keys = MAX_JSON_DEPTH - 3, self.max_event_bytes, self.max_event_data_keys
         middle, tail = defaults.middle, ctx.tail
         dumps, join, text, jsonb_header = orjson.dumps, b"".join, _event_type_field, _JSONB_HEADER
-        heads = _ids.heads  # popped here directly: a call of ours per event would cost as much as the pop saves
+        heads = ROW_IDS.heads  # popped here directly: a call of ours per event would cost as much as the pop saves
         version = JSONB_VERSION
         for index, event in enumerate(events):
             if fast and type(event) is dict and event.keys() <= BATCH_FAST_FIELDS:
@@ -246,13 +208,13 @@ class EventParser:
                             n <= limit and event_type != "batch" and b"\\" not in encoded
                             and (n <= 2 * room or encoded.count(b"{") + encoded.count(b"[") <= room)
                         ):  # fmt: skip
-                            head = heads.pop() if heads else _row_head()
+                            head = heads.pop() if heads else row_head()
                             rows.append(join((head, type_field, jsonb_header(n + 1, version), encoded, middle, tail)))
                             continue
             try:
                 rows.append(self._row(event, is_batch, defaults, ctx))
             except EventRejected as exc:
-                _check_depth(event, event_depth)  # what was rejected was never serialized, so never depth-checked
+                check_depth(event, event_depth)  # what was rejected was never serialized, so never depth-checked
                 rejected.append(Rejection(index, str(exc), exc.error))
         return rows, rejected
 
@@ -265,7 +227,7 @@ class EventParser:
             extra = {k: v for k, v in wrapper.items() if k not in KNOWN_FIELDS}
             fields.append(copyformat.jsonb(self._json(extra, "unknown fields", 0) if extra else None))
         except EventRejected as exc:
-            _check_depth({k: v for k, v in wrapper.items() if k != "events"}, 1)
+            check_depth({k: v for k, v in wrapper.items() if k != "events"}, 1)
             raise InvalidEvent(f"the batch wrapper is invalid: {exc}") from None
         middle = b"".join(fields)
         if len(middle) > self.max_inherited_bytes:  # copied into every event: cap it before it is multiplied
@@ -309,7 +271,7 @@ class EventParser:
         except copyformat.Unencodable as exc:
             raise EventRejected(f"`eventType` {exc}") from None
         return b"".join((
-            _row_head() if given_id is None else ROW_START_AND_UUID_LENGTH + _event_id(given_id),
+            row_head() if given_id is None else ROW_START_AND_UUID_LENGTH + _event_id(given_id),
             type_field, data_head, data_json, middle, ctx.tail,
         ))  # fmt: skip
 
@@ -349,7 +311,7 @@ class EventParser:
         # Nesting past the limit takes at least two bytes a level, so short values skip even the bracket count.
         room = MAX_JSON_DEPTH - parent_depth
         if len(encoded) > 2 * room and encoded.count(b"{") + encoded.count(b"[") > room:
-            _check_depth(value, parent_depth + 1)
+            check_depth(value, parent_depth + 1)
         if len(encoded) > self.max_event_bytes:
             raise EventRejected(f"`{what}` is {len(encoded)} bytes; at most {self.max_event_bytes} are accepted")
         # PostgreSQL's jsonb refuses the NUL character; catching it here keeps one event from failing a batch.
@@ -395,45 +357,6 @@ def _event_id(value: Any) -> bytes:
         return PgUUID(value).bytes
     except ValueError:
         raise EventRejected("`eventId` must be a UUID") from None
-
-
-# Byte maps that set the version (4) and variant (RFC 4122) bits of random UUIDs in C, not per byte in Python.
-_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))
-_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
-
-
-class _RandomIds:
-    """Row heads (field count, uuid length, a random version-4 UUID) from a pool refilled 4,096 at a time: a
-    urandom syscall per event would cost more than encoding the rest of its row, and a list pop is the cheapest
-    way to hand one out."""
-
-    POOL = 4096
-
-    def __init__(self) -> None:
-        self.heads: list[bytes] = []
-
-    def take(self) -> bytes:
-        heads = self.heads
-        if not heads:
-            raw = bytearray(os.urandom(16 * self.POOL))
-            raw[6::16] = raw[6::16].translate(_VERSION_4)
-            raw[8::16] = raw[8::16].translate(_VARIANT)
-            # Interleaved with the row start in 22 slice copies and cut by one struct call: a Python loop over
-            # the 4,096 heads cost as much as the rest of a batch's encoding.
-            size = len(ROW_START_AND_UUID_LENGTH)
-            width = size + 16
-            pool = bytearray(width * self.POOL)
-            for offset, byte in enumerate(ROW_START_AND_UUID_LENGTH):
-                pool[offset::width] = bytes((byte,)) * self.POOL
-            for offset in range(16):
-                pool[size + offset :: width] = raw[offset::16]
-            heads.extend(_split_heads(pool))
-        return heads.pop()
-
-
-_split_heads = struct.Struct(f"{len(ROW_START_AND_UUID_LENGTH) + 16}s" * _RandomIds.POOL).unpack
-_ids = _RandomIds()
-_row_head = _ids.take
 
 
 def _timestamp(value: Any) -> datetime:

@@ -10,8 +10,9 @@ import orjson
 
 from collector.errors import CollectorError, InvalidEvent, OriginMismatch, RateLimited, RequestRowsTooLarge
 from collector.ingest.auth import DomainAuthorizer
-from collector.ingest.events import EventParser, Rejection, RequestContext, parse_body
+from collector.ingest.events import EventParser, Rejection, RequestContext
 from collector.ingest.origins import RememberedOrigins, within
+from collector.ingest.payload import parse_body
 from collector.ingest.proxies import client_ip
 from collector.ingest.ratelimit import address_key, limiter
 from collector.settings import Settings

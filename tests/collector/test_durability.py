@@ -9,7 +9,8 @@ from pathlib import Path
 
 import asyncpg
 
-from collector.ingest.events import EventParser, RequestContext, parse_body
+from collector.ingest.events import EventParser, RequestContext
+from collector.ingest.payload import parse_body
 from collector.storage.database import EventStore
 from collector.storage.journal import Journal
 from collector.storage.spill import Storage

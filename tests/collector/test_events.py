@@ -10,6 +10,8 @@ import pytest
 
 from collector.errors import InvalidJson
 from collector.ingest import events as ev
+from collector.ingest.payload import parse_body
+from collector.storage import copyformat
 
 PARSER = ev.EventParser(max_events_per_request=500, max_event_bytes=2048)
 WRAPPER = {"eventType": "batch", "siteId": "acme.com", "sessionId": "s1", "url": "https://acme.com/"}
@@ -19,13 +21,13 @@ CTX = ev.RequestContext.build("acme.com", "client_acme_corp", "agent", "198.51.1
 
 
 def encode(sub_events: list[Any]) -> tuple[list[bytes], list[ev.Rejection]]:
-    payload = ev.parse_body(orjson.dumps({**WRAPPER, "events": sub_events}))
+    payload = parse_body(orjson.dumps({**WRAPPER, "events": sub_events}))
     return PARSER.rows(payload, PARSER.events_of(payload), CTX)
 
 
 def full_path(sub_event: dict[str, Any]) -> bytes:
     """The same sub-event through EventParser._row, the path every other event takes."""
-    payload = ev.parse_body(orjson.dumps({**WRAPPER, "events": [sub_event]}))
+    payload = parse_body(orjson.dumps({**WRAPPER, "events": [sub_event]}))
     return PARSER._row(payload["events"][0], True, PARSER._defaults(payload, CTX), CTX)
 
 
@@ -85,7 +87,7 @@ def test_eventdata_nested_past_the_limit_in_a_batch_fails_the_request() -> None:
 
 def test_generated_event_ids_are_distinct_version_4_uuids_across_pool_refills() -> None:
     """Ids cut from the random pool are unique, RFC 4122 version 4, behind the row's field count."""
-    heads = [ev._row_head() for _ in range(ev._RandomIds.POOL * 2 + 10)]
+    heads = [copyformat.row_head() for _ in range(copyformat.RandomIds.POOL * 2 + 10)]
     assert len(set(heads)) == len(heads)
     assert {h[:6] for h in heads} == {ev.ROW_START_AND_UUID_LENGTH}
     ids = [uuid.UUID(bytes=h[6:]) for h in heads]
