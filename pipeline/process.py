@@ -8,7 +8,6 @@ growing delay, and the raw object is marked processed for everyone else. Duplica
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections import Counter
@@ -18,16 +17,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
 from collector.ingest.auth import DirectoryUnavailable
 from collector.logsafe import for_log
 from pipeline import offload
 from pipeline.clients import ClientConfigError, ClientSettings, ClientSettingsSource, valid_client_id
-from pipeline.formats import CONTENT_TYPES, ObjectWriter, UnreadableObject, format_of, iter_events
+from pipeline.formats import CONTENT_TYPES, UnreadableObject, format_of
 from pipeline.objects import ObjectStore, ObjectStoreError
 from pipeline.offload import OffloadFailed
 from pipeline.privacy import POLICY_VERSION, Policy, address_hasher
+from pipeline.render import MAX_ERROR_CHARS, Rendered, render_all, scan
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,6 @@ _RAW_KEY = re.compile(r"raw-events/(\d{4}/\d{2}/\d{2})/([^/]+?)\.(json|ndjson\.g
 RETRY_BASE_S = 60.0
 RETRY_MAX_S = 3600.0
 MAX_RETRIES_PER_RUN = 100
-MAX_ERROR_CHARS = 500
 
 
 class ProcessingError(Exception):
@@ -186,7 +184,7 @@ class Processor:
         body = await self.raw.get(raw_key)
         # Decoding, redacting and encoding are CPU work on the whole object: in the worker process (offload), so
         # that the process answering /collect only moves bytes.
-        clients, ids, per_client, total, invalid = await offload.run(_scan, fmt, body, only)
+        clients, ids, per_client, total, invalid = await offload.run(scan, fmt, body, only)
         if invalid:
             # Ingest validates client ids, so these rows were written by something else: never a path segment.
             result.dropped["invalid_client_id"] = result.dropped.get("invalid_client_id", 0) + invalid
@@ -201,7 +199,7 @@ class Processor:
         jobs = await self._jobs(raw_key, sorted(c for c, n in owned.items() if n > 0 and c not in waiting), failed)
         waiting.update(client_id for client_id, _ in failed)
         renders = {client_id: self._render_job(raw_key, fmt, client_id, *job) for client_id, job in jobs.items()}
-        rendered = await offload.run(_render_all, fmt, body, only, skip, renders) if renders else {}
+        rendered = await offload.run(render_all, fmt, body, only, skip, renders) if renders else {}
         del body
         written: list[_Written] = []
         for client_id, (settings, key) in jobs.items():
@@ -335,69 +333,3 @@ class Processor:
             rows, client_id, settings.store.destination, key,
         )  # fmt: skip
         return _Written(settings.store.name, key, client_id, rows, checksum)
-
-
-# What the worker process returns per client: the object's bytes, its events and its sha256; or why it failed.
-Rendered = tuple[bytes, int, str]
-
-
-def _scan(fmt: str, body: bytes, only: set[str] | None) -> tuple[list[str], list[str], dict[str, int], int, int]:
-    """(In the worker process.) The object's (client, event id) pairs, each once, as two parallel lists; unique
-    pairs per client; events in scope; events of invalid client ids."""
-    seen: set[tuple[str, str]] = set()
-    clients: list[str] = []
-    ids: list[str] = []
-    per_client: Counter[str] = Counter()
-    total = invalid = 0
-    for event in iter_events(fmt, body):
-        client_id = event.get("client_id")
-        if only is not None:
-            if type(client_id) is not str or client_id not in only:
-                continue
-        elif not valid_client_id(client_id):
-            invalid += 1
-            continue
-        total += 1
-        pair = (str(client_id), str(event.get("event_id")))
-        if pair not in seen:
-            seen.add(pair)
-            clients.append(pair[0])
-            ids.append(pair[1])
-            per_client[pair[0]] += 1
-    return clients, ids, dict(per_client), total, invalid
-
-
-def _render_all(
-    fmt: str,
-    body: bytes,
-    only: set[str] | None,
-    skip: set[tuple[str, str]],
-    jobs: dict[str, tuple[dict[str, Any], Policy, Callable[[str], str]]],
-) -> dict[str, Rendered | str]:
-    """(In the worker process.) Each client's processed object: the first event of each of its (client, event id)
-    pairs that `skip` (claimed by an earlier raw object) does not name, redacted under its policy and encoded one
-    at a time. A client whose events fail to render gets the error's text instead; the others are unaffected."""
-    writers = {client_id: ObjectWriter(fmt, "process_metadata") for client_id in jobs}
-    errors: dict[str, str] = {}
-    seen: set[tuple[str, str]] = set()
-    for event in iter_events(fmt, body):
-        client_id = event.get("client_id")
-        if type(client_id) is not str or (writer := writers.get(client_id)) is None:
-            continue
-        pair = (client_id, str(event.get("event_id")))
-        if pair in seen or pair in skip:
-            continue
-        seen.add(pair)
-        _, policy, hasher = jobs[client_id]
-        try:
-            writer.add(orjson.dumps(policy.apply(event, hasher)))
-        except Exception as exc:
-            errors[client_id] = for_log(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
-            del writers[client_id]
-    out: dict[str, Rendered | str] = dict(errors)
-    for client_id, writer in writers.items():
-        metadata = jobs[client_id][0]
-        metadata["event_count"] = writer.count
-        data = writer.finish(metadata)
-        out[client_id] = (data, writer.count, hashlib.sha256(data).hexdigest())
-    return out
