@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from collector import __version__
+from collector.edge.openapi_schemas import SCHEMAS, ref
 from collector.settings import Settings
 
 JSON = "application/json"
@@ -18,12 +19,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
 def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+    return _json(ref("Error"), description)
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -46,13 +43,11 @@ COLLECT: dict[str, Any] = {
         "summary": "Send one event or a batch (JSON; as text/plain for sendBeacon; optionally gzip-encoded)",
         "requestBody": {
             "required": True,
-            "content": {JSON: {"schema": _ref("EventOrBatch")}, "text/plain": {"schema": {"type": "string"}}},
+            "content": {JSON: {"schema": ref("EventOrBatch")}, "text/plain": {"schema": {"type": "string"}}},
         },
         "responses": {
-            "200": _json(
-                _ref("Accepted"), "success: `ack` says queued in memory (`buffered`) or committed (`durable`)"
-            ),
-            "202": _json(_ref("Accepted"), "a buffered success when BUFFERED_SUCCESS_STATUS=202 (`ack: buffered`)"),
+            "200": _json(ref("Accepted"), "success: `ack` says queued in memory (`buffered`) or committed (`durable`)"),
+            "202": _json(ref("Accepted"), "a buffered success when BUFFERED_SUCCESS_STATUS=202 (`ack: buffered`)"),
             "400": _error("`invalid_json` or `invalid_encoding`"),
             "403": _error("`domain_not_authorized`, or `origin_mismatch` (Origin/Referer is not the site)"),
             "405": _error("`method_not_allowed`"),
@@ -97,7 +92,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/": {
         "get": {
             "summary": "The service's name, version and links (what load balancers probe by default; public)",
-            "responses": {"200": _json(_ref("Index"), "this service")},
+            "responses": {"200": _json(ref("Index"), "this service")},
         }
     },
     "/collect": COLLECT,
@@ -106,18 +101,18 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Database, buffer, flusher, authorization and event accounting of the answering worker"
             " (in production only `status` unless the admin token comes with the request)",
             "responses": {
-                "200": _json({"anyOf": [_ref("Health"), _ref("Status")]}, "healthy"),
-                "503": _json({"anyOf": [_ref("Health"), _ref("Status")]}, "PostgreSQL does not answer"),
+                "200": _json({"anyOf": [ref("Health"), ref("Status")]}, "healthy"),
+                "503": _json({"anyOf": [ref("Health"), ref("Status")]}, "PostgreSQL does not answer"),
             },
         }
     },
-    "/livez": {"get": {"summary": "The process is alive", "responses": {"200": _json(_ref("Status"), "alive")}}},
+    "/livez": {"get": {"summary": "The process is alive", "responses": {"200": _json(ref("Status"), "alive")}}},
     "/readyz": {
         "get": {
             "summary": "Ready to take events",
             "responses": {
-                "200": _json(_ref("Status"), "ready"),
-                "503": _json(_ref("Status"), "draining, buffer full or PostgreSQL down (`reasons`)"),
+                "200": _json(ref("Status"), "ready"),
+                "503": _json(ref("Status"), "draining, buffer full or PostgreSQL down (`reasons`)"),
             },
         }
     },
@@ -126,7 +121,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Admin: events stored (all, or one client's per day)",
             "security": ADMIN,
             "parameters": [CLIENT_ID],
-            "responses": {"200": _json(_ref("Count"), "the counts"), **ADMIN_ERRORS},
+            "responses": {"200": _json(ref("Count"), "the counts"), **ADMIN_ERRORS},
         }
     },
     "/events/recent": {
@@ -135,7 +130,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "security": ADMIN,
             "parameters": [LIMIT, CLIENT_ID],
             "responses": {
-                "200": _json({"type": "array", "items": _ref("RecentEvent")}, "newest first"),
+                "200": _json({"type": "array", "items": ref("RecentEvent")}, "newest first"),
                 **ADMIN_ERRORS,
             },
         }
@@ -151,7 +146,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 _query("domain", TEXT, "only this domain"),
             ],
             "responses": {
-                "200": _json({"type": "array", "items": _ref("DeadLetter")}, "newest first"),
+                "200": _json({"type": "array", "items": ref("DeadLetter")}, "newest first"),
                 **ADMIN_ERRORS,
             },
         }
@@ -254,152 +249,6 @@ PATHS: dict[str, dict[str, Any]] = {
                 **ADMIN_ERRORS,
             },
         }
-    },
-}
-
-NULLABLE_TEXT = {"type": "string", "nullable": True}
-SCHEMAS: dict[str, Any] = {
-    "Index": {
-        "type": "object",
-        "required": ["service", "version", "links"],
-        "properties": {
-            "service": {"type": "string"},
-            "version": {"type": "string"},
-            "links": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-    },
-    "Error": {
-        "type": "object",
-        "required": ["error", "detail"],
-        "properties": {
-            "error": {"type": "string"},
-            "detail": {"type": "string"},
-            "events_rejected": {"type": "array", "items": _ref("EventRejection")},
-        },
-    },
-    "EventRejection": {
-        "type": "object",
-        "required": ["index", "error"],
-        "properties": {"index": {"type": "integer"}, "error": {"type": "string"}},
-    },
-    "Event": {
-        "type": "object",
-        "required": ["eventType"],
-        "properties": {
-            "eventType": {"type": "string", "minLength": 1, "maxLength": 100},
-            "eventId": {"type": "string", "format": "uuid"},
-            "sessionId": {"type": "string", "maxLength": 256},
-            "visitorId": {"type": "string", "maxLength": 256},
-            "siteId": {"type": "string", "maxLength": 253},
-            "url": {"type": "string", "maxLength": 8192},
-            "path": {"type": "string", "maxLength": 4096},
-            "referrer": {"type": "string", "maxLength": 8192},
-            "timestamp": {"type": "string", "format": "date-time"},
-            "eventData": {"type": "object"},
-        },
-    },
-    "EventOrBatch": {
-        "description": "One event, or `eventType: batch` with `events` (sub-events inherit the wrapper's fields)",
-        "allOf": [
-            _ref("Event"),
-            {"type": "object", "properties": {"events": {"type": "array", "items": _ref("Event"), "maxItems": 500}}},
-        ],
-    },
-    "Accepted": {
-        "type": "object",
-        "required": ["status", "message", "ack", "events_processed", "client_id", "timestamp"],
-        "properties": {
-            "status": {"type": "string", "enum": ["success"]},
-            "message": {"type": "string"},
-            "ack": {
-                "type": "string",
-                "enum": ["buffered", "durable"],
-                "description": "`buffered`: in the collector's memory; `durable`: committed to PostgreSQL",
-            },
-            "events_processed": {"type": "integer", "minimum": 1},
-            "client_id": {"type": "string"},
-            "timestamp": {"type": "string"},
-            "events_rejected": {"type": "array", "items": _ref("EventRejection")},
-        },
-    },
-    "Status": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {
-            "status": {"type": "string"},
-            "reasons": {"type": "array", "items": {"type": "string"}},
-            "detail": {"type": "string"},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status", "database", "timestamp", "ack_mode", "buffer", "events", "worker_pid"],
-        "properties": {
-            "status": {"type": "string", "enum": ["healthy", "unhealthy"]},
-            "database": {"type": "string"},
-            "timestamp": {"type": "string"},
-            "ack_mode": {"type": "string"},
-            "buffer": {"type": "object"},
-            "events": {"type": "object"},
-            "worker_pid": {"type": "integer"},
-        },
-    },
-    "Count": {
-        "type": "object",
-        "required": ["total_events", "buffered_events", "timestamp"],
-        "properties": {
-            "total_events": {"type": "integer"},
-            "buffered_events": {"type": "integer"},
-            "timestamp": {"type": "string"},
-            "client_id": {"type": "string"},
-            "days": {"type": "array", "items": {"type": "object"}},
-        },
-    },
-    "RecentEvent": {
-        "description": "A stored event: what was sent under the names it is sent with, what the server added"
-        " (`client_id`, `created_at`: the receive time) in snake_case, as the seed's answers name them",
-        "type": "object",
-        "required": [
-            "eventId",
-            "eventType",
-            "eventData",
-            "sessionId",
-            "visitorId",
-            "siteId",
-            "url",
-            "path",
-            "referrer",
-            "timestamp",
-            "client_id",
-            "created_at",
-        ],
-        "properties": {
-            "eventId": {"type": "string"},
-            "eventType": {"type": "string"},
-            "eventData": {"type": "object", "nullable": True},
-            "sessionId": NULLABLE_TEXT,
-            "visitorId": NULLABLE_TEXT,
-            "siteId": {"type": "string"},
-            "url": NULLABLE_TEXT,
-            "path": NULLABLE_TEXT,
-            "referrer": NULLABLE_TEXT,
-            "timestamp": {"type": "string"},
-            "client_id": {"type": "string"},
-            "created_at": {"type": "string"},
-        },
-    },
-    "DeadLetter": {
-        "type": "object",
-        "required": ["id", "received_at", "reason", "detail", "payload"],
-        "properties": {
-            "id": {"type": "integer"},
-            "received_at": {"type": "string"},
-            "reason": {"type": "string"},
-            "client_id": NULLABLE_TEXT,
-            "domain": NULLABLE_TEXT,
-            "detail": {"type": "string"},
-            "payload": {"type": "string"},
-        },
     },
 }
 
