@@ -19,7 +19,7 @@ from collector import __version__
 from collector.edge import openapi, routes
 from collector.edge import pipeline_admin as pipeline_api
 from collector.edge.tracker import TrackerScript
-from collector.errors import CollectorError
+from collector.errors import CollectorError, HttpError, InternalError
 from collector.ingest.auth import (
     DEFAULT_DOMAINS_FILE,
     DomainAuthorizer,
@@ -265,12 +265,10 @@ async def _collector_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     # Starlette logs the traceback; the client learns nothing of it.
-    return routes.JSONResponse({"error": "internal_error", "detail": "internal error"}, status_code=500)
+    return routes.error_response(InternalError("internal error"))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return routes.JSONResponse(
-        {"error": code, "detail": exc.detail}, status_code=exc.status_code, headers=dict(exc.headers or {})
-    )
+    return routes.error_response(HttpError(exc.status_code, code, exc.detail, headers=exc.headers))

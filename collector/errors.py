@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+import orjson
+
 
 class CollectorError(Exception):
     """An expected failure, rendered as `{"error": code, "detail": text}` with `status`."""
@@ -26,6 +28,29 @@ class CollectorError(Exception):
     def body(self) -> dict[str, Any]:
         """The JSON error body: code and detail, plus any extra fields (e.g. the rejected events)."""
         return {"error": self.error, "detail": self.detail, **(self.extra or {})}
+
+
+def render(exc: CollectorError) -> bytes:
+    """The one place an error becomes the bytes of its answer; every path (the /collect fast path, Starlette's
+    handlers, the protocol's refusals below the app) answers through it."""
+    return orjson.dumps(exc.body())
+
+
+class HttpError(CollectorError):
+    """An HTTP-level failure Starlette raised (an unknown path, a method a route lacks), with its own status."""
+
+    def __init__(self, status: int, error: str, detail: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail, headers=headers)
+        self.status, self.error = status, error
+
+
+class InternalError(CollectorError):
+    """A bug: the client learns nothing of it (the traceback goes to the log)."""
+
+    status, error = 500, "internal_error"
+
+
+INTERNAL_ERROR_BODY = render(InternalError("internal error"))
 
 
 class InvalidJson(CollectorError):
@@ -53,6 +78,18 @@ class OriginMismatch(CollectorError):
 
 class DomainNotAuthorized(CollectorError):
     status, error = 403, "domain_not_authorized"
+
+
+class RequestTimeout(CollectorError):
+    """Refused below the app: the request was not fully received within READ_TIMEOUT_S."""
+
+    status, error = 408, "request_timeout"
+
+
+class HeadersTooLarge(CollectorError):
+    """Refused below the app: the request line and headers pass MAX_HEADER_BYTES."""
+
+    status, error = 431, "headers_too_large"
 
 
 class MethodNotAllowed(CollectorError):
@@ -112,6 +149,12 @@ class RateLimited(CollectorError):
 class AuthorizationUnavailable(Unavailable):
     error = "authorization_unavailable"
     retry_after_s = 5
+
+
+class TooManyConnections(Unavailable):
+    """Refused below the app: the worker holds MAX_CONNECTIONS connections already."""
+
+    error = "too_many_connections"
 
 
 class BufferFull(Unavailable):

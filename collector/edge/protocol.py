@@ -15,10 +15,12 @@ import asyncio
 import logging
 import resource
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from collector.errors import CollectorError, HeadersTooLarge, RequestTimeout, TooManyConnections, render
 from collector.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,11 +55,12 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that was already answered (431)."""
 
 
-def _response(status: bytes, error: str, detail: str) -> bytes:
-    body = f'{{"error":"{error}","detail":"{detail}"}}'.encode()
+def _response(exc: CollectorError) -> bytes:
+    body = render(exc)
+    status = HTTPStatus(exc.status)
     return b"".join((
-        b"HTTP/1.1 ", status, b"\r\ncontent-type: application/json\r\nconnection: close\r\n",
-        b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body,
+        f"HTTP/1.1 {status.value} {status.phrase}".encode(), b"\r\ncontent-type: application/json\r\n",
+        b"connection: close\r\ncontent-length: ", str(len(body)).encode(), b"\r\n\r\n", body,
     ))  # fmt: skip
 
 
@@ -103,8 +106,7 @@ class EdgeProtocol(HttpToolsProtocol):
             # Refused before a byte is read: a worker full of (maybe idle) sockets keeps serving the ones it has
             # instead of running out of file descriptors for its database and journal.
             self.stats.over_connection_limit += 1
-            self._refuse(b"503 Service Unavailable", "too_many_connections",
-                         "the server holds too many connections; retry later", linger=False)  # fmt: skip
+            self._refuse(TooManyConnections("the server holds too many connections; retry later"), linger=False)
             return
         # The first-byte deadline is uvicorn's keep-alive timer, which the first read cancels (data_received).
         self.timeout_keep_alive_task = self.loop.call_later(self.first_byte_timeout_s, self.timeout_keep_alive_handler)
@@ -129,8 +131,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self._header_bytes += len(data)
             if self._header_bytes > self.max_header_bytes:
                 self.stats.headers_too_large += 1
-                self._refuse(b"431 Request Header Fields Too Large", "headers_too_large",
-                             f"the request line and headers exceed {self.max_header_bytes} bytes")  # fmt: skip
+                self._refuse(HeadersTooLarge(f"the request line and headers exceed {self.max_header_bytes} bytes"))
                 return
         # Only a request split over several reads gets a deadline; it runs from here, its first partial read.
         if self._deadline is None and (self._in_body or (self._in_headers and self._header_bytes)):
@@ -141,8 +142,7 @@ class EdgeProtocol(HttpToolsProtocol):
         # read, or pipelined behind another): when this read alone could pass the limit, measure them.
         if self._header_bytes + self._read_size > self.max_header_bytes and self._header_size() > self.max_header_bytes:
             self.stats.headers_too_large += 1
-            self._refuse(b"431 Request Header Fields Too Large", "headers_too_large",
-                         f"the request line and headers exceed {self.max_header_bytes} bytes")  # fmt: skip
+            self._refuse(HeadersTooLarge(f"the request line and headers exceed {self.max_header_bytes} bytes"))
             self._in_headers = False  # nothing more to count or time on this connection (data_received)
             raise _Refused  # the parser stops here: nothing of this request reaches the app
         self._in_headers = False
@@ -186,17 +186,16 @@ class EdgeProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.response_started:
             self.transport.close()  # the app answered already (e.g. 413); stop reading what is left
             return
-        self._refuse(b"408 Request Timeout", "request_timeout",
-                     f"the request was not received within {self.read_timeout_s:g} s")  # fmt: skip
+        self._refuse(RequestTimeout(f"the request was not received within {self.read_timeout_s:g} s"))
 
-    def _refuse(self, status: bytes, error: str, detail: str, *, linger: bool = True) -> None:
+    def _refuse(self, exc: CollectorError, *, linger: bool = True) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
         if self.cycle is not None:
             self.cycle.disconnected = True  # the app, if it already runs, must not answer after us
             self.cycle.message_event.set()
-        self.transport.write(_response(status, error, detail))
+        self.transport.write(_response(exc))
         if not linger or not self.transport.can_write_eof():
             self.transport.close()
             return

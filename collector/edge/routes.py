@@ -19,12 +19,14 @@ from collector.edge import browser
 from collector.edge.bodies import ClientDisconnected, read_body
 from collector.edge.protocol import EdgeProtocol
 from collector.errors import (
+    INTERNAL_ERROR_BODY,
     CollectorError,
     Forbidden,
     InvalidParameter,
     MethodNotAllowed,
     Unauthenticated,
     UnsupportedMediaType,
+    render,
 )
 from collector.ingest.origins import cors_headers, host_of
 
@@ -47,8 +49,9 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def error_response(exc: CollectorError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=dict(exc.headers))
+def error_response(exc: CollectorError) -> Response:
+    """A Starlette response of `exc`, rendered by errors.render like every other error answer."""
+    return Response(render(exc), status_code=exc.status, headers=dict(exc.headers), media_type="application/json")
 
 
 def now_iso() -> str:
@@ -130,13 +133,13 @@ async def collect(services: Services, scope: Scope, receive: Receive, send: Send
             headers += cors_headers(origin)
         if exc.status in (408, 413):
             headers.append((b"connection", b"close"))  # the rest of the body is not read
-        await _send_json(send, exc.status, orjson.dumps(exc.body()), headers)
+        await _send_json(send, exc.status, render(exc), headers)
         return exc.status
     except ClientDisconnected:
         return 499
     except Exception:  # a bug: log it, and tell the client nothing of it
         logger.exception("Unexpected error in /collect")
-        await _send_json(send, 500, b'{"error":"internal_error","detail":"internal error"}', ())
+        await _send_json(send, 500, INTERNAL_ERROR_BODY, ())
         return 500
 
 
