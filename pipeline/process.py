@@ -208,6 +208,20 @@ class Processor:
             except Exception as exc:  # a render that failed on this client's events, or its bucket
                 failed.append((client_id, exc))
                 waiting.add(client_id)
+        await self._record(conn, raw_key, only, written, failed, postponed, result)
+
+    async def _record(
+        self,
+        conn: asyncpg.Connection,
+        raw_key: str,
+        only: set[str] | None,
+        written: list[_Written],
+        failed: list[tuple[str, BaseException]],
+        postponed: list[str],
+        result: ProcessResult,
+    ) -> None:
+        """In one transaction: the objects written go to the manifest, the clients that failed or wait go to
+        processing_retries, and (unless retrying) the raw object is marked processed."""
         async with conn.transaction():
             for item in written:
                 await conn.execute(
