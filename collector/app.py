@@ -82,6 +82,88 @@ def _logged(name: str, close: Callable[[], Awaitable[None]]) -> Callable[[], Awa
     return run
 
 
+async def open_services(
+    settings: Settings, database_url: str, requests: RequestCounts, stack: AsyncExitStack
+) -> Services:
+    """Open every long-lived object in order, each one's close pushed on `stack` (which unwinds in reverse)."""
+    # WORKERS>1: every worker writes its values under DATA_DIR/metrics (see collector.ops.metrics).
+    metrics = Metrics(multiproc_dir=multiprocess_dir(settings.data_dir) if settings.workers > 1 else None)
+    store = await EventStore.open(
+        database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
+        durable=settings.ack_mode == "durable",
+    )  # fmt: skip
+    stack.push_async_callback(_logged("database pool", store.close))
+    # Closed after the buffer and the rest (before the pool): its last sync counts the final flushes.
+    metrics_sync = MetricsSync(metrics)
+    stack.push_async_callback(_logged("metrics", metrics_sync.close))
+    partitions = PartitionMaintainer(store)
+    partitions.start()
+    stack.push_async_callback(_logged("partition maintainer", partitions.close))
+    authorizer = _authorizer(settings, metrics)
+    stack.push_async_callback(_logged("authorizer", authorizer.close))
+    storage, buffer = _storage_and_buffer(settings, store, metrics)
+    await buffer.start()
+    stack.push_async_callback(_logged("buffer", buffer.close))
+    accounting = Accounting(store.pool)
+    accounting.start()
+    stack.push_async_callback(_logged("accounting", accounting.close))
+    ingest = Ingest(settings, authorizer, buffer, accounting)
+    pipeline = await open_pipeline(settings, database_url, authorizer.directory, stack)
+    pipeline.start(store.pool)
+    stack.push_async_callback(_logged("pipeline", pipeline.close))
+    services = Services(settings, store, authorizer, buffer, storage, accounting, ingest, metrics_sync, pipeline)
+
+    async def ready() -> bool:
+        return not await routes.not_ready_reasons(services)
+
+    await metrics_sync.start(lambda: snapshot_of(services, requests), ready)
+    # Everything allocated so far lives as long as the process: out of the collector's sight, a full collection no
+    # longer walks it (a pause that showed in the tail latency).
+    gc.collect()
+    gc.freeze()
+    logger.info(
+        "Collector ready: ack_mode=%s flush=%d events/%d ms buffer=%d database=%s authorization=%s"
+        " raw=%s processed=%s",
+        settings.ack_mode, settings.flush_max_events, settings.flush_interval_ms,
+        settings.buffer_max_events, redact_url(database_url), authorizer.directory.describe(),
+        pipeline.exporter.objects.name, pipeline.processor.default_store_name,
+    )  # fmt: skip
+    return services
+
+
+def _authorizer(settings: Settings, metrics: Metrics) -> DomainAuthorizer:
+    return DomainAuthorizer(
+        make_directory(settings),
+        ip_hash_secret=settings.ip_hash_secret or DEV_IP_HASH_SECRET,
+        ttl_s=settings.auth_cache_ttl_s,
+        negative_ttl_s=settings.auth_negative_ttl_s,
+        stale_max_s=settings.auth_stale_max_s,
+        max_entries=settings.auth_cache_size,
+        on_lookup=metrics.observe_lookup,
+    )
+
+
+def _storage_and_buffer(settings: Settings, store: EventStore, metrics: Metrics) -> tuple[Storage, WriteBehindBuffer]:
+    storage = Storage(
+        store.copy_writer(timeout_s=settings.copy_timeout_s),
+        Path(settings.data_dir) / "journal",
+        journal_max_bytes=settings.journal_max_bytes,
+        journal_segment_bytes=settings.journal_segment_bytes,
+        retry_initial_s=0.05,
+        retry_max_s=5.0,
+    )
+    buffer = WriteBehindBuffer(
+        storage,
+        max_events=settings.buffer_max_events,
+        max_bytes=settings.buffer_max_bytes,
+        flush_max_events=settings.flush_max_events,
+        flush_interval_s=settings.flush_interval_s,
+        drain_timeout_s=settings.buffer_drain_s,
+        on_flush=metrics.observe_flush,
+    )
+    return storage, buffer
+
+
 def create_app(settings: Settings) -> CollectorApp:
     """The collector as an ASGI app; nothing connects until its lifespan starts."""
     if settings.database_url is None:
@@ -92,77 +174,7 @@ def create_app(settings: Settings) -> CollectorApp:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            # WORKERS>1: every worker writes its values under DATA_DIR/metrics (see collector.ops.metrics).
-            metrics = Metrics(multiproc_dir=multiprocess_dir(settings.data_dir) if settings.workers > 1 else None)
-            store = await EventStore.open(
-                database_url,
-                min_size=settings.pool_min_size,
-                max_size=settings.pool_max_size,
-                durable=settings.ack_mode == "durable",
-            )
-            stack.push_async_callback(_logged("database pool", store.close))
-            # Closed after the buffer and the rest (before the pool): its last sync counts the final flushes.
-            metrics_sync = MetricsSync(metrics)
-            stack.push_async_callback(_logged("metrics", metrics_sync.close))
-            partitions = PartitionMaintainer(store)
-            partitions.start()
-            stack.push_async_callback(_logged("partition maintainer", partitions.close))
-            authorizer = DomainAuthorizer(
-                make_directory(settings),
-                ip_hash_secret=settings.ip_hash_secret or DEV_IP_HASH_SECRET,
-                ttl_s=settings.auth_cache_ttl_s,
-                negative_ttl_s=settings.auth_negative_ttl_s,
-                stale_max_s=settings.auth_stale_max_s,
-                max_entries=settings.auth_cache_size,
-                on_lookup=metrics.observe_lookup,
-            )
-            stack.push_async_callback(_logged("authorizer", authorizer.close))
-            storage = Storage(
-                store.copy_writer(timeout_s=settings.copy_timeout_s),
-                Path(settings.data_dir) / "journal",
-                journal_max_bytes=settings.journal_max_bytes,
-                journal_segment_bytes=settings.journal_segment_bytes,
-                retry_initial_s=0.05,
-                retry_max_s=5.0,
-            )
-            buffer = WriteBehindBuffer(
-                storage,
-                max_events=settings.buffer_max_events,
-                max_bytes=settings.buffer_max_bytes,
-                flush_max_events=settings.flush_max_events,
-                flush_interval_s=settings.flush_interval_s,
-                drain_timeout_s=settings.buffer_drain_s,
-                on_flush=metrics.observe_flush,
-            )
-            await buffer.start()
-            stack.push_async_callback(_logged("buffer", buffer.close))
-            accounting = Accounting(store.pool)
-            accounting.start()
-            stack.push_async_callback(_logged("accounting", accounting.close))
-            ingest = Ingest(settings, authorizer, buffer, accounting)
-            pipeline = await open_pipeline(settings, database_url, authorizer.directory, stack)
-            pipeline.start(store.pool)
-            stack.push_async_callback(_logged("pipeline", pipeline.close))
-            services = Services(
-                settings, store, authorizer, buffer, storage, accounting, ingest, metrics_sync, pipeline
-            )
-            app.state.services = services
-
-            async def ready() -> bool:
-                return not await routes.not_ready_reasons(services)
-
-            await metrics_sync.start(lambda: snapshot_of(services, requests), ready)
-            # Everything allocated so far lives as long as the process: out of the collector's sight, a full
-            # collection no longer walks it (a pause that showed in the tail latency).
-            gc.collect()
-            gc.freeze()
-            logger.info(
-                "Collector ready: ack_mode=%s flush=%d events/%d ms buffer=%d database=%s authorization=%s"
-                " raw=%s processed=%s",
-                settings.ack_mode, settings.flush_max_events, settings.flush_interval_ms,
-                settings.buffer_max_events, redact_url(database_url), authorizer.directory.describe(),
-                pipeline.exporter.objects.name, pipeline.processor.default_store_name,
-            )  # fmt: skip
+            app.state.services = await open_services(settings, database_url, requests, stack)
             yield
 
     document = openapi.document(settings)
