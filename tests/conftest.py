@@ -64,6 +64,13 @@ async def pixel() -> AsyncIterator[PixelManagement]:
     await server.stop()
 
 
+@pytest.fixture
+async def shop(pixel: PixelManagement) -> AsyncIterator[PixelManagement]:
+    """pixel-management also knowing shop.test, the site the browser tests' pages are served as."""
+    pixel.domains["shop.test"] = site_config("client_browser_shop")
+    yield pixel
+
+
 async def count_rows(db: asyncpg.Connection) -> int:
     """Rows in events_log."""
     return int(await db.fetchval("SELECT count(*) FROM events_log"))

@@ -4,7 +4,6 @@ PostgreSQL, while a copy of the snippet on another origin stores nothing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -12,8 +11,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.harness import collector_process, free_port, wait_until_live
-from tests.pixel_management import PixelManagement, site_config
+from tests.harness import collector_process, wait_until_live
+from tests.pages import serve_html
+from tests.pixel_management import PixelManagement
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -36,25 +36,7 @@ async def serve_pages(collector_url: str) -> tuple[web.AppRunner, int]:
         "/copied.html": f'<title>Copy</title><script src="{collector_url}/s.js" data-site="shop.test"></script>'
         "<button id='buy'>Buy</button>",
     }
-
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text=pages[request.path], content_type="text/html")
-
-    app = web.Application()
-    for path in pages:
-        app.router.add_get(path, page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
-
-
-@pytest.fixture
-async def shop(pixel: PixelManagement) -> AsyncIterator[PixelManagement]:
-    """pixel-management knowing the site the test pages are served as."""
-    pixel.domains["shop.test"] = site_config("client_browser_shop")
-    yield pixel
+    return await serve_html(pages)
 
 
 async def rejected(url: str, reason: str) -> int:

@@ -8,7 +8,6 @@ carries it but no Origin or Referer naming an authorized page is refused as orig
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -17,8 +16,9 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import Running, count_rows
-from tests.harness import collector_process, free_port, wait_until_live
-from tests.pixel_management import PixelManagement, site_config
+from tests.harness import collector_process, wait_until_live
+from tests.pages import serve_html
+from tests.pixel_management import PixelManagement
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,24 +64,7 @@ async def serve_pages(collector_url: str) -> tuple[web.AppRunner, int]:
         "/forge.html": f'<title>Evil</title><img id="p" referrerpolicy="no-referrer" src="{pixel}">',
         "/own.html": f'<title>Shop</title><img id="p" src="{collector_url}/e?eventType=own&siteId=shop.test">',
     }
-
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text=pages[request.path], content_type="text/html")
-
-    app = web.Application()
-    for path in pages:
-        app.router.add_get(path, page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
-
-
-@pytest.fixture
-async def shop(pixel: PixelManagement) -> AsyncIterator[PixelManagement]:
-    pixel.domains["shop.test"] = site_config("client_browser_shop")
-    yield pixel
+    return await serve_html(pages)
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
