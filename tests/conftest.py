@@ -19,6 +19,7 @@ import pytest
 from collector.app import CollectorApp, create_app
 from collector.services import Services
 from collector.settings import Settings
+from collector.storage.database import EventStore
 from tests.pixel_management import PixelManagement, site_config
 
 
@@ -49,6 +50,21 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.execute("TRUNCATE ingest_batches, client_daily_counts, dead_letters")
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def schema(database_url: str) -> None:
+    """The packaged migrations applied (any test may run first, before an app has migrated)."""
+    store = await EventStore.open(database_url, min_size=1, max_size=1, durable=False)
+    await store.close()
+
+
+@pytest.fixture
+async def conn(database_url: str, schema: None, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """A second connection, as a stage runner holds (after `db` emptied the tables)."""
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()
 
 
 @pytest.fixture

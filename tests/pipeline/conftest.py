@@ -13,7 +13,6 @@ import asyncpg
 import orjson
 import pytest
 
-from collector.storage.database import EventStore
 from pipeline.formats import decode_events, format_of
 from pipeline.objects import S3Location, S3Store
 
@@ -57,21 +56,6 @@ async def make_store(moto_url: str) -> AsyncIterator[MakeStore]:
             return await S3Store.open(location(name, endpoint or moto_url), stack, timeout_s=2.0)
 
         yield make
-
-
-@pytest.fixture
-async def schema(database_url: str) -> None:
-    """The packaged migrations applied (any file of these tests may run first, before an app has migrated)."""
-    store = await EventStore.open(database_url, min_size=1, max_size=1, durable=False)
-    await store.close()
-
-
-@pytest.fixture
-async def conn(database_url: str, schema: None, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
-    """A second connection, as a stage runner holds (after `db` emptied the tables)."""
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
 
 
 async def insert_events(

@@ -10,23 +10,12 @@ import asyncpg
 import pytest
 
 from collector.ingest.auth import PixelManagementDirectory
-from collector.storage.database import EventStore
 from pipeline.clients import ClientSettingsSource
 from pipeline.export import Exporter
 from pipeline.objects import LocalStore, ObjectStore
 from pipeline.process import Processor, processed_key
 from tests.pipeline.conftest import insert_events, keys_of, read_events
 from tests.pixel_management import PixelManagement
-
-
-@pytest.fixture
-async def conn(database_url: str, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
-    """A stage runner's connection on a migrated schema (this file may run before any app has migrated it)."""
-    await (await EventStore.open(database_url, min_size=1, max_size=1, durable=False)).close()
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
-
 
 ZERO = "00000000-0000-0000-0000-000000000000"
 

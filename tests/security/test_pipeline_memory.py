@@ -7,14 +7,12 @@ import json
 import sys
 import textwrap
 import tracemalloc
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from collector.ingest.auth import PixelManagementDirectory
-from collector.storage.database import EventStore
 from pipeline.clients import ClientSettingsSource
 from pipeline.export import Exporter
 from pipeline.objects import LocalStore, ObjectStore
@@ -22,16 +20,6 @@ from pipeline.process import Processor
 from tests.pipeline.conftest import insert_events, keys_of, read_events
 from tests.pixel_management import PixelManagement
 from tests.security.conftest import figure, long_only, scale
-
-
-@pytest.fixture
-async def conn(database_url: str, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
-    """A stage runner's connection on a migrated schema (this file may run before any app has migrated it)."""
-    await (await EventStore.open(database_url, min_size=1, max_size=1, durable=False)).close()
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
-
 
 MiB = 1024 * 1024
 # An amplified row as a 62 KB batch made them before ingest capped inherited fields: ~40 KB of eventData and URL.
