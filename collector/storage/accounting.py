@@ -30,6 +30,7 @@ SAMPLE_PRIVACY_LEVEL = "hipaa"
 # Samples kept per (reason, domain) between two flushes: a flood of one mistake needs a few samples, not a
 # thousand, and each sample costs its redaction.
 SAMPLES_PER_KIND = 10
+_SAMPLE_POLICY = Policy.for_level(SAMPLE_PRIVACY_LEVEL)
 SAMPLE_STRING_CHARS = 1024
 
 
@@ -58,7 +59,7 @@ def sample_payload(value: Any) -> str:
 def redact_sample(text: str) -> str:
     """A sample through the same redaction as processed output: a whole JSON value by its keys and values,
     anything else (a cut or malformed body) as text. Bounded: the text was cut to PAYLOAD_SAMPLE_BYTES."""
-    policy = Policy.for_level(SAMPLE_PRIVACY_LEVEL)
+    policy = _SAMPLE_POLICY
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
