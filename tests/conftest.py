@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from collector.app import CollectorApp, create_app
+from collector.ingest.auth import PixelManagementDirectory
 from collector.services import Services
 from collector.settings import Settings
 from collector.storage.database import EventStore
@@ -78,6 +79,14 @@ async def pixel() -> AsyncIterator[PixelManagement]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def directory(pixel: PixelManagement) -> AsyncIterator[PixelManagementDirectory]:
+    """The pixel-management directory (over HTTP) that processing asks for client settings."""
+    directory = PixelManagementDirectory(pixel.url, timeout_s=2.0)
+    yield directory
+    await directory.close()
 
 
 @pytest.fixture

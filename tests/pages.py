@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from aiohttp import web
 
 from tests.harness import free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 async def serve_html(pages: dict[str, str]) -> tuple[web.AppRunner, int]:
@@ -21,3 +26,12 @@ async def serve_html(pages: dict[str, str]) -> tuple[web.AppRunner, int]:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, port
+
+
+async def launch_chromium(playwright: Any) -> Any:
+    """The system Chromium (Debian's package, never a download), resolving every *.test name to the page server."""
+    return await playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        # Root in a container has no user namespace sandbox; *.test names lead to the loopback page server.
+        args=["--no-sandbox", "--host-resolver-rules=MAP *.test 127.0.0.1"],
+    )

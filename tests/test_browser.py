@@ -12,10 +12,9 @@ import pytest
 from aiohttp import web
 
 from tests.harness import collector_process, wait_until_live
-from tests.pages import serve_html
+from tests.pages import CHROMIUM, launch_chromium, serve_html
 from tests.pixel_management import PixelManagement
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(
@@ -56,11 +55,7 @@ async def test_tracker_in_chromium_stores_pageview_click_and_custom_event(
         runner, port = await serve_pages(collector_url)
         try:
             async with async_playwright() as playwright:
-                browser = await playwright.chromium.launch(
-                    executable_path=str(CHROMIUM),
-                    # Root in a container has no user namespace sandbox; *.test names lead to the page server.
-                    args=["--no-sandbox", "--host-resolver-rules=MAP *.test 127.0.0.1"],
-                )
+                browser = await launch_chromium(playwright)
                 page = await browser.new_page()
                 await page.goto(f"http://shop.test:{port}/index.html")
                 await page.wait_for_function("window.collector !== undefined")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import uuid
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from pipeline.formats import decode_events, format_of
 from pipeline.objects import S3Store
 from tests.conftest import MakeApp
+from tests.harness import free_port
 from tests.pipeline.conftest import MakeStore, create_bucket
 
 
@@ -114,9 +114,7 @@ async def test_stage_runs_answer_503_when_the_database_is_unreachable(
     """A stage run whose own connection cannot reach PostgreSQL answers 503 database_unavailable with Retry-After,
     never a 500 (export, process and the seed's /cleanup/run alike)."""
     app = await running_admin()
-    with socket.socket() as closed:  # a loopback port nothing listens on: connecting is refused at once
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = free_port()  # a loopback port nothing listens on: connecting is refused at once
     app.services.pipeline._dsn = f"postgresql://collector@127.0.0.1:{port}/collector"
     for path in ("/export/run", "/process/run", "/cleanup/run"):
         response = await app.client.post(path)

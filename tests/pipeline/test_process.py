@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -23,12 +23,10 @@ SECRET = "pipeline-test-secret"
 MakeProcessor = Callable[..., Awaitable[Processor]]
 
 
-@pytest.fixture
-async def directory(pixel: PixelManagement) -> AsyncIterator[PixelManagementDirectory]:
+@pytest.fixture(autouse=True)
+def clinic(pixel: PixelManagement) -> None:
+    """pixel-management also knowing a hipaa client."""
     pixel.domains["hipaa-clinic.com"] = site_config("client_clinic", "hipaa")
-    directory = PixelManagementDirectory(pixel.url, timeout_s=2.0)
-    yield directory
-    await directory.close()
 
 
 @pytest.fixture

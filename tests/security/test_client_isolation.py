@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -18,25 +17,11 @@ from pipeline.export import Exporter
 from pipeline.objects import LocalStore, ObjectStore, S3Location, S3Store, check_key
 from pipeline.process import Processor, processed_key
 from tests.conftest import MakeApp
+from tests.harness import free_port
 from tests.pipeline.conftest import insert_events, keys_of, read_events
 from tests.pixel_management import PixelManagement, site_config
 
 MakeProcessor = Callable[..., Awaitable[Processor]]
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-@pytest.fixture
-async def directory(pixel: PixelManagement) -> AsyncIterator[PixelManagementDirectory]:
-    directory = PixelManagementDirectory(pixel.url, timeout_s=2.0)
-    yield directory
-    await directory.close()
 
 
 @pytest.fixture
@@ -138,7 +123,7 @@ async def test_an_unreachable_client_bucket_is_retried_with_backoff(
         async def s3_bucket(bucket: str) -> ObjectStore:
             # An S3 endpoint on a loopback port where nothing listens: every upload fails to connect.
             attempts.append(bucket)
-            return await S3Store.open(S3Location(bucket, endpoint_url=f"http://127.0.0.1:{closed_port()}",
+            return await S3Store.open(S3Location(bucket, endpoint_url=f"http://127.0.0.1:{free_port()}",
                                                  region="us-east-1", access_key="k", secret_key="s"),
                                       stack, timeout_s=1.0)  # fmt: skip
 

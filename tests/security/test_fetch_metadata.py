@@ -17,12 +17,11 @@ from aiohttp import web
 
 from tests.conftest import Running, count_rows
 from tests.harness import collector_process, wait_until_live
-from tests.pages import serve_html
+from tests.pages import CHROMIUM, launch_chromium, serve_html
 from tests.pixel_management import PixelManagement
 
 pytestmark = pytest.mark.timeout(120)
 
-CHROMIUM = Path("/usr/bin/chromium")
 PIXEL = "/e?eventType=pageview&siteId=acme.com"
 IMAGE = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "no-cors", "sec-fetch-dest": "image"}
 
@@ -80,9 +79,7 @@ async def test_chromium_no_referrer_pixel_on_a_foreign_page_stores_nothing(
         runner, port = await serve_pages(collector_url)
         try:
             async with async_playwright() as playwright:
-                browser = await playwright.chromium.launch(
-                    executable_path=str(CHROMIUM), args=["--no-sandbox", "--host-resolver-rules=MAP *.test 127.0.0.1"]
-                )
+                browser = await launch_chromium(playwright)
                 for url in (f"http://evil.test:{port}/forge.html", f"http://shop.test:{port}/own.html"):
                     page = await browser.new_page()
                     await page.goto(url)
