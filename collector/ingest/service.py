@@ -145,9 +145,9 @@ class Ingest:
             )
         try:
             if self.durable:
-                stored = self.buffer.put_waiting(rows, site.client_id)
+                stored = self.buffer.put_waiting(rows, site.client_id, size)
             else:
-                self.buffer.put(rows, site.client_id)
+                self.buffer.put(rows, site.client_id, size)  # counted once, for the per-request bound above
         except CollectorError as exc:
             self.rejected[exc.error] += len(rows)
             self.accounting.count(site.client_id, f"rejected:{exc.error}", len(rows))

@@ -140,29 +140,36 @@ class WriteBehindBuffer:
         self._thread.start()
         await asyncio.to_thread(ready.wait)
 
-    def put(self, rows: Sequence[Row], client_id: str | None) -> None:
-        """Queue a request's rows; raise BufferFull or ShuttingDown (both 503) when they cannot be kept."""
-        self._enqueue(rows, client_id, None)
+    def put(self, rows: Sequence[Row], client_id: str | None, size: int | None = None) -> None:
+        """Queue a request's rows (`size`: their bytes, when the caller has counted them already); raise BufferFull
+        or ShuttingDown (both 503) when they cannot be kept."""
+        self._enqueue(rows, client_id, None, size)
 
-    def put_waiting(self, rows: Sequence[Row], client_id: str | None) -> asyncio.Future[None]:
+    def put_waiting(self, rows: Sequence[Row], client_id: str | None, size: int | None = None) -> asyncio.Future[None]:
         """Queue rows (or raise, like put) and return a future set once they are committed or journaled."""
         assert self._loop is not None
         done = self._loop.create_future()
-        self._enqueue(rows, client_id, done)
+        self._enqueue(rows, client_id, done, size)
         return done
 
     async def drain(self) -> None:
         """Flush everything queued now and wait until it is committed (or, while PostgreSQL fails, journaled)."""
         assert self._loop is not None
         done = self._loop.create_future()
-        self._enqueue((), None, done, force=True)
+        self._enqueue((), None, done, 0, force=True)
         await done
 
     def _enqueue(
-        self, rows: Sequence[Row], client_id: str | None, done: asyncio.Future[None] | None, force: bool = False
+        self,
+        rows: Sequence[Row],
+        client_id: str | None,
+        done: asyncio.Future[None] | None,
+        size: int | None,
+        force: bool = False,
     ) -> None:
         n = len(rows)
-        size = sum(map(len, rows))
+        if size is None:
+            size = sum(map(len, rows))
         with self._lock:
             if self._closing and not force:
                 raise ShuttingDown("the collector is shutting down; send again shortly")
