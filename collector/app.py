@@ -38,6 +38,7 @@ from collector.storage.buffer import WriteBehindBuffer
 from collector.storage.database import EventStore
 from collector.storage.partitions import PartitionMaintainer
 from collector.storage.spill import Storage
+from pipeline.samples import redact_sample
 from pipeline.scheduler import open_pipeline
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ async def open_services(
     storage, buffer = _storage_and_buffer(settings, store, metrics)
     await buffer.start()
     stack.push_async_callback(_logged("buffer", buffer.close))
-    accounting = Accounting(store.pool)
+    accounting = Accounting(store.pool, redact=redact_sample)
     accounting.start()
     stack.push_async_callback(_logged("accounting", accounting.close))
     ingest = Ingest(settings, authorizer, buffer, accounting)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -17,21 +18,15 @@ from typing import Any
 import asyncpg
 import orjson
 
-from pipeline.privacy import Policy
-
 logger = logging.getLogger(__name__)
 
 # A dead-letter sample is cut to this many bytes when it is taken (so the pending deque holds at most
-# max_pending x ~4.5 KB) and redacted before it is written (see redact_sample).
+# max_pending x ~4.5 KB) and redacted before it is written (by `redact`: pipeline.samples.redact_sample).
 PAYLOAD_SAMPLE_BYTES = 4096
 DETAIL_CHARS = 500
-# Whose sample it is may be unknown (the site was refused), so every sample gets the strictest redaction.
-SAMPLE_PRIVACY_LEVEL = "hipaa"
 # Samples kept per (reason, domain) between two flushes: a flood of one mistake needs a few samples, not a
 # thousand, and each sample costs its redaction.
 SAMPLES_PER_KIND = 10
-_SAMPLE_POLICY = Policy.for_level(SAMPLE_PRIVACY_LEVEL)
-SAMPLE_STRING_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,42 +51,27 @@ def sample_payload(value: Any) -> str:
     return text.replace("\x00", "\\u0000")
 
 
-def redact_sample(text: str) -> str:
-    """A sample through the same redaction as processed output: a whole JSON value by its keys and values,
-    anything else (a cut or malformed body) as text. Bounded: the text was cut to PAYLOAD_SAMPLE_BYTES."""
-    policy = _SAMPLE_POLICY
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return policy.clean_text(_cut(text))
-    return orjson.dumps(policy.clean(_cut(value))).decode()
-
-
-def _cut(value: Any) -> Any:
-    """`value` with every string cut to SAMPLE_STRING_CHARS before redaction (which keeps no more than ~1,000
-    characters of a string anyway): patterns then never run over a long string."""
-    kind = type(value)
-    if kind is str:
-        return value[:SAMPLE_STRING_CHARS]
-    if kind is dict:
-        return {k: _cut(v) for k, v in value.items()}
-    if kind is list:
-        return [_cut(v) for v in value]
-    return value
-
-
-def _redacted(letters: list[DeadLetter]) -> list[tuple[str, str | None, str | None, str, str, datetime]]:
-    return [
-        (d.reason, d.client_id, d.domain, redact_sample(d.detail), redact_sample(d.payload), d.received_at)
-        for d in letters
-    ]
+def _redacted(
+    letters: list[DeadLetter], redact: Callable[[str], str]
+) -> list[tuple[str, str | None, str | None, str, str, datetime]]:
+    return [(d.reason, d.client_id, d.domain, redact(d.detail), redact(d.payload), d.received_at) for d in letters]
 
 
 class Accounting:
     """Counters per (day, client, metric) and dead-letter samples, flushed every `interval_s` seconds."""
 
-    def __init__(self, pool: asyncpg.Pool, *, interval_s: float = 5.0, max_pending: int = 1000, keep: int = 10_000):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        redact: Callable[[str], str],
+        interval_s: float = 5.0,
+        max_pending: int = 1000,
+        keep: int = 10_000,
+    ) -> None:
+        """`redact` cleans each sample's detail and payload before it is written (the strictest privacy rules)."""
         self._pool = pool
+        self._redact = redact
         self._interval = interval_s
         self._keep = keep
         self.counts: Counter[tuple[date, str, str]] = Counter()
@@ -140,7 +120,7 @@ class Accounting:
         if not counts and not letters:
             return
         # Redaction runs in a thread, never on the loop that answers /collect.
-        rows = await asyncio.to_thread(_redacted, letters) if letters else []
+        rows = await asyncio.to_thread(_redacted, letters, self._redact) if letters else []
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 if counts:

@@ -54,7 +54,7 @@ async def run(body: bytes, headers: list[tuple[bytes, bytes]], n: int, rounds: i
     buffer = WriteBehindBuffer(
         sink, max_events=10_000_000, max_bytes=1 << 40, flush_max_events=1000, flush_interval_s=1, drain_timeout_s=1
     )
-    accounting = Accounting(pool)
+    accounting = Accounting(pool, redact=str)
     ingest = Ingest(settings, authorizer, buffer, accounting)
     services: Any = Services(settings, pool, authorizer, buffer, sink, accounting, ingest, None, None)  # type: ignore[arg-type]
     scope: dict[str, Any] = {
