@@ -40,7 +40,6 @@ def worker_app() -> CollectorApp:
     signal.signal(signal.SIGHUP, _hang_up)
     settings = load_settings()
     configure_logging(settings.log_level)
-    EdgeProtocol.configure(settings)  # before uvicorn accepts this worker's first connection
     return create_app(settings)
 
 
@@ -130,7 +129,8 @@ def main() -> None:
             port=settings.port,
             workers=settings.workers,
             loop="uvloop",
-            # httptools, plus a header size limit and a read deadline (collector/edge/protocol.py).
+            # httptools, plus a header size limit, read and idle deadlines and a connection cap (collector/edge/
+            # protocol.py); each connection takes them from the Edge the app's lifespan yields.
             http=EdgeProtocol,
             lifespan="on",
             access_log=False,

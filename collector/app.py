@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,6 +19,8 @@ from starlette.types import Message, Receive, Scope, Send
 from collector import __version__
 from collector.edge import openapi, routes
 from collector.edge import pipeline_admin as pipeline_api
+from collector.edge.collect import CollectEndpoint
+from collector.edge.protocol import EDGE_STATE, Edge
 from collector.edge.tracker import TrackerScript
 from collector.errors import CollectorError, HttpError, InternalError
 from collector.ingest.auth import (
@@ -112,7 +115,11 @@ async def open_services(
     pipeline = await open_pipeline(settings, database_url, authorizer.directory, stack)
     pipeline.start(store.pool)
     stack.push_async_callback(_logged("pipeline", pipeline.close))
-    services = Services(settings, store, authorizer, buffer, storage, accounting, ingest, metrics_sync, pipeline)
+    collect = CollectEndpoint(settings, ingest, authorizer)
+    services = Services(
+        settings, store, authorizer, buffer, storage, accounting, ingest, metrics_sync, pipeline,
+        Edge.from_settings(settings), collect,
+    )  # fmt: skip
 
     async def ready() -> bool:
         return not await routes.not_ready_reasons(services)
@@ -173,10 +180,11 @@ def create_app(settings: Settings) -> CollectorApp:
     requests = RequestCounts()
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
-            app.state.services = await open_services(settings, database_url, requests, stack)
-            yield
+            services = app.state.services = await open_services(settings, database_url, requests, stack)
+            # uvicorn hands the lifespan state to each connection's protocol: that is how it finds its limits.
+            yield {EDGE_STATE: services.edge}
 
     document = openapi.document(settings)
 
@@ -224,7 +232,7 @@ class CollectorApp:
     """The ASGI entry: /collect (and its alias) goes straight to its handler, the rest (and lifespan) to Starlette.
 
     Starlette's middleware stack and router cost about as much per request as our whole ingest work; the
-    hot path does its own error handling (routes.collect), so it needs neither.
+    hot path does its own error handling (edge.collect.CollectEndpoint), so it needs neither.
     """
 
     def __init__(self, starlette: Starlette, requests: RequestCounts, alias_path: str = "/e") -> None:
@@ -232,7 +240,7 @@ class CollectorApp:
         self.requests = requests
         self._alias = alias_path
         self._routes = frozenset(route.path for route in starlette.routes if isinstance(route, Route))
-        self._services: Services | None = None
+        self._collect: CollectEndpoint | None = None
 
     @property
     def services(self) -> Services:
@@ -242,13 +250,13 @@ class CollectorApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (scope["path"] == "/collect" or scope["path"] == self._alias):
-            services = self._services
-            if services is None:
-                services = self._services = self.services
-            self.requests.collect[await routes.collect(services, scope, receive, send)] += 1
+            collect = self._collect
+            if collect is None:
+                collect = self._collect = self.services.collect
+            self.requests.collect[await collect(scope, receive, send)] += 1
             return
         if scope["type"] == "lifespan":
-            self._services = None
+            self._collect = None
             await self.starlette(scope, receive, send)
             return
         await self._counted(scope, receive, send)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collector.edge.collect import CollectEndpoint
+from collector.edge.protocol import Edge
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.service import Ingest
 from collector.ops.metrics import MetricsSync
@@ -28,3 +30,5 @@ class Services:
     ingest: Ingest
     metrics: MetricsSync
     pipeline: Pipeline
+    edge: Edge
+    collect: CollectEndpoint

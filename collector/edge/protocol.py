@@ -16,9 +16,11 @@ import logging
 import resource
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any
 
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from collector.errors import CollectorError, HeadersTooLarge, RequestTimeout, TooManyConnections, render
 from collector.settings import Settings
@@ -64,34 +66,72 @@ def _response(exc: CollectorError) -> bytes:
     ))  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    """What a connection may cost below the app, from Settings (see EdgeProtocol)."""
+
+    max_header_bytes: int
+    read_timeout_s: float
+    first_byte_timeout_s: float
+    keepalive_timeout_s: float
+    max_connections: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EdgeLimits:
+        return cls(
+            max_header_bytes=settings.max_header_bytes,
+            read_timeout_s=settings.read_timeout_s,
+            first_byte_timeout_s=settings.first_byte_timeout_s,
+            keepalive_timeout_s=settings.keepalive_timeout_s,
+            max_connections=connection_cap(settings),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """One worker's edge: its limits and what they cut off. Built by the app's lifespan and handed to every
+    connection through the lifespan state (EDGE_STATE), so nothing of it is class-wide or global."""
+
+    limits: EdgeLimits
+    stats: EdgeStats
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Edge:
+        return cls(EdgeLimits.from_settings(settings), EdgeStats())
+
+
+# The lifespan state key under which the app's lifespan yields its Edge; uvicorn hands that state to each
+# connection's protocol (app_state) once the lifespan has started, before the first connection is accepted.
+EDGE_STATE = "collector.edge"
+
+
 class EdgeProtocol(HttpToolsProtocol):
     """Answers 431 when a request's line and headers pass `max_header_bytes`, and 408 when a request is not
     fully read `read_timeout_s` seconds after its first bytes; either way the connection is closed. A connection
     silent for `first_byte_timeout_s` after it opened, or `keepalive_timeout_s` after its last answer, is closed;
     one opened while the worker holds `max_connections` is answered 503 and closed at once.
 
-    The limits are class-wide: each worker sets them once from its Settings (configure) before serving.
+    Each connection takes its limits and stats from the Edge its app's lifespan yielded (EDGE_STATE); an app that
+    yields none (run without our lifespan) gets the defaults of Settings and stats nobody reads.
     """
 
-    max_header_bytes: ClassVar[int] = 32 * 1024
-    read_timeout_s: ClassVar[float] = 10.0
-    first_byte_timeout_s: ClassVar[float] = 10.0
-    keepalive_timeout_s: ClassVar[float] = 75.0
-    max_connections: ClassVar[int] = 10_000
-    stats: ClassVar[EdgeStats] = EdgeStats()
-
-    @classmethod
-    def configure(cls, settings: Settings) -> None:
-        cls.max_header_bytes = settings.max_header_bytes
-        cls.read_timeout_s = settings.read_timeout_s
-        cls.first_byte_timeout_s = settings.first_byte_timeout_s
-        cls.keepalive_timeout_s = settings.keepalive_timeout_s
-        cls.max_connections = connection_cap(settings)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        edge: Edge = app_state.get(EDGE_STATE) or Edge.from_settings(Settings())
+        limits = edge.limits
+        self.stats = edge.stats
+        self.max_header_bytes = limits.max_header_bytes
+        self.read_timeout_s = limits.read_timeout_s
+        self.first_byte_timeout_s = limits.first_byte_timeout_s
+        self.max_connections = limits.max_connections
         # uvicorn arms its keep-alive timer with this after each answer (config.timeout_keep_alive is whole seconds).
-        self.timeout_keep_alive = self.keepalive_timeout_s  # type: ignore[assignment]
+        self.timeout_keep_alive = limits.keepalive_timeout_s  # type: ignore[assignment]
         self._read_size = 0
         self._in_headers = True  # between two requests, or inside a request's line and headers
         self._in_body = False

@@ -1,4 +1,4 @@
-"""HTTP handlers: the raw ASGI /collect endpoint and the thin monitoring and admin routes."""
+"""The monitoring and admin routes (Starlette handlers); /collect itself is edge.collect.CollectEndpoint."""
 
 from __future__ import annotations
 
@@ -6,37 +6,27 @@ import hmac
 import ipaddress
 import logging
 import os
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 
-from collector.edge import browser
-from collector.edge.bodies import ClientDisconnected, read_body
-from collector.edge.protocol import EdgeProtocol
 from collector.errors import (
-    INTERNAL_ERROR_BODY,
     CollectorError,
     Forbidden,
     InvalidParameter,
-    MethodNotAllowed,
     Unauthenticated,
-    UnsupportedMediaType,
     render,
 )
-from collector.ingest.origins import cors_headers, host_of
 
 if TYPE_CHECKING:
     from collector.services import Services
 
 logger = logging.getLogger(__name__)
 
-JSON_TYPES = frozenset((b"application/json", b"text/plain"))
-ALLOW = {"allow": "POST, GET, OPTIONS"}
 MAX_RECENT = 1000
 # The classic text format, which every Prometheus 2.x and 3.x reads (what generate_latest writes for our names).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -61,97 +51,6 @@ def now_iso() -> str:
 def services_of(scope: Scope) -> Services:
     services: Services = scope["app"].state.services
     return services
-
-
-async def collect(services: Services, scope: Scope, receive: Receive, send: Send) -> int:  # noqa: C901
-    """/collect as raw ASGI: the hot path reads headers and body itself, with no Request object or middleware.
-
-    POST (fetch, sendBeacon, servers) answers JSON; GET is the pixel and OPTIONS the CORS preflight (browser.py).
-    One function on purpose: the header scan and the branches are inlined, each call level costs per request.
-    Returns the status it answered (for the request counters; 499 when the client left first).
-    """
-    ingest = services.ingest
-    origin = None
-    try:
-        content_type = content_length = user_agent = forwarded_for = encoding = referer = fetch_site = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value
-            elif name == b"content-length":
-                content_length = value
-            elif name == b"user-agent":
-                user_agent = value.decode("latin-1")
-            elif name == b"origin":
-                origin = value
-            elif name == b"referer":
-                referer = value
-            elif name == b"x-forwarded-for":
-                forwarded_for = value.decode("latin-1")
-            elif name == b"content-encoding":
-                encoding = value
-            elif name == b"sec-fetch-site":
-                fetch_site = value
-        # Browsers send Origin on every cross-origin POST; an <img> pixel sends only (maybe) a Referer.
-        site_host = host_of(origin) if origin is not None else None if referer is None else host_of(referer)
-        # A page can hide both (<img referrerpolicy="no-referrer">), but not that a browser sent the request: every
-        # request a browser makes for a page carries Fetch Metadata. Such a request names no page, so it matches no
-        # site (origin_mismatch). `none` is the user's own navigation (an address typed in), which no page can
-        # cause: it is judged like a server's request, which that user could send with curl just as well.
-        if site_host is None and fetch_site is not None and fetch_site != b"none":
-            site_host = ""
-        method = scope["method"]
-        if method != "POST":
-            if method == "GET":
-                await browser.pixel(services, scope, send, user_agent, forwarded_for, site_host)
-                return 200
-            if method == "OPTIONS":
-                await browser.preflight(services, origin, send)
-                return 204
-            raise MethodNotAllowed("use POST (or GET for the pixel) to send events", headers=ALLOW)
-        try:
-            if content_type is not None and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES:
-                raise UnsupportedMediaType("send events as application/json or text/plain (JSON either way)")
-            body = await read_body(receive, ingest.max_body_bytes, content_length, encoding)
-        except CollectorError as exc:
-            ingest.refused(exc, b"")
-            raise
-        client = scope.get("client")
-        result = await ingest.collect(
-            body, peer=client[0] if client else None, forwarded_for=forwarded_for, user_agent=user_agent,
-            origin=site_host,
-        )  # fmt: skip
-        status = ingest.success_status
-        if origin is None:
-            await _send_json(send, status, result, ())
-        else:
-            ingest.origins.add(origin)
-            await _send_json(send, status, result, cors_headers(origin))
-        return status
-    except CollectorError as exc:
-        headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
-        if origin is not None and origin in ingest.origins:
-            headers += cors_headers(origin)
-        if exc.status in (408, 413):
-            headers.append((b"connection", b"close"))  # the rest of the body is not read
-        await _send_json(send, exc.status, render(exc), headers)
-        return exc.status
-    except ClientDisconnected:
-        return 499
-    except Exception:  # a bug: log it, and tell the client nothing of it
-        logger.exception("Unexpected error in /collect")
-        await _send_json(send, 500, INTERNAL_ERROR_BODY, ())
-        return 500
-
-
-async def _send_json(send: Send, status: int, body: bytes, extra: Sequence[tuple[bytes, bytes]]) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def require_admin(request: Request) -> None:
@@ -212,8 +111,8 @@ async def health(request: Request) -> JSONResponse:
         "authorization": {"source": services.authorizer.directory.describe(), **vars_of(services.authorizer.stats)},
         "events": accounting(services),
         "edge": {
-            "preflights": dict(services.ingest.preflights),
-            "connections_refused": vars_of(EdgeProtocol.stats),
+            "preflights": dict(services.collect.preflights),
+            "connections_refused": vars_of(services.edge.stats),
         },
         "worker_pid": os.getpid(),
     }

@@ -1,4 +1,4 @@
-"""Origins: which browser origins may send a site's events, and the CORS headers that tell the browser so.
+"""Origins: which browser origins may send a site's events (the CORS headers that tell the browser so: edge.cors).
 
 "Authorized" means the Origin's host (or, without an Origin, the Referer's) is the event's authorized site domain
 or a subdomain of it. This stops a copied snippet from feeding another site's data in browsers; it does not stop
@@ -12,14 +12,6 @@ from collections.abc import Callable
 from collector.errors import DomainNotAuthorized
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.sites import normalize_domain
-
-ALLOW_METHODS = b"POST, GET, OPTIONS"
-ALLOW_HEADERS = b"content-type, content-encoding"
-EXPOSE_HEADERS = b"retry-after"
-# Origins that passed a check before: their error answers carry CORS headers too, so the tracker can read
-# Retry-After. Bounded: at most this many values of at most MAX_ORIGIN_BYTES (~4 MB); cleared when full.
-MAX_REMEMBERED_ORIGINS = 10_000
-
 
 # host_of's cache is keyed by header bytes of at most this length (an origin is scheme, host and port; a longer
 # Referer is cut at the end of its host first), so its 4,096 entries hold at most ~4,096 x 0.8 KB = 3.3 MB.
@@ -87,38 +79,3 @@ async def origin_allowed(authorizer: DomainAuthorizer, host: str) -> bool:
             continue
         return True
     return False
-
-
-def cors_headers(origin: bytes) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"access-control-allow-origin", origin),
-        (b"access-control-expose-headers", EXPOSE_HEADERS),
-        (b"vary", b"origin"),
-    ]
-
-
-def preflight_headers(origin: bytes, max_age_s: int) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"access-control-allow-origin", origin),
-        (b"access-control-allow-methods", ALLOW_METHODS),
-        (b"access-control-allow-headers", ALLOW_HEADERS),
-        (b"access-control-max-age", str(max_age_s).encode()),
-        (b"vary", b"origin"),
-    ]
-
-
-class RememberedOrigins:
-    """Origin header values that passed a check in this worker, so that even their errors carry CORS headers."""
-
-    def __init__(self, max_entries: int = MAX_REMEMBERED_ORIGINS) -> None:
-        self._seen: set[bytes] = set()
-        self._max = max_entries
-
-    def add(self, origin: bytes) -> None:
-        if origin not in self._seen and len(origin) <= MAX_ORIGIN_BYTES:
-            if len(self._seen) >= self._max:
-                self._seen.clear()
-            self._seen.add(origin)
-
-    def __contains__(self, origin: bytes) -> bool:
-        return origin in self._seen

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from collector.errors import CollectorError, InvalidEvent, OriginMismatch, RateLimited, RequestRowsTooLarge
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.events import EventParser, Rejection, RequestContext
-from collector.ingest.origins import RememberedOrigins, within
+from collector.ingest.origins import within
 from collector.ingest.payload import parse_body
 from collector.ingest.proxies import client_ip
 from collector.ingest.ratelimit import address_key, limiter
@@ -19,9 +16,14 @@ from collector.settings import Settings
 from collector.storage.accounting import Accounting
 from collector.storage.buffer import WriteBehindBuffer
 
+# What one request's events came to: how many were accepted, for which client, when (Unix ns), and the
+# {"index", "error"} of each invalid one. A plain tuple: a NamedTuple cost 190 ns more per request.
+Accepted = tuple[int, str, int, list[dict[str, Any]]]
+
 
 class Ingest:
-    """The /collect use case, free of HTTP framing so that every front door (POST, beacon, pixel) shares it."""
+    """The /collect use case, free of HTTP framing and CORS so that every front door (POST, beacon, pixel) shares it:
+    bytes or a payload in, an Accepted result (or a counted CollectorError) out."""
 
     def __init__(
         self, settings: Settings, authorizer: DomainAuthorizer, buffer: WriteBehindBuffer, accounting: Accounting
@@ -38,23 +40,10 @@ class Ingest:
         self.accounting = accounting
         self.durable = settings.ack_mode == "durable"
         self._trusted = settings.trusted_proxies
-        self.max_body_bytes = settings.max_body_bytes
-        # The success body's constant parts, encoded once: the seed's fields in the seed's order, with `ack` (what
-        # the answer promises) after the message. Joining bytes costs less per request than building and
-        # serializing a dict, whose sixth key would also double its table.
-        verb = "stored" if self.durable else "queued"
-        self._body_head = b'{"status":"success","message":"'
-        self._body_middle = f' event(s) received and {verb}","ack":"{settings.ack_mode}","events_processed":'.encode()
-        # A success's status, decided once: 200 in both modes unless BUFFERED_SUCCESS_STATUS asks 202 for buffered
-        # acks (the body's `ack` tells the two promises apart either way).
-        self.success_status = 200 if self.durable else settings.buffered_success_status
-        self._last_millis = (0, b"")
         self.ip_limiter = limiter(settings.rate_limit_ip_per_s, settings.rate_limit_ip_burst)
         self.site_limiter = limiter(settings.rate_limit_site_per_s, settings.rate_limit_site_burst)
-        self.origins = RememberedOrigins()
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
-        self.preflights: Counter[str] = Counter()  # CORS preflights "allowed" / "refused" (not events)
 
     async def collect(
         self,
@@ -64,8 +53,8 @@ class Ingest:
         forwarded_for: str | None,
         user_agent: str | None,
         origin: str | None = None,
-    ) -> bytes:
-        """Store (or queue) the valid events of one request; the success body (JSON), or a CollectorError.
+    ) -> Accepted:
+        """Store (or queue) the valid events of one request and say what was accepted; or raise a CollectorError.
 
         `origin` is the normalized host of the request's Origin (else Referer) header, "" when that header is
         unusable, None when there is neither (a server-side sender, judged by siteId alone).
@@ -87,7 +76,7 @@ class Ingest:
         forwarded_for: str | None,
         user_agent: str | None,
         origin: str | None = None,
-    ) -> bytes:
+    ) -> Accepted:
         """collect() for a payload already built (the GET pixel's query); `sample` goes to dead letters."""
         ip = self._admit(peer, forwarded_for)
         return await self._ingest(payload, sample, ip, user_agent, origin)
@@ -108,7 +97,7 @@ class Ingest:
 
     async def _ingest(
         self, payload: dict[str, Any], sample: Any, ip: str | None, user_agent: str | None, origin: str | None
-    ) -> bytes:
+    ) -> Accepted:
         domain = None
         try:
             events = self.parser.events_of(payload)
@@ -156,12 +145,7 @@ class Ingest:
         self.accounting.count(site.client_id, "accepted", len(rows))
         if self.durable:
             await stored  # a failure here was counted by the buffer as lost, and answers 503
-        count = b"%d" % len(rows)
-        return b"".join((
-            self._body_head, count, self._body_middle, count, b',"client_id":', orjson.dumps(site.client_id),
-            b',"timestamp":"', self._iso_millis(ctx.received_ns),
-            b'","events_rejected":' + orjson.dumps(rejected) + b"}" if rejected else b'"}',
-        ))  # fmt: skip
+        return len(rows), site.client_id, ctx.received_ns, rejected
 
     def _count_rejections(
         self, rejections: list[Rejection], events: list[Any], client_id: str, domain: str
@@ -183,13 +167,3 @@ class Ingest:
             self.rejected["rate_limited"] += n
             self.accounting.count(client_id, "rejected:rate_limited", n)
             raise RateLimited(f"too many requests for {domain}; retry in {wait} s", retry_after_s=wait)
-
-    def _iso_millis(self, unix_ns: int) -> bytes:
-        """The receive time as the response's ISO 8601 text; formatted once per millisecond, not per request."""
-        millis = unix_ns // 1_000_000
-        last, text = self._last_millis
-        if millis != last:
-            iso = datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
-            text = iso.replace("+00:00", "Z").encode()
-            self._last_millis = (millis, text)
-        return text

@@ -26,7 +26,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from collector import __version__
-from collector.edge.protocol import EdgeStats
 
 if TYPE_CHECKING:
     pass
@@ -44,8 +43,6 @@ REJECT_REASONS = (
     "invalid_json", "invalid_event", "invalid_site", "domain_not_authorized", "origin_mismatch",
     "request_rows_too_large", "rate_limited", "authorization_unavailable", "buffer_full", "shutting_down",
 )  # fmt: skip
-# What the edge cuts off below the app (collector.edge.protocol.EdgeStats), by the field's name.
-EDGE_REASONS = tuple(EdgeStats.__slots__)
 
 DROP_REASONS = ("lost_on_close", "unstorable")
 CLIENT_FAILURE_REASONS = ("config", "store", "error")
@@ -224,8 +221,6 @@ class Metrics:
             self.counters["rejected"].labels(reason)
         for reason in DROP_REASONS:
             self.counters["dropped"].labels(reason)
-        for reason in EDGE_REASONS:
-            self.counters["edge_refused"].labels(reason)
         for result in ("allowed", "refused"):
             self.counters["preflights"].labels(result)
         for reason in CLIENT_FAILURE_REASONS:
@@ -261,7 +256,13 @@ class Metrics:
                 self.gauges[key].labels(*labels).set(value)
 
     def _advance(self, key: str, labels: tuple[str, ...], value: float) -> None:
-        last = self._last.get((key, labels), 0.0)
+        last = self._last.get((key, labels))
+        if last is None:
+            # A labelled series is exported from its first snapshot on, at 0 if need be: rate() and alerts then see
+            # it before the first occurrence (a stats field is in every snapshot, 0 or not).
+            if labels:
+                self.counters[key].labels(*labels)
+            last = self._last[(key, labels)] = 0.0
         if value > last:
             metric = self.counters[key]
             (metric.labels(*labels) if labels else metric).inc(value - last)

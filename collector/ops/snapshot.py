@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from collector.edge.protocol import EdgeProtocol, EdgeStats
+from collector.edge.protocol import EdgeStats
 from collector.ingest.auth import AuthStats
-from collector.ops.metrics import EDGE_REASONS, Snapshot
+from collector.ops.metrics import Snapshot
 from collector.storage.buffer import BufferStats
 from collector.storage.journal import JournalStats
 from collector.storage.spill import StorageStats
@@ -39,7 +39,7 @@ STATS_COUNTERS: dict[type[Any], dict[str, tuple[str, tuple[str, ...]]]] = {
         "torn_tails": ("journal_torn_tails", ()), "corrupt_records": ("journal_corrupt", ()),
         "adopted_segments": ("journal_adopted", ()),
     },
-    EdgeStats: {reason: ("edge_refused", (reason,)) for reason in EDGE_REASONS},
+    EdgeStats: {reason: ("edge_refused", (reason,)) for reason in EdgeStats.__slots__},
 }  # fmt: skip
 
 
@@ -75,7 +75,7 @@ def snapshot_of(services: Services, requests: RequestCounts) -> Snapshot:
         labelled={
             "requests": by_route,
             "rejected": labelled(ingest.rejected),
-            "preflights": labelled(ingest.preflights),
+            "preflights": labelled(services.collect.preflights),
             "pipeline_runs": {
                 (stage, result): float(n)
                 for stage, s in stages.items()
@@ -116,7 +116,7 @@ def snapshot_of(services: Services, requests: RequestCounts) -> Snapshot:
 
 def stats_objects(services: Services) -> list[Any]:
     """The collector's stats objects, each of a type STATS_COUNTERS declares (the journal's only when there is one)."""
-    found: list[Any] = [services.authorizer.stats, services.storage.stats, services.buffer.stats, EdgeProtocol.stats]
+    found: list[Any] = [services.authorizer.stats, services.storage.stats, services.buffer.stats, services.edge.stats]
     if services.storage.journal is not None:
         found.append(services.storage.journal.stats)
     return found

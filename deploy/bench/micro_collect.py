@@ -1,4 +1,4 @@
-"""In-process micro-benchmark of the /collect handler (routes.collect → Ingest.collect → buffer.put), no network.
+"""In-process micro-benchmark of the /collect handler (CollectEndpoint → Ingest.collect → buffer.put), no network.
 
 Measures the per-request CPU cost of the hot path alone: a real Ingest with a real DomainAuthorizer over the domains
 file (cached after the first request) and a real WriteBehindBuffer that is never started (put() only queues), so no
@@ -21,9 +21,8 @@ from typing import Any
 
 import orjson
 
-from collector.edge import routes
+from collector.edge.collect import CollectEndpoint
 from collector.app import DEV_IP_HASH_SECRET, make_directory
-from collector.services import Services
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.service import Ingest
 from collector.settings import Settings
@@ -56,7 +55,7 @@ async def run(body: bytes, headers: list[tuple[bytes, bytes]], n: int, rounds: i
     )
     accounting = Accounting(pool, redact=str)
     ingest = Ingest(settings, authorizer, buffer, accounting)
-    services: Any = Services(settings, pool, authorizer, buffer, sink, accounting, ingest, None, None)  # type: ignore[arg-type]
+    collect = CollectEndpoint(settings, ingest, authorizer)
     scope: dict[str, Any] = {
         "type": "http", "method": "POST", "path": "/collect", "query_string": b"", "headers": headers,
         "client": ("203.0.113.7", 5000),
@@ -76,7 +75,7 @@ async def run(body: bytes, headers: list[tuple[bytes, bytes]], n: int, rounds: i
         buffer._queue.clear()  # keep memory flat between rounds
         start = time.perf_counter()
         for _ in range(n):
-            await routes.collect(services, scope, receive, send)
+            await collect(scope, receive, send)
         best = min(best, time.perf_counter() - start)
     assert set(statuses) == {200}, set(statuses)
     return best / n * 1e6

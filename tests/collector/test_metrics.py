@@ -10,7 +10,6 @@ import pkgutil
 import asyncpg
 
 import collector
-from collector.edge.protocol import EdgeProtocol
 from collector.ops.snapshot import STATS_COUNTERS, stats_objects
 from tests.conftest import MakeApp, Running, wait_for_rows
 from tests.pixel_management import PixelManagement
@@ -133,17 +132,18 @@ async def test_metrics_answer_without_admin_token(make_app: MakeApp) -> None:
 async def test_hostile_refusals_have_series_from_the_start_and_count(running: Running) -> None:
     """Refusals added against hostile input (invalid_site, request_rows_too_large, the edge's cut-offs) are
     exported at 0 before they happen, so alerts see them, and count what happened."""
+    edge = running.services.edge.stats
     before = parse(await scrape(running))
     assert value(before, "collector_events_rejected_total", reason="invalid_site") == 0
     assert value(before, "collector_events_rejected_total", reason="request_rows_too_large") == 0
     for reason in ("headers_too_large", "read_timeouts", "idle_timeouts", "over_connection_limit"):
-        assert value(before, "collector_edge_refused_total", reason=reason) == getattr(EdgeProtocol.stats, reason)
+        assert value(before, "collector_edge_refused_total", reason=reason) == getattr(edge, reason)
     answer = await running.post({"eventType": "x", "siteId": "[::1%25\r\nforged]"})
     assert answer.status_code == 422 and answer.json()["error"] == "invalid_site"
-    EdgeProtocol.stats.idle_timeouts += 1  # what the edge does when it closes a silent connection
+    edge.idle_timeouts += 1  # what the edge does when it closes a silent connection
     after = parse(await scrape(running))
     assert value(after, "collector_events_rejected_total", reason="invalid_site") == 1
-    assert value(after, "collector_edge_refused_total", reason="idle_timeouts") == EdgeProtocol.stats.idle_timeouts
+    assert value(after, "collector_edge_refused_total", reason="idle_timeouts") == edge.idle_timeouts
 
 
 def test_every_stats_field_of_the_collector_has_a_metric() -> None:

@@ -10,10 +10,11 @@ import httpx
 import orjson
 import pytest
 
+from collector.edge.cors import RememberedOrigins
 from collector.ingest import events
 from collector.ingest.auth import DEFAULT_DOMAINS_FILE, DomainAuthorizer, PixelManagementDirectory
 from collector.ingest.events import RequestContext
-from collector.ingest.origins import MAX_ORIGIN_BYTES, RememberedOrigins
+from collector.ingest.origins import MAX_ORIGIN_BYTES
 from collector.storage import copyformat
 from tests.harness import collector_process, wait_until_live
 from tests.pixel_management import PixelManagement

@@ -1,0 +1,83 @@
+"""The import floors of docs/architecture.md, read from the source: no cycles, and no module imports upward."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("collector", "pipeline")
+# The composition root may import anything; the rest only what sits below it. (A prefix names a package.)
+UPWARD: dict[str, tuple[str, ...]] = {
+    # Below the edge: nothing imports the HTTP layer or the composition root.
+    "collector.ingest": ("collector.edge", "collector.app", "collector.services", "collector.ops", "pipeline"),
+    "collector.storage": (
+        "collector.edge", "collector.app", "collector.services", "collector.ingest", "collector.ops", "pipeline",
+    ),
+    "collector.ops": ("collector.edge", "collector.app", "collector.services", "pipeline"),
+    # ...but the snapshot, which reads the whole running service (Services, the edge's stats included) for /metrics.
+    "collector.ops.snapshot": ("collector.app", "pipeline"),
+    # The pipeline depends on the collector's core, never on its edge or its composition root.
+    "pipeline": ("collector.edge", "collector.app", "collector.services", "collector.__main__", "collector.ops"),
+    # Leaves every floor may use.
+    "collector.settings": ("collector.",),
+    "collector.errors": ("collector.edge", "collector.ingest", "collector.storage", "collector.ops", "pipeline"),
+    "collector.logsafe": ("collector.", "pipeline"),
+}  # fmt: skip
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """Every module of ours and the modules of ours it imports, TYPE_CHECKING imports included."""
+    graph: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            name = module_name(path)
+            found: set[str] = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    found.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    found.add(node.module)
+                    found.update(f"{node.module}.{alias.name}" for alias in node.names)
+            graph[name] = found
+    return {name: {m for m in found if m in graph and m != name} for name, found in graph.items()}
+
+
+def test_the_import_graph_of_collector_and_pipeline_has_no_cycle() -> None:
+    """Reading the modules in dependency order works: no module reaches itself through its imports."""
+    graph = imports()
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                cycles.append([*trail[trail.index(target) :], target] if target in trail else [name, target])
+            elif target not in state:
+                visit(target, [*trail, target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    # A package's __init__ importing its own modules is not a cycle a reader trips over.
+    cycles = [c for c in cycles if not any(c[0].startswith(f"{m}.") or m == c[0] for m in c[1:] if m in PACKAGES)]
+    assert cycles == []
+
+
+def test_no_module_imports_a_floor_above_its_own() -> None:
+    """Ingest, storage, ops and the pipeline never import the HTTP edge or the composition root above them."""
+    upward = []
+    for name, targets in imports().items():
+        # The most specific rule that names this module (or its package) applies.
+        floor = max((f for f in UPWARD if name == f or name.startswith(f"{f}.")), key=len, default=None)
+        if floor is not None:
+            forbidden = UPWARD[floor]
+            upward += [(name, t) for t in sorted(targets) if any(t == f or t.startswith(f) for f in forbidden)]
+    assert upward == []
