@@ -1,4 +1,5 @@
-"""Settings: read once from the environment, malformed values named, production without embedded defaults."""
+"""Settings: read once from the environment, each variable cast as its type says, S3 settings grouped per bucket,
+malformed values named, production without embedded defaults."""
 
 from __future__ import annotations
 
