@@ -31,7 +31,6 @@ from collector.ingest.auth import (
     PixelManagementDirectory,
 )
 from collector.ingest.service import Ingest
-from collector.ingest.sites import DEV_IP_HASH_SECRET
 from collector.ops.metrics import Metrics, MetricsSync, multiprocess_dir
 from collector.ops.snapshot import RequestCounts, snapshot_of
 from collector.services import Services
@@ -55,7 +54,7 @@ def make_directory(settings: Settings) -> DomainDirectory:
     files = [("development defaults", DEFAULT_DOMAINS_FILE)]
     if settings.authorized_domains_file:
         files.append(("AUTHORIZED_DOMAINS_FILE", Path(settings.authorized_domains_file)))
-    return FileDirectory(files, settings.ip_hash_secret or DEV_IP_HASH_SECRET, settings.authorized_domains)
+    return FileDirectory(files, settings.hash_secret, settings.authorized_domains)
 
 
 def check_directory(settings: Settings) -> None:
@@ -142,7 +141,7 @@ async def open_services(
 def _authorizer(settings: Settings, metrics: Metrics) -> DomainAuthorizer:
     return DomainAuthorizer(
         make_directory(settings),
-        ip_hash_secret=settings.ip_hash_secret or DEV_IP_HASH_SECRET,
+        ip_hash_secret=settings.hash_secret,
         ttl_s=settings.auth_cache_ttl_s,
         negative_ttl_s=settings.auth_negative_ttl_s,
         stale_max_s=settings.auth_stale_max_s,

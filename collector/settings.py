@@ -1,16 +1,17 @@
-"""Settings: one frozen dataclass read once from the environment; no I/O here."""
+"""Settings: one frozen dataclass read once from the environment; no I/O here.
+
+A field's variable is its name upper-cased (a group's: its prefix and the name), and its caster follows from its
+type (collector/casters.py): the type hints are the one list of what is read and how.
+"""
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Annotated, Any, Literal
 
-AckMode = Literal["buffered", "durable"]
-Environment = Literal["development", "production"]
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from collector.casters import EnvPrefix, HttpUrl, LogLevel, PostgresUrl, UrlPath, Variable, variables_of
+from collector.casters import Network as Network  # re-exported: the trusted proxies' type
 
 # Paths of the fixed endpoints, which the configurable ones may not shadow.
 RESERVED_PATHS = frozenset((
@@ -19,16 +20,17 @@ RESERVED_PATHS = frozenset((
     "/", "/cleanup/status", "/cleanup/run",
 ))  # fmt: skip
 
+# Development only (production refuses to start without IP_HASH_SECRET): hashes made with it are not secret. Here,
+# below every other module, so that Settings.hash_secret can fall back to it and the refusal below can name it.
+DEV_IP_HASH_SECRET = "development-only-ip-hash-secret"
 
 # A production secret: at least this long, with at least MIN_SECRET_DISTINCT different characters, and none of the
 # values this repository ships (anyone can read them). tests/security/test_secrets.py finds every ADMIN_TOKEN and
 # IP_HASH_SECRET value in the repository's deploy files and docs and checks that each one is here or refused anyway.
 MIN_SECRET_CHARS = 32
 MIN_SECRET_DISTINCT = 8
-# (No import of collector.sites.DEV_IP_HASH_SECRET: settings sits below every other module; the test checks that
-# the value there is refused.)
 SHIPPED_SECRETS = frozenset((
-    "replace_me", "compose-demo-admin-token", "compose-demo-ip-hash-secret", "development-only-ip-hash-secret",
+    "replace_me", "compose-demo-admin-token", "compose-demo-ip-hash-secret", DEV_IP_HASH_SECRET,
 ))  # fmt: skip
 # Placeholder words: a value containing one was copied from an example, not generated.
 PLACEHOLDER_MARKERS = ("replace_me", "replace-me", "changeme", "change-me", "compose-demo", "development-only")
@@ -54,6 +56,23 @@ class SettingsError(ValueError):
     """A variable is missing or malformed; the message names it."""
 
 
+AckMode = Literal["buffered", "durable"]
+Environment = Literal["development", "production"]
+ExportFormat = Literal["json", "ndjson.gz"]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSettings:
+    """One S3 bucket. No bucket: a directory under DATA_DIR/objects; no keys or region: the default AWS chain's."""
+
+    bucket: str | None = None
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    region: str | None = None
+    # Once in Settings, the resolved endpoint: the bucket's own, else S3_ENDPOINT_URL, else None (AWS).
+    endpoint_url: HttpUrl | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every knob of the collector. Only `__main__` builds it from the environment; tests build it directly."""
@@ -63,15 +82,15 @@ class Settings:
     port: int = 8000
     workers: int = 1
     data_dir: str = ".data"
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
 
     # None means "start the embedded PostgreSQL" (development only).
-    database_url: str | None = None
+    database_url: PostgresUrl | None = None
     database_pool_size: int = 10
     database_max_overflow: int = 20
 
     # None means "authorize from authorized_domains_file" (development only).
-    pixel_management_url: str | None = None
+    pixel_management_url: HttpUrl | None = None
     authorized_domains_file: str | None = None
     # Development: domains authorized on top of the defaults (localhost, 127.0.0.1, example.com) and the file above,
     # comma-separated, each `domain` (its client: client_<domain>, www. dropped) or `domain=client_id`.
@@ -127,8 +146,8 @@ class Settings:
 
     # The browser edge: the GET/POST alias of /collect and the tracker script's path (short names that
     # ad-block lists do not target), and how long a browser may cache a CORS preflight answer.
-    collect_alias_path: str = "/e"
-    tracker_path: str = "/s.js"
+    collect_alias_path: UrlPath = "/e"
+    tracker_path: UrlPath = "/s.js"
     cors_max_age_s: int = 7200
     # Token buckets per worker: requests per second (0 = off) and the burst allowed above that rate.
     rate_limit_ip_per_s: float = 0.0
@@ -140,23 +159,32 @@ class Settings:
     export_batch_size: int = 10_000
     export_interval_s: float = 60.0
     process_interval_s: float = 60.0
-    export_format: str = "json"
+    export_format: ExportFormat = "json"
     retention_days: int = 7
     client_storage_file: str | None = None
-    raw_s3_bucket: str | None = None
-    processed_s3_bucket: str | None = None
-    raw_s3_access_key: str | None = field(default=None, repr=False)
-    raw_s3_secret_key: str | None = field(default=None, repr=False)
-    raw_s3_region: str | None = None
-    processed_s3_access_key: str | None = field(default=None, repr=False)
-    processed_s3_secret_key: str | None = field(default=None, repr=False)
-    processed_s3_region: str | None = None
-    s3_endpoint_url: str | None = None
-    raw_s3_endpoint_url: str | None = None  # per-bucket endpoints override S3_ENDPOINT_URL
-    processed_s3_endpoint_url: str | None = None
+    # The S3-compatible endpoint (MinIO, ...) of both buckets, unless one names its own (RAW_S3_ENDPOINT_URL, ...).
+    s3_endpoint_url: HttpUrl | None = None
+    # Two buckets, each from the variables of its prefix (RAW_S3_BUCKET, RAW_S3_ACCESS_KEY, ...); the endpoint each
+    # holds is the resolved one (its own, else S3_ENDPOINT_URL).
+    raw: Annotated[BucketSettings, EnvPrefix("RAW_S3_")] = BucketSettings()
+    processed: Annotated[BucketSettings, EnvPrefix("PROCESSED_S3_")] = BucketSettings()
     # A raw object ends at EXPORT_BATCH_SIZE rows or this many bytes of encoded events, whichever comes first: what
     # export and processing hold in memory is bounded by one object, however large the backlog or its rows.
     export_max_object_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        # S3_ENDPOINT_URL is the shared fallback, resolved here once: whoever opens a bucket uses its endpoint_url.
+        if self.s3_endpoint_url is not None:
+            for name in ("raw", "processed"):
+                bucket: BucketSettings = getattr(self, name)
+                if bucket.endpoint_url is None:
+                    object.__setattr__(self, name, replace(bucket, endpoint_url=self.s3_endpoint_url))
+
+    @property
+    def hash_secret(self) -> str:
+        """The key of IP hashing: IP_HASH_SECRET, else (development only: production refuses to start without it)
+        the development secret."""
+        return self.ip_hash_secret or DEV_IP_HASH_SECRET
 
     @property
     def connection_drain_s(self) -> int:
@@ -182,19 +210,28 @@ class Settings:
         return self.database_pool_size + self.database_max_overflow
 
     @classmethod
+    def variables(cls) -> tuple[Variable, ...]:
+        """Every variable from_env reads, in field order, a group's in place (docs/configuration.md documents
+        exactly these)."""
+        return variables_of(cls)
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read, cast and check every variable; raise SettingsError naming the first bad one."""
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f.name.upper()
-            raw = environ.get(name)
+        groups: dict[str, dict[str, Any]] = {}
+        for variable in cls.variables():
+            raw = environ.get(variable.name)
             if raw is None or raw.strip() == "":
                 continue
-            caster = _CASTERS.get(f.name, _TYPE_CASTERS.get(str(f.type), _as_str))
             try:
-                values[f.name] = caster(raw.strip())
+                value = variable.cast(raw.strip())
             except (ValueError, TypeError) as exc:
-                raise SettingsError(f"{name}: {exc}") from None
+                raise SettingsError(f"{variable.name}: {exc}") from None
+            target = values if variable.group is None else groups.setdefault(variable.group, {})
+            target[variable.field] = value
+        defaults: dict[str, Any] = {f.name: f.default for f in fields(cls)}
+        values.update({name: replace(defaults[name], **group) for name, group in groups.items()})
         settings = cls(**values)
         settings.check()
         return settings
@@ -257,79 +294,6 @@ def _check_domain_entries(entries: tuple[str, ...]) -> None:
         name, eq, client_id = entry.partition("=")
         if not name or (eq and not client_id) or "=" in client_id or any(c.isspace() for c in entry):
             raise SettingsError(f"AUTHORIZED_DOMAINS: {entry!r} is not `domain` or `domain=client_id`")
-
-
-def _as_str(raw: str) -> str:
-    return raw
-
-
-def _as_int(raw: str) -> int:
-    return int(raw.replace("_", ""))
-
-
-def _as_float(raw: str) -> float:
-    value = float(raw)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"not a finite number: {raw!r}")
-    return value
-
-
-def _one_of(*choices: str) -> Callable[[str], str]:
-    def cast(raw: str) -> str:
-        value = raw.lower()
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
-        return value
-
-    return cast
-
-
-def _networks(raw: str) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
-
-
-def _list(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _path(raw: str) -> str:
-    if not raw.startswith("/") or len(raw) < 2 or any(c in raw for c in "?#% "):
-        raise ValueError("expected an absolute URL path such as /e")
-    return raw
-
-
-def _database_url(raw: str) -> str:
-    if not raw.startswith(("postgresql://", "postgres://")):
-        raise ValueError("expected a postgresql:// URL")
-    return raw
-
-
-def _http_url(raw: str) -> str:
-    if not raw.startswith(("http://", "https://")):
-        raise ValueError("expected an http:// or https:// URL")
-    return raw.rstrip("/")
-
-
-_TYPE_CASTERS: dict[str, Callable[[str], Any]] = {
-    "int": _as_int,
-    "float": _as_float,
-}
-
-_CASTERS: dict[str, Callable[[str], Any]] = {
-    "environment": _one_of("development", "production"),
-    "ack_mode": _one_of("buffered", "durable"),
-    "log_level": lambda raw: _one_of("debug", "info", "warning", "error")(raw).upper(),
-    "trusted_proxies": _networks,
-    "authorized_domains": _list,
-    "database_url": _database_url,
-    "pixel_management_url": _http_url,
-    "s3_endpoint_url": _http_url,
-    "raw_s3_endpoint_url": _http_url,
-    "processed_s3_endpoint_url": _http_url,
-    "export_format": _one_of("json", "ndjson.gz"),
-    "collect_alias_path": _path,
-    "tracker_path": _path,
-}
 
 
 def redact_url(url: str) -> str:

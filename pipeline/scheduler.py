@@ -15,7 +15,6 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from collector.ingest.sites import DEV_IP_HASH_SECRET
 from collector.settings import Settings
 from pipeline import offload
 from pipeline.clients import ClientDirectory, ClientSettingsSource, load_destinations
@@ -258,7 +257,7 @@ async def open_pipeline(settings: Settings, dsn: str, directory: ClientDirectory
             max_object_bytes=settings.export_max_object_bytes,
         ),
         # Development has no secret of its own; production refuses to start without IP_HASH_SECRET.
-        Processor(stores.raw, clients, ip_hash_secret=settings.ip_hash_secret or DEV_IP_HASH_SECRET),
+        Processor(stores.raw, clients, ip_hash_secret=settings.hash_secret),
         retention_days=settings.retention_days,
         export_interval_s=settings.export_interval_s,
         process_interval_s=settings.process_interval_s,

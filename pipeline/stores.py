@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from collector.settings import Settings
+from collector.settings import BucketSettings, Settings
 from pipeline.clients import ClientConfigError
 from pipeline.objects import LocalStore, ObjectStore, S3Location, S3Store
 
@@ -30,44 +30,39 @@ class Stores:
         local = Path(settings.data_dir) / "objects"
         raw: ObjectStore
         processed: ObjectStore
-        if settings.raw_s3_bucket:
-            raw = await S3Store.open(_location(settings, settings.raw_s3_bucket, raw_bucket=True), stack)
+        if settings.raw.bucket:
+            raw = await S3Store.open(_location(settings.raw, settings.raw.bucket), stack)
         else:
             raw = LocalStore(local / "raw")
-        if settings.processed_s3_bucket:
-            processed = await S3Store.open(_location(settings, settings.processed_s3_bucket, raw_bucket=False), stack)
+        if settings.processed.bucket:
+            processed = await S3Store.open(_location(settings.processed, settings.processed.bucket), stack)
         else:
             processed = LocalStore(local / "processed")
         return cls(settings, stack, raw, processed)
 
     async def client_bucket(self, bucket: str) -> ObjectStore:
         """A client's own bucket; ClientConfigError if it names the raw bucket (no client writes among raw objects)."""
-        raw = self._settings.raw_s3_bucket or (None if self._settings.processed_s3_bucket else "raw")
+        raw = self._settings.raw.bucket or (None if self._settings.processed.bucket else "raw")
         if bucket == raw:
             raise ClientConfigError(f"processed_bucket {bucket} is the raw bucket")
         store = self._own.get(bucket)
         if store is None:
-            if self._settings.processed_s3_bucket:
-                store = await S3Store.open(_location(self._settings, bucket, raw_bucket=False), self._stack)
+            if self._settings.processed.bucket:
+                store = await S3Store.open(_location(self._settings.processed, bucket), self._stack)
             else:
                 store = LocalStore(Path(self._settings.data_dir) / "objects" / _safe_dir(bucket))
             self._own[bucket] = store
         return store
 
 
-def _location(settings: Settings, bucket: str, *, raw_bucket: bool) -> S3Location:
-    s = settings
-    endpoint, region, access_key, secret_key = (
-        (s.raw_s3_endpoint_url, s.raw_s3_region, s.raw_s3_access_key, s.raw_s3_secret_key)
-        if raw_bucket
-        else (s.processed_s3_endpoint_url, s.processed_s3_region, s.processed_s3_access_key, s.processed_s3_secret_key)
-    )
+def _location(settings: BucketSettings, bucket: str) -> S3Location:
+    """`bucket` reached as `settings` say: their credentials, region and (resolved) endpoint."""
     return S3Location(
         bucket,
-        endpoint_url=endpoint or s.s3_endpoint_url,
-        region=region,
-        access_key=access_key,
-        secret_key=secret_key,
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        access_key=settings.access_key,
+        secret_key=settings.secret_key,
     )
 
 

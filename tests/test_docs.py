@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
@@ -76,37 +76,59 @@ def _render(value: Any) -> str | None:
     return str(value).lower()
 
 
-def _documented_settings() -> dict[str, str | None]:
-    """Variable → the default docs/configuration.md gives (the first `code` of its cell; None when it says unset)."""
-    found: dict[str, str | None] = {}
+def _documented_settings() -> dict[str, tuple[str | None, str]]:
+    """Variable → the default docs/configuration.md gives (the first `code` of its cell; None when it says unset), and
+    the heading its row sits under."""
+    found: dict[str, tuple[str | None, str]] = {}
+    heading = ""
     for line in (DOCS / "configuration.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
         match = _ROW.match(line)
         if match:
             name, cell = match.groups()
             assert name not in found, f"{name} is documented twice"
             code = re.match(r"\s*`([^`]*)`", cell)
-            found[name] = code.group(1).lower() if code else None
+            found[name] = (code.group(1).lower() if code else None, heading)
             if code is None:
                 assert re.match(r"\s*(unset|none)\b", cell), f"{name}: default {cell!r} is neither `value` nor unset"
     return found
 
 
-def test_configuration_page_documents_exactly_the_settings_with_their_defaults() -> None:
-    """docs/configuration.md has one row per Settings field (no stale rows), each with the field's default."""
-    documented = _documented_settings()
-    defaults = {f.name.upper(): f.default for f in fields(Settings)}
+def test_configuration_page_documents_exactly_the_variables_read_with_their_defaults() -> None:
+    """docs/configuration.md has one row per variable Settings.from_env reads (a bucket's included; no stale rows),
+    each with its default."""
+    documented = {name: default for name, (default, _) in _documented_settings().items()}
+    defaults = {variable.name: variable.default for variable in Settings.variables()}
     assert all(default is not MISSING for default in defaults.values())
 
     undocumented = set(defaults) - set(documented)
-    assert not undocumented, f"Settings fields missing from docs/configuration.md: {sorted(undocumented)}"
+    assert not undocumented, f"variables missing from docs/configuration.md: {sorted(undocumented)}"
     stale = set(documented) - set(defaults)
-    assert not stale, f"docs/configuration.md documents variables Settings does not have: {sorted(stale)}"
+    assert not stale, f"docs/configuration.md documents variables Settings does not read: {sorted(stale)}"
 
     wrong = []
     for name, default in defaults.items():
         if documented[name] != _render(default):
             wrong.append(f"{name}: documented {documented[name]!r}, Settings has {_render(default)!r}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_configuration_page_shows_each_bucket_as_one_group_under_its_prefix() -> None:
+    """Each bucket's variables (RAW_S3_*, PROCESSED_S3_*) sit together under one heading naming the prefix, and
+    nothing else does."""
+    documented = _documented_settings()
+    groups: dict[str, set[str]] = {}
+    for variable in Settings.variables():
+        if variable.prefix:
+            groups.setdefault(variable.prefix, set()).add(variable.name)
+    assert set(groups) == {"RAW_S3_", "PROCESSED_S3_"}
+    for prefix, names in groups.items():
+        headings = {documented[name][1] for name in names}
+        assert len(headings) == 1, f"{sorted(names)} are under {sorted(headings)}"
+        heading = headings.pop()
+        assert f"`{prefix}*`" in heading, f"the heading {heading!r} of {sorted(names)} does not name {prefix}*"
+        assert {name for name, (_, under) in documented.items() if under == heading} == names
 
 
 def test_api_page_documents_exactly_the_operations_of_openapi_json() -> None:

@@ -20,7 +20,7 @@ UPWARD: dict[str, tuple[str, ...]] = {
     # The pipeline depends on the collector's core, never on its edge or its composition root.
     "pipeline": ("collector.edge", "collector.app", "collector.services", "collector.__main__", "collector.ops"),
     # Leaves every floor may use.
-    "collector.settings": ("collector.",),
+    "collector.settings": tuple(f"collector.{m}" for m in ("edge", "ingest", "storage", "ops", "app", "services")),
     "collector.errors": ("collector.edge", "collector.ingest", "collector.storage", "collector.ops", "pipeline"),
     "collector.logsafe": ("collector.", "pipeline"),
 }  # fmt: skip

@@ -124,8 +124,8 @@ async def export_config(request: Request) -> JSONResponse:
         "process_interval_s": pipeline.process_interval_s,
         "retention_days": pipeline.retention_days,
         "s3_endpoint_url": settings.s3_endpoint_url,
-        "raw_credentials": "explicit" if settings.raw_s3_access_key else "default chain",
-        "processed_credentials": "explicit" if settings.processed_s3_access_key else "default chain",
+        "raw_credentials": "explicit" if settings.raw.access_key else "default chain",
+        "processed_credentials": "explicit" if settings.processed.access_key else "default chain",
     })  # fmt: skip
 
 

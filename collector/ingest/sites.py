@@ -10,14 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+# Re-exported for whoever imported it here; Settings owns it (Settings.hash_secret falls back to it).
+from collector.settings import DEV_IP_HASH_SECRET as DEV_IP_HASH_SECRET
+
 IpMode = Literal["store", "hash", "none"]
 
 # A host name: labels of letters, digits and hyphens (and `_`, which DNS allows), 1 to 63 bytes each, not starting or
 # ending with a hyphen, 253 bytes in all. Used with fullmatch (`$` would accept a trailing newline); its only
 # repetition is bounded per label, so it runs in time linear in the input, which is cut before it runs anyway.
 _LABELS = re.compile(r"(?=.{1,253}\Z)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
-# Development only (production refuses to start without IP_HASH_SECRET): hashes made with it are not secret.
-DEV_IP_HASH_SECRET = "development-only-ip-hash-secret"
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: no trailing newline
 

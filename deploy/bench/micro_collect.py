@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
+from collector.app import make_directory
 from collector.edge.collect import CollectEndpoint
-from collector.app import DEV_IP_HASH_SECRET, make_directory
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.service import Ingest
 from collector.settings import Settings
@@ -45,7 +45,7 @@ BROWSER = [*HEADERS, (b"origin", b"http://localhost:3000"), (b"referer", b"http:
 async def run(body: bytes, headers: list[tuple[bytes, bytes]], n: int, rounds: int) -> float:
     settings = Settings(database_url="postgresql://unused", buffer_max_events=10_000_000, buffer_max_bytes=1 << 40)
     authorizer = DomainAuthorizer(
-        make_directory(settings), ip_hash_secret=DEV_IP_HASH_SECRET, ttl_s=3600, negative_ttl_s=30,
+        make_directory(settings), ip_hash_secret=settings.hash_secret, ttl_s=3600, negative_ttl_s=30,
         stale_max_s=3600, max_entries=1000,
     )  # fmt: skip
     sink: Any = None  # never started: put() only queues

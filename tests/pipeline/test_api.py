@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from collector.settings import BucketSettings
 from pipeline.formats import decode_events, format_of
 from pipeline.objects import S3Store
 from tests.conftest import MakeApp
@@ -17,11 +18,12 @@ from tests.pipeline.conftest import MakeStore, create_bucket
 
 
 def bucket_settings(moto_url: str, raw: str, processed: str) -> dict[str, Any]:
+    keys = {"access_key": "testing", "secret_key": "testing", "region": "us-east-1"}
     return {
-        "raw_s3_bucket": raw, "processed_s3_bucket": processed, "s3_endpoint_url": moto_url,
-        "raw_s3_access_key": "testing", "raw_s3_secret_key": "testing", "raw_s3_region": "us-east-1",
-        "processed_s3_access_key": "testing", "processed_s3_secret_key": "testing", "processed_s3_region": "us-east-1",
-    }  # fmt: skip
+        "s3_endpoint_url": moto_url,
+        "raw": BucketSettings(bucket=raw, **keys),
+        "processed": BucketSettings(bucket=processed, **keys),
+    }
 
 
 async def test_collected_events_are_exported_and_processed_per_client(
