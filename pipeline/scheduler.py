@@ -11,10 +11,11 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import asyncpg
 
+from collector.ops.periodic import Periodic
 from collector.settings import Settings
 from pipeline import offload
 from pipeline.clients import ClientDirectory, ClientSettingsSource, load_destinations
@@ -101,7 +102,7 @@ class Pipeline:
         self.process_interval_s = process_interval_s
         self.stats = PipelineStats()
         self.last_retention: RetentionResult | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._schedules: list[Periodic] = []
 
     async def run_export(self) -> ExportResult:
         """Export now, then apply retention; StageBusy if another runner holds the export lock."""
@@ -197,31 +198,22 @@ class Pipeline:
 
     def start(self, db: Queryable) -> None:
         """Schedule both stages, and the lag refresh through `db` (the app's pool: it needs no lock)."""
-        self._tasks = [
-            asyncio.create_task(self._every(self.export_interval_s, self.run_export), name="export"),
-            asyncio.create_task(self._every(self.process_interval_s, self.run_process), name="process"),
-            asyncio.create_task(self._every(LAG_REFRESH_S, lambda: self.refresh_lag(db)), name="pipeline-lag"),
+        # StageBusy is no failure: the leader is elsewhere this round. Any other failure is logged; the stage's own
+        # state makes the next round pick up where this one stopped.
+        self._schedules = [
+            Periodic("export", self.export_interval_s, self.run_export, quiet=(StageBusy,)),
+            Periodic("process", self.process_interval_s, self.run_process, quiet=(StageBusy,)),
+            Periodic("pipeline-lag", LAG_REFRESH_S, lambda: self.refresh_lag(db)),
         ]
+        for schedule in self._schedules:
+            schedule.start()
 
     async def close(self) -> None:
         """Stop both schedules; a run in progress is cancelled (its claims make the next run finish it). Then stop
         the worker process processing renders in, if one was started."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*(schedule.close() for schedule in self._schedules))
+        self._schedules = []
         await asyncio.to_thread(offload.shutdown)
-
-    @staticmethod
-    async def _every(interval_s: float, run: Callable[[], Awaitable[Any]]) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await run()
-            except StageBusy:
-                pass  # the leader is elsewhere this cycle
-            except Exception:  # the stage's own state makes the next cycle pick up where this one stopped
-                logger.exception("Scheduled pipeline task %s failed", getattr(run, "__name__", run))
 
 
 async def _record(

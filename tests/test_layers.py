@@ -8,22 +8,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("collector", "pipeline")
 # The composition root may import anything; the rest only what sits below it. (A prefix names a package.)
+# ops.periodic is a leaf every floor may use; the rest of ops reads the running service.
+OPS = ("collector.ops.metrics", "collector.ops.snapshot", "collector.ops.embedded")
+TOP = ("collector.edge", "collector.app", "collector.services", "collector.__main__")
 UPWARD: dict[str, tuple[str, ...]] = {
     # Below the edge: nothing imports the HTTP layer or the composition root.
-    "collector.ingest": ("collector.edge", "collector.app", "collector.services", "collector.ops", "pipeline"),
-    "collector.storage": (
-        "collector.edge", "collector.app", "collector.services", "collector.ingest", "collector.ops", "pipeline",
-    ),
-    "collector.ops": ("collector.edge", "collector.app", "collector.services", "pipeline"),
+    "collector.ingest": (*TOP, *OPS, "pipeline"),
+    "collector.storage": (*TOP, *OPS, "collector.ingest", "pipeline"),
+    "collector.ops": (*TOP, "pipeline"),
     # ...but the snapshot, which reads the whole running service (Services, the edge's stats included) for /metrics.
-    "collector.ops.snapshot": ("collector.app", "pipeline"),
+    "collector.ops.snapshot": ("collector.app", "collector.__main__", "pipeline"),
+    "collector.ops.periodic": ("collector.", "pipeline"),
     # The pipeline depends on the collector's core, never on its edge or its composition root.
-    "pipeline": ("collector.edge", "collector.app", "collector.services", "collector.__main__", "collector.ops"),
+    "pipeline": (*TOP, *OPS),
     # Leaves every floor may use.
-    "collector.settings": tuple(f"collector.{m}" for m in ("edge", "ingest", "storage", "ops", "app", "services")),
-    "collector.errors": ("collector.edge", "collector.ingest", "collector.storage", "collector.ops", "pipeline"),
+    "collector.settings": (*TOP, "collector.ops", "collector.ingest", "collector.storage", "pipeline"),
+    "collector.errors": (*TOP, "collector.ops", "collector.ingest", "collector.storage", "pipeline"),
     "collector.logsafe": ("collector.", "pipeline"),
-}  # fmt: skip
+}
 
 
 def module_name(path: Path) -> str:

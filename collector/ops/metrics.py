@@ -12,7 +12,6 @@ worker writes its values there, and whichever worker answers a scrape reads them
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import platform
@@ -26,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from collector import __version__
+from collector.ops.periodic import Periodic
 
 if TYPE_CHECKING:
     pass
@@ -302,10 +302,9 @@ class MetricsSync:
 
     def __init__(self, metrics: Metrics, *, interval_s: float = SYNC_INTERVAL_S) -> None:
         self.metrics = metrics
-        self._interval = interval_s
+        self._schedule = Periodic("Metrics sync", interval_s, self._tick)
         self._snapshot: Callable[[], Snapshot] | None = None
         self._ready: Callable[[], Awaitable[bool]] | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def sync(self) -> None:
         """Sync now (the scrape handler calls this so that this worker's figures are exact)."""
@@ -322,27 +321,20 @@ class MetricsSync:
         self.metrics.forget_dead_workers()
         self.sync()
         await self.check_ready()
-        self._task = asyncio.create_task(self._run(), name="metrics")
+        self._schedule.start()
 
     async def close(self) -> None:
         """Stop the task, sync a last time (a scrape may still read this worker's counter files), and leave."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._schedule.close()
         try:
             self.metrics.gauges["ready"].set(0)
             self.sync()
         finally:
             self.metrics.close()
 
-    async def _run(self) -> None:
-        syncs = 0
-        while True:
-            await asyncio.sleep(self._interval)
-            syncs += 1
-            try:
-                self.sync()
-                if syncs % READY_EVERY_SYNCS == 0:
-                    await self.check_ready()
-            except Exception:  # metrics must never take the service down; try again next second
-                logger.exception("Metrics sync failed")
+    async def _tick(self) -> None:
+        """One round: sync, and every READY_EVERY_SYNCS rounds check readiness (a failure is logged by Periodic, and
+        metrics never take the service down: the next round comes a second later)."""
+        self.sync()
+        if (self._schedule.rounds + 1) % READY_EVERY_SYNCS == 0:
+            await self.check_ready()

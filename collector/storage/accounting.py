@@ -18,6 +18,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from collector.ops.periodic import Periodic
+
 logger = logging.getLogger(__name__)
 
 # A dead-letter sample is cut to this many bytes when it is taken (so the pending deque holds at most
@@ -72,12 +74,11 @@ class Accounting:
         """`redact` cleans each sample's detail and payload before it is written (the strictest privacy rules)."""
         self._pool = pool
         self._redact = redact
-        self._interval = interval_s
         self._keep = keep
         self.counts: Counter[tuple[date, str, str]] = Counter()
         self.dead_letters: deque[DeadLetter] = deque(maxlen=max_pending)
         self._sampled: Counter[tuple[str, str | None]] = Counter()  # samples taken since the last flush
-        self._task: asyncio.Task[None] | None = None
+        self._schedule = Periodic("accounting", interval_s, self.flush)
 
     def count(self, client_id: str, metric: str, n: int) -> None:
         self.counts[(datetime.now(UTC).date(), client_id, metric)] += n
@@ -98,19 +99,12 @@ class Accounting:
         )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="accounting")
+        self._schedule.start()
 
     async def close(self) -> None:
-        """Stop the task, then write what is pending one last time."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop the schedule, then write what is pending one last time."""
+        await self._schedule.close()
         await self.flush()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
 
     async def flush(self) -> None:
         """Write pending counts and samples; on failure keep the counts for the next round (samples may be lost)."""

@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from datetime import UTC, datetime
 
+from collector.ops.periodic import Periodic
 from collector.storage.database import EventStore
-
-logger = logging.getLogger(__name__)
 
 
 class PartitionMaintainer:
-    """Runs EventStore.ensure_partitions every `interval_s` seconds in one background task."""
+    """Runs EventStore.ensure_partitions and prune_batches every `interval_s` seconds in one background task."""
 
     def __init__(self, store: EventStore, *, interval_s: float = 3600.0) -> None:
         self._store = store
-        self._interval = interval_s
-        self._task: asyncio.Task[None] | None = None
+        # A failed round is logged; the DEFAULT partition still takes rows until the next one succeeds.
+        self._schedule = Periodic("Daily partition maintenance", interval_s, self.maintain)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="partitions")
+        self._schedule.start()
 
     async def close(self) -> None:
         """Stop the task; a run in progress is cancelled (partition creation is transactional)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._schedule.close()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self._store.ensure_partitions(datetime.now(UTC).date())
-                await self._store.prune_batches()
-            except Exception:  # the DEFAULT partition still takes rows; try again next round
-                logger.exception("Daily partition maintenance failed")
+    async def maintain(self) -> None:
+        await self._store.ensure_partitions(datetime.now(UTC).date())
+        await self._store.prune_batches()
