@@ -62,11 +62,8 @@ class CollectEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> int:  # noqa: C901
         """Answer one /collect request; return its status (for the request counters; 499 when the client left).
-
-        One function on purpose: the header scan and the POST branch are inlined because each call level costs per
-        request (moving the scan into a function or a dict of the headers, and the page's host into a function,
-        cost 2,500 instructions per request more, measured with callgrind as docs/performance.md does).
-        """
+        The header scan and the POST branch are inline on purpose: a dict of the headers and the page's host in a
+        function cost 2,500 instructions per request more (callgrind, as docs/performance.md measures)."""
         origin = None
         try:
             content_type = content_length = user_agent = forwarded_for = encoding = referer = fetch_site = None
@@ -89,10 +86,9 @@ class CollectEndpoint:
                     fetch_site = value
             # Browsers send Origin on every cross-origin POST; an <img> pixel sends only (maybe) a Referer.
             site_host = host_of(origin) if origin is not None else None if referer is None else host_of(referer)
-            # A page can hide both (<img referrerpolicy="no-referrer">), but not that a browser sent the request:
-            # every request a browser makes for a page carries Fetch Metadata. Such a request names no page, so it
-            # matches no site (origin_mismatch). `none` is the user's own navigation (an address typed in), which
-            # no page can cause: it is judged like a server's request, which that user could send with curl.
+            # A page can hide both (referrerpolicy), not that a browser sent the request (Fetch Metadata): such a
+            # request names no page and matches no site. `none` is the user's own navigation, which no page can
+            # cause: it is judged like a server's request (that user could send it with curl as well).
             if site_host is None and fetch_site is not None and fetch_site != b"none":
                 site_host = ""
             method = scope["method"]
