@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from collector.ingest.origins import candidates, host_of, within
 from collector.ingest.ratelimit import RateLimiter, limiter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import FakeClock
 
 
 def test_bucket_allows_the_burst_then_refills_at_the_rate() -> None:
     """A key may send `burst` requests at once, then one per 1/rate seconds; the wait is rounded up, at least 1 s."""
-    clock = Clock()
+    clock = FakeClock()
     buckets = RateLimiter(0.25, 3, clock=clock)
     assert [buckets.take("a") for _ in range(4)] == [0, 0, 0, 4]
     clock.now += 2.0
@@ -28,7 +21,7 @@ def test_bucket_allows_the_burst_then_refills_at_the_rate() -> None:
 
 def test_full_buckets_are_forgotten_when_the_table_is_full() -> None:
     """Past max_keys, buckets that refilled are dropped and the busy ones kept."""
-    clock = Clock()
+    clock = FakeClock()
     buckets = RateLimiter(1.0, 2, max_keys=3, clock=clock)
     for key in ("a", "b", "c"):
         buckets.take(key)
