@@ -4,7 +4,7 @@ Why not tuples handed to asyncpg: its encoder spent ~6.5 µs per 16-column row i
 (timestamps via astimezone and timedelta, inet via ipaddress parsing), on the same core as the requests.
 Encoded here, the columns that are the same for every event of a request (its site, client, user agent,
 address, receive time, and for a batch the wrapper's inherited fields) are encoded once per request, and a
-batch sub-event costs a few joins. The journal of a later issue can store these records as they are.
+batch sub-event costs a few joins. The journal (storage/journal.py) stores these records as they are.
 
 Format (PostgreSQL docs, "COPY ... BINARY"): a header, then per row a 16-bit field count and per field a
 32-bit length (-1 for NULL) and the field's binary value, then a 16-bit -1 trailer.
