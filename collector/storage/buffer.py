@@ -177,7 +177,7 @@ class WriteBehindBuffer:
         already = self._closing
         self._closing = True
         self.flow.spill = True
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             self._wake()
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), self._drain_timeout)

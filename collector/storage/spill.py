@@ -107,7 +107,8 @@ class Storage:
         """Replay what is left of the journal for at most `replay_s` seconds (what remains waits for the next start),
         then close the connection and the journal and stop the thread."""
         try:
-            await self._thread.run(self._end(replay_s))
+            if self._replay_wanted is not None:  # started
+                await self._thread.run(self._end(replay_s))
         finally:
             await self._thread.stop()
 
@@ -146,12 +147,14 @@ class Storage:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
-        try:
-            async with asyncio.timeout(max(replay_s, 0.0)):
-                while not self.failing and await self.replay_step():
-                    pass
-        except TimeoutError:
-            pass
+        if replay_s > 0 and self._turn is not None:
+            try:
+                async with asyncio.timeout(replay_s):
+                    async with self._turn:  # once a write the buffer's close cancelled has let go of the connection
+                        while not self.failing and await self.replay_step():
+                            pass
+            except TimeoutError:
+                pass
         await self._writer.close()
         if self.journal is not None:
             self.journal.close()
