@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -105,8 +106,9 @@ async def open_services(
     authorizer = _authorizer(settings, metrics)
     stack.push_async_callback(_logged("authorizer", authorizer.close))
     storage, buffer = _storage_and_buffer(settings, store, metrics)
+    await storage.start()
     await buffer.start()
-    stack.push_async_callback(_logged("buffer", buffer.close))
+    stack.push_async_callback(_logged("buffer", lambda: _close_buffer(buffer, storage, settings.buffer_drain_s)))
     accounting = Accounting(store.pool, redact=redact_sample)
     accounting.start()
     stack.push_async_callback(_logged("accounting", accounting.close))
@@ -159,6 +161,7 @@ def _storage_and_buffer(settings: Settings, store: EventStore, metrics: Metrics)
         retry_initial_s=0.05,
         retry_max_s=5.0,
     )
+    # Storage runs on its own thread; the buffer hands it batches and, through `flow`, when to spill them.
     buffer = WriteBehindBuffer(
         storage,
         max_events=settings.buffer_max_events,
@@ -167,8 +170,18 @@ def _storage_and_buffer(settings: Settings, store: EventStore, metrics: Metrics)
         flush_interval_s=settings.flush_interval_s,
         drain_timeout_s=settings.buffer_drain_s,
         on_flush=metrics.observe_flush,
+        flow=storage.flow,
     )
     return storage, buffer
+
+
+async def _close_buffer(buffer: WriteBehindBuffer, storage: Storage, drain_s: float) -> None:
+    """One BUFFER_DRAIN_S for both: the buffer's queue first, then what is left of it for the journal's replay."""
+    started = time.monotonic()
+    try:
+        await buffer.close()
+    finally:
+        await storage.close(replay_s=drain_s - (time.monotonic() - started))
 
 
 def create_app(settings: Settings) -> CollectorApp:

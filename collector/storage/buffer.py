@@ -1,19 +1,19 @@
-"""WriteBehindBuffer: the bounded in-memory queue of accepted events and the flusher thread that drains it."""
+"""WriteBehindBuffer: the bounded in-memory queue of accepted events, and the flush task that hands its batches on."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import uvloop
-
 from collector.errors import BufferFull, ShuttingDown
+from collector.storage.batch import Batch, Flow
 
 logger = logging.getLogger(__name__)
 
@@ -22,23 +22,11 @@ BACKLOG_FACTOR = 10
 
 
 class Sink(Protocol):
-    """Where flushed rows go (collector.storage.Storage). Used only from the flusher thread."""
+    """Where batches go (collector.storage.spill.Storage, or an in-memory stand-in in tests)."""
 
-    failing: bool
-
-    def open(self) -> None: ...
-
-    async def store(self, rows: list[Row], clients: dict[str, int], spill: Callable[[], bool]) -> None:
-        """Return once the rows are committed or journaled; spill() says when journaling is called for."""
+    async def write(self, batch: Batch) -> None:
+        """Return once the batch's rows are committed or journaled; raise only when cancelled."""
         ...
-
-    async def replay_step(self) -> bool:
-        """Replay a little of the journal; True if there is more to do right away."""
-        ...
-
-    def backing_off(self) -> float: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -48,8 +36,7 @@ class _Item:
     rows: Sequence[Row]
     size: int  # bytes of the rows
     client_id: str | None
-    enqueued_at: float
-    done: asyncio.Future[None] | None  # on the request's (main) loop; set once the rows are stored
+    done: asyncio.Future[None] | None  # set once the rows are stored
 
 
 @dataclass(slots=True)
@@ -60,14 +47,12 @@ class BufferStats:
 
 
 class WriteBehindBuffer:
-    """Bounded queue filled by request handlers, drained by one flusher thread writing to a Sink with COPY.
+    """Bounded queue filled by request handlers, drained by one flush task writing batches to a Sink.
 
-    The flusher runs its own event loop in its own thread: on the request loop, each of a COPY's round
-    trips would wait behind every ready request (tens of ms under load), capping storage far below intake.
-
-    A flush starts when `flush_max_events` are waiting, `flush_interval_s` after the oldest waiting event,
-    or at once when a durable request waits on it (group commit). A failed write keeps its batch and
-    retries with backoff; nothing is dropped because the database hiccuped.
+    Everything here runs on the request loop, so no lock: the sink takes the batch to its own loop (Storage
+    does) when the work is slow. A flush starts when `flush_max_events` are waiting, `flush_interval_s` after
+    the first event of an idle queue, or at once when a durable request waits on it (group commit). The sink
+    keeps a batch it cannot store yet; nothing is dropped because the database hiccuped.
     """
 
     def __init__(
@@ -81,10 +66,10 @@ class WriteBehindBuffer:
         drain_timeout_s: float,
         spill_at: float = 0.5,
         on_flush: Callable[[int, float], None] | None = None,
+        flow: Flow | None = None,
     ) -> None:
         self._sink = sink
-        # Called from the flusher thread with (events, seconds) once per flush: per batch, never per request.
-        self._on_flush = on_flush
+        self._on_flush = on_flush  # (events, seconds) once per flush: per batch, never per request
         self.capacity = max_events
         self.max_bytes = max_bytes
         self._flush_max = flush_max_events
@@ -93,34 +78,27 @@ class WriteBehindBuffer:
         # While PostgreSQL fails, batches stay in memory (and are retried) until the buffer is this full.
         self._high_water = int(max_events * spill_at)
         self._high_water_bytes = int(max_bytes * spill_at)
-        # Shared between the request loop and the flusher thread; every field below is guarded by _lock.
-        self._lock = threading.Lock()
+        self.flow = Flow() if flow is None else flow  # `spill` is ours to write, `failing` the sink's
         self._queue: deque[_Item] = deque()
         self._queued = 0  # events in _queue
-        self._writing = 0  # events taken by the flusher, not yet committed
+        self._depth = 0  # events in _queue or in the batch being written
         self._bytes = 0  # bytes of the rows queued or being written
         self._waiters = 0  # items in _queue that a request awaits
+        self._first_at = 0.0  # when the first item of a drained queue came (time.monotonic)
         self._inflight: list[_Item] = []  # the items of the batch being written
         self._closing = False
-        self._sleeping = False  # the flusher waits for _wakeup and must be woken
-        # Owned by the flusher thread.
-        self._flusher_loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
+        self._wakeup: asyncio.Future[None] | None = None  # set while the flush task waits for work
         self._task: asyncio.Task[None] | None = None
-        # The request loop, and a future on it that the flusher sets when it has stopped.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped: asyncio.Future[None] | None = None
         self.stats = BufferStats()
 
     @property
     def failing(self) -> bool:
-        return self._sink.failing
+        return self.flow.failing
 
     @property
     def depth(self) -> int:
         """Events held only in memory: queued plus the batch being written."""
-        return self._queued + self._writing
+        return self._depth
 
     @property
     def bytes(self) -> int:
@@ -132,13 +110,8 @@ class WriteBehindBuffer:
         return not self._closing
 
     async def start(self) -> None:
-        """Start the flusher thread and return once its loop runs."""
-        self._loop = asyncio.get_running_loop()
-        self._stopped = self._loop.create_future()
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._thread_main, args=(ready,), name="flusher", daemon=True)
-        self._thread.start()
-        await asyncio.to_thread(ready.wait)
+        """Start the flush task (on the running loop)."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="flusher")
 
     def put(self, rows: Sequence[Row], client_id: str | None, size: int | None = None) -> None:
         """Queue a request's rows (`size`: their bytes, when the caller has counted them already); raise BufferFull
@@ -147,15 +120,13 @@ class WriteBehindBuffer:
 
     def put_waiting(self, rows: Sequence[Row], client_id: str | None, size: int | None = None) -> asyncio.Future[None]:
         """Queue rows (or raise, like put) and return a future set once they are committed or journaled."""
-        assert self._loop is not None
-        done = self._loop.create_future()
+        done = asyncio.get_running_loop().create_future()
         self._enqueue(rows, client_id, done, size)
         return done
 
     async def drain(self) -> None:
         """Flush everything queued now and wait until it is committed (or, while PostgreSQL fails, journaled)."""
-        assert self._loop is not None
-        done = self._loop.create_future()
+        done = asyncio.get_running_loop().create_future()
         self._enqueue((), None, done, 0, force=True)
         await done
 
@@ -170,47 +141,51 @@ class WriteBehindBuffer:
         n = len(rows)
         if size is None:
             size = sum(map(len, rows))
-        with self._lock:
-            if self._closing and not force:
-                raise ShuttingDown("the collector is shutting down; send again shortly")
-            if self._queued + self._writing + n > self.capacity or self._bytes + size > self.max_bytes:
-                raise BufferFull(
-                    f"the buffer holds {self.depth} events ({self._bytes} bytes) of {self.capacity}"
-                    f" ({self.max_bytes} bytes); send again shortly"
-                )
-            self._queue.append(_Item(rows, size, client_id, time.monotonic(), done))
-            self._queued += n
-            self._bytes += size
-            if done is not None:
-                self._waiters += 1
-            # Wake a sleeping flusher only when it has something new to do: time a first item, or flush now.
-            wake = self._sleeping and (done is not None or len(self._queue) == 1 or self._queued >= self._flush_max)
-            if wake:
-                self._sleeping = False
-        if wake:
+        if self._closing and not force:
+            raise ShuttingDown("the collector is shutting down; send again shortly")
+        depth = self._depth + n
+        held = self._bytes + size
+        if depth > self.capacity or held > self.max_bytes:
+            raise BufferFull(
+                f"the buffer holds {self._depth} events ({self._bytes} bytes) of {self.capacity}"
+                f" ({self.max_bytes} bytes); send again shortly"
+            )
+        queue = self._queue
+        queue.append(_Item(rows, size, client_id, done))
+        self._depth = depth
+        self._bytes = held
+        self._queued += n
+        if done is not None:
+            self._waiters += 1
+            self.flow.spill = True
+        elif depth >= self._high_water or held >= self._high_water_bytes:
+            self.flow.spill = True
+        # Wake a waiting flush task only when it has something new to do: time a first item, or flush now.
+        if len(queue) == 1:
+            self._first_at = time.monotonic()
+            self._wake()
+        elif done is not None or self._queued >= self._flush_max:
             self._wake()
 
     def _wake(self) -> None:
-        assert self._flusher_loop is not None and self._wakeup is not None
-        self._flusher_loop.call_soon_threadsafe(self._wakeup.set)
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     async def close(self) -> None:
         """Refuse new events, flush what is queued within the drain timeout, then log what was and was not kept."""
-        with self._lock:
-            already = self._closing
-            self._closing = True
-            self._sleeping = False
-        if self._thread is not None and self._stopped is not None:
-            if not already:
-                self._wake()
+        already = self._closing
+        self._closing = True
+        self.flow.spill = True
+        if self._task is not None and not self._task.done():
+            self._wake()
             try:
-                await asyncio.wait_for(asyncio.shield(self._stopped), self._drain_timeout)
+                await asyncio.wait_for(asyncio.shield(self._task), self._drain_timeout)
             except TimeoutError:
-                assert self._flusher_loop is not None and self._task is not None
-                self._flusher_loop.call_soon_threadsafe(self._task.cancel)
-                await asyncio.shield(self._stopped)
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
                 self._abandon()
-            await asyncio.to_thread(self._thread.join)
         if not already:
             logger.info(
                 "flusher stopped: batches=%d rows=%d lost=%d",
@@ -218,12 +193,11 @@ class WriteBehindBuffer:
             )  # fmt: skip
 
     def _abandon(self) -> None:
-        with self._lock:
-            items = [*self._inflight, *self._queue]
-            lost = self._queued + self._writing
-            self._queue.clear()
-            self._inflight = []
-            self._queued = self._writing = self._waiters = self._bytes = 0
+        items = [*self._inflight, *self._queue]
+        lost = self._depth
+        self._queue.clear()
+        self._inflight = []
+        self._queued = self._depth = self._waiters = self._bytes = 0
         self.stats.lost_on_close += lost
         for item in items:
             if item.done is not None and not item.done.done():
@@ -231,131 +205,82 @@ class WriteBehindBuffer:
         if lost:
             logger.error("flusher: %d buffered events could not be stored before the drain timeout", lost)
 
-    # Everything below runs in the flusher thread.
-
-    def _thread_main(self, ready: threading.Event) -> None:
-        loop = uvloop.new_event_loop()
-        self._flusher_loop = loop
-        self._wakeup = asyncio.Event()
-        try:
-            self._sink.open()
-        except Exception:
-            logger.exception("opening the journal failed; spilling is unavailable")
-        self._task = loop.create_task(self._run())
-        loop.call_soon(ready.set)
-        try:
-            loop.run_until_complete(self._task)
-        except asyncio.CancelledError:
-            pass
-        except Exception:  # a bug, not a database failure (those are retried): say so rather than die silently
-            logger.exception("flusher crashed")
-        finally:
-            try:
-                loop.run_until_complete(self._sink.close())
-            except Exception:
-                logger.exception("closing the flusher's storage failed")
-            loop.close()
-            assert self._loop is not None and self._stopped is not None
-            self._loop.call_soon_threadsafe(_resolve, [self._stopped])
-
     async def _run(self) -> None:
-        assert self._wakeup is not None
-        replay_turn = False
-        while True:
-            with self._lock:
-                urgent = self._closing or self._waiters or self._queued >= self._flush_max
-            # Journal replay, a record at a time: whenever no live flush is due, and after every live flush even
-            # when one is (under durable load a request always waits, so "when idle" would starve the replay).
-            if (not urgent or replay_turn) and await self._sink.replay_step():
-                replay_turn = False
-                continue
-            # Either flush now, or sleep until woken or `wait_s` seconds pass (None: until woken).
-            wait_s: float | None = 0.0
-            with self._lock:
-                closing_and_done = self._closing and not self._queue
-            if closing_and_done:
-                # What time is left of the drain goes to the journal; what remains of it waits for the next start.
-                if not self._sink.failing and await self._sink.replay_step():
+        try:
+            while self._queue or not self._closing:
+                wait_s = self._due_in()
+                if wait_s == 0.0:
+                    await self._flush(self._take())
                     continue
-                return
-            with self._lock:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    # While PostgreSQL fails, come back for the journal when it may be tried again.
-                    wait_s = self._sink.backing_off() + 0.01 if self._sink.failing else None
-                elif not (self._closing or self._waiters or self._queued >= self._flush_max):
-                    wait_s = max(0.0, self._queue[0].enqueued_at + self._interval - time.monotonic())
-                if wait_s != 0.0:
-                    self._sleeping = True
-                    self._wakeup.clear()
-            if wait_s == 0.0:
-                await self._flush(self._take())
-                replay_turn = True
-                continue
-            try:
-                async with asyncio.timeout(wait_s):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                with self._lock:
-                    self._sleeping = False
+                # Wait until put() or close() wakes us, or `wait_s` seconds pass (None: until woken).
+                self._wakeup = asyncio.get_running_loop().create_future()
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await self._wakeup
+                except TimeoutError:
+                    pass
+                finally:
+                    self._wakeup = None
+        except Exception:  # a bug, not a database failure (the sink keeps those): say so rather than die silently
+            logger.exception("flusher crashed")
+
+    def _due_in(self) -> float | None:
+        """Seconds until the next flush is due: 0 to flush now, None to wait for put() or close()."""
+        if not self._queue:
+            return None
+        if self._closing or self._waiters or self._queued >= self._flush_max:
+            return 0.0
+        return max(0.0, self._first_at + self._interval - time.monotonic())
 
     def _take(self) -> list[_Item]:
         # Behind a backlog one COPY takes up to BACKLOG_FACTOR thresholds' worth: per row a large COPY is cheaper.
+        # What is left over keeps the first item's time: it is overdue, so it goes next.
         limit = self._flush_max * BACKLOG_FACTOR
         items: list[_Item] = []
         taken = 0
-        with self._lock:
-            while self._queue and taken < limit:
-                item = self._queue.popleft()
-                items.append(item)
-                taken += len(item.rows)
-                if item.done is not None:
-                    self._waiters -= 1
-            self._queued -= taken
-            self._writing = taken
-            self._inflight = items
+        queue = self._queue
+        while queue and taken < limit:
+            item = queue.popleft()
+            items.append(item)
+            taken += len(item.rows)
+            if item.done is not None:
+                self._waiters -= 1
+        self._queued -= taken
+        self._inflight = items
         return items
 
     async def _flush(self, items: list[_Item]) -> None:
         rows: list[Row] = []
+        clients: dict[str, int] = {}
+        urgent = False
         for item in items:
             rows.extend(item.rows)
-        started = time.perf_counter()
+            if item.rows and item.client_id is not None:
+                clients[item.client_id] = clients.get(item.client_id, 0) + len(item.rows)
+            urgent = urgent or item.done is not None
+        self._publish_spill()
         if rows:
-            clients: dict[str, int] = {}
-            for item in items:
-                if item.rows and item.client_id is not None:
-                    clients[item.client_id] = clients.get(item.client_id, 0) + len(item.rows)
-            await self._sink.store(rows, clients, self._should_spill)
+            started = time.perf_counter()
+            await self._sink.write(Batch(os.urandom(16), rows, clients, urgent))
             elapsed = time.perf_counter() - started
             self.stats.batches += 1
             self.stats.rows += len(rows)
             if self._on_flush is not None:
                 self._on_flush(len(rows), elapsed)
             logger.info("Bulk inserted %d events for %d client(s) in %.1f ms", len(rows), len(clients), elapsed * 1000)
-        with self._lock:
-            self._writing = 0
-            self._bytes -= sum(item.size for item in items)
-            self._inflight = []
-        waiting = [item.done for item in items if item.done is not None]
-        if waiting:
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(_resolve, waiting)
+        self._depth -= len(rows)
+        self._bytes -= sum(item.size for item in items)
+        self._inflight = []
+        self._publish_spill()
+        for item in items:
+            if item.done is not None and not item.done.done():
+                item.done.set_result(None)
 
-    def _should_spill(self) -> bool:
-        """Whether a batch PostgreSQL will not take should go to the journal now rather than wait in memory."""
-        with self._lock:
-            return (
-                self._closing
-                or bool(self._waiters)
-                or self._queued + self._writing >= self._high_water
-                or self._bytes >= self._high_water_bytes
-                or any(item.done is not None for item in self._inflight)
-            )
-
-
-def _resolve(waiting: list[asyncio.Future[None]]) -> None:
-    for done in waiting:
-        if not done.done():
-            done.set_result(None)
+    def _publish_spill(self) -> None:
+        """Tell the sink whether a batch it cannot store should go to the journal now rather than wait in memory."""
+        self.flow.spill = (
+            self._closing
+            or bool(self._waiters)
+            or self._depth >= self._high_water
+            or self._bytes >= self._high_water_bytes
+        )

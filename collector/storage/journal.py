@@ -27,6 +27,8 @@ from pathlib import Path
 
 import orjson
 
+from collector.storage.batch import Batch
+
 logger = logging.getLogger(__name__)
 
 MAGIC = b"EVJ1"
@@ -47,22 +49,16 @@ class JournalStats:
     adopted_segments: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    batch_id: bytes
-    rows: list[bytes]
-    clients: dict[str, int]
-
-
-def encode(batch_id: bytes, rows: list[bytes], clients: dict[str, int]) -> bytes:
+def encode(batch: Batch) -> bytes:
     """One record, header included."""
-    counts = orjson.dumps(clients)
+    rows = batch.rows
+    counts = orjson.dumps(batch.clients)
     lengths = struct.pack(f">{len(rows)}I", *(len(r) for r in rows))
-    body = b"".join((batch_id, _COUNT.pack(len(counts)), counts, _COUNT.pack(len(rows)), lengths, *rows))
+    body = b"".join((batch.batch_id, _COUNT.pack(len(counts)), counts, _COUNT.pack(len(rows)), lengths, *rows))
     return _HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
 
 
-def _decode_body(body: bytes) -> Record:
+def _decode_body(body: bytes) -> Batch:
     batch_id = body[:16]
     (counts_length,) = _COUNT.unpack_from(body, 16)
     clients = orjson.loads(body[20 : 20 + counts_length])
@@ -78,7 +74,7 @@ def _decode_body(body: bytes) -> Record:
         offset += length
     if offset != len(body):
         raise ValueError("row lengths do not add up to the record")
-    return Record(batch_id, rows, clients)
+    return Batch(batch_id, rows, clients)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +86,7 @@ class Damage:
     torn: bool
 
 
-def read_segment(data: bytes) -> Iterator[Record | Damage]:
+def read_segment(data: bytes) -> Iterator[Batch | Damage]:
     """The records of a segment in order, with the damaged stretches between (or after) them."""
     offset, end = 0, len(data)
     while offset < end:
@@ -117,7 +113,7 @@ def _cut_short(data: bytes, offset: int) -> bool:
     return bool(magic == MAGIC and offset + _HEADER.size + length > len(data))
 
 
-def _record_at(data: bytes, offset: int) -> tuple[Record, int] | None:
+def _record_at(data: bytes, offset: int) -> tuple[Batch, int] | None:
     if len(data) - offset < _HEADER.size:
         return None
     magic, length, crc = _HEADER.unpack_from(data, offset)
@@ -134,7 +130,7 @@ def _record_at(data: bytes, offset: int) -> tuple[Record, int] | None:
 class Journal:
     """One worker's journal folder: append records (fsync'd), and hand back whole segments for replay.
 
-    Used only from the flusher thread. `size` counts the bytes of every segment not yet deleted.
+    Used only from storage's thread (collector.storage.spill). `size` counts the bytes of every segment not yet deleted.
     """
 
     def __init__(self, root: Path, *, max_bytes: int, segment_bytes: int) -> None:
@@ -193,9 +189,9 @@ class Journal:
     def empty(self) -> bool:
         return self.size == 0
 
-    def append(self, batch_id: bytes, rows: list[bytes], clients: dict[str, int]) -> None:
+    def append(self, batch: Batch) -> None:
         """Write and fsync one record; raise JournalFull rather than pass max_bytes."""
-        record = encode(batch_id, rows, clients)
+        record = encode(batch)
         if self.size + len(record) > self.max_bytes:
             raise JournalFull(f"the journal holds {self.size} bytes; JOURNAL_MAX_BYTES is {self.max_bytes}")
         if self._fd is None or self._active_size + len(record) > self.segment_bytes:
@@ -213,7 +209,7 @@ class Journal:
         self._active_size += len(record)
         self.size += len(record)
         self.stats.records_written += 1
-        self.stats.rows_written += len(rows)
+        self.stats.rows_written += len(batch.rows)
 
     def _rotate(self) -> None:
         self._close_active()
@@ -238,11 +234,11 @@ class Journal:
             self._close_active()
         return segments[0]
 
-    def records(self, segment: Path) -> list[Record]:
+    def records(self, segment: Path) -> list[Batch]:
         """A segment's valid records; torn tails are dropped and corrupt stretches quarantined (both counted)."""
         records = []
         for item in read_segment(segment.read_bytes()):
-            if isinstance(item, Record):
+            if isinstance(item, Batch):
                 records.append(item)
             elif item.torn:
                 self.stats.torn_tails += 1

@@ -1,24 +1,28 @@
-"""Storage: gets each flushed batch committed to PostgreSQL or, while it fails, fsync'd to the journal; replays.
+"""Storage: gets each batch committed to PostgreSQL or, while it fails, fsync'd to the journal; replays the journal.
 
-Runs only in the flusher thread. The promise it keeps for the buffer: store() returns once the batch is in a
-committed transaction or in an fsync'd journal record, and never drops rows because PostgreSQL failed.
+The buffer's sink. It runs on a loop of its own (collector.storage.loopthread): on the request loop each of a COPY's
+round trips would wait behind every ready request (tens of ms under load), capping storage far below intake. The
+promise it keeps: write() returns once the batch is in a committed transaction or an fsync'd journal record, and
+never drops rows because PostgreSQL failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from collector.storage.journal import Journal, JournalFull, Record
-from collector.storage.writer import Batch, PermanentWriteError
+from collector.storage.batch import Batch, Flow
+from collector.storage.journal import Journal, JournalFull
+from collector.storage.loopthread import LoopThread
+from collector.storage.writer import PermanentWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +30,7 @@ REPLAY_ROWS = 10_000  # rows per replay transaction
 
 
 class BatchWriter(Protocol):
-    async def copy_batch(self, batch_id: bytes, rows: list[bytes], clients: dict[str, int]) -> bool: ...
+    async def copy_batch(self, batch: Batch) -> bool: ...
 
     async def copy_batches(self, batches: Sequence[Batch]) -> set[bytes]: ...
 
@@ -45,7 +49,12 @@ class StorageStats:
 
 
 class Storage:
-    """COPY with retries and backoff; spill to the journal when asked to; replay the journal when PostgreSQL is back."""
+    """COPY with retries and backoff; spill to the journal when the buffer's `flow` asks; replay the journal.
+
+    Its thread runs two things, one at a time (they share one connection): the write a flush awaits, and the
+    journal replay, a chunk per turn. Turns are taken in arrival order, so under steady load a replay chunk
+    follows every write rather than waiting for the buffer to be idle.
+    """
 
     def __init__(
         self,
@@ -56,65 +65,144 @@ class Storage:
         journal_segment_bytes: int,
         retry_initial_s: float,
         retry_max_s: float,
+        flow: Flow | None = None,
     ) -> None:
         self._writer = writer
         self._journal_args = (journal_dir, journal_max_bytes, journal_segment_bytes)
         self.journal: Journal | None = None
+        self.flow = Flow() if flow is None else flow
         self._retry_initial = retry_initial_s
         self._retry_max = retry_max_s
         self._backoff = retry_initial_s
         self._next_attempt = 0.0
         self._streak = 0
-        self._replaying: tuple[Path, deque[Record]] | None = None
-        self.failing = False
+        self._replaying: tuple[Path, deque[Batch]] | None = None
         self.stats = StorageStats()
+        self._thread = LoopThread("storage")
+        # Created on storage's own loop (in _begin), used only there.
+        self._turn: asyncio.Lock | None = None
+        self._replay_wanted: asyncio.Event | None = None
+        self._replayer: asyncio.Task[None] | None = None
 
-    def open(self) -> None:
-        """Open this worker's journal (adopting any a dead worker left); in the flusher thread."""
-        folder, max_bytes, segment_bytes = self._journal_args
-        self.journal = Journal(folder, max_bytes=max_bytes, segment_bytes=segment_bytes)
+    @property
+    def failing(self) -> bool:
+        return self.flow.failing
 
     @property
     def journal_bytes(self) -> int:
         return 0 if self.journal is None else self.journal.size
 
+    # Called from the buffer's loop.
+
+    async def start(self) -> None:
+        """Start storage's thread, open the journal there (adopting any a dead worker left) and start replaying."""
+        await self._thread.start()
+        await self._thread.run(self._begin())
+
+    async def write(self, batch: Batch) -> None:
+        """Return once the batch is committed or journaled (the buffer's Sink)."""
+        await self._thread.run(self._write(batch))
+
+    async def close(self, replay_s: float = 0.0) -> None:
+        """Replay what is left of the journal for at most `replay_s` seconds (what remains waits for the next start),
+        then close the connection and the journal and stop the thread."""
+        try:
+            if self._replay_wanted is not None:  # started
+                await self._thread.run(self._end(replay_s))
+        finally:
+            await self._thread.stop()
+
+    # Everything below runs on storage's loop.
+
+    async def _begin(self) -> None:
+        self._turn = asyncio.Lock()
+        self._replay_wanted = asyncio.Event()
+        try:
+            self.open()
+        except Exception:
+            logger.exception("opening the journal failed; spilling is unavailable")
+        if self.journal is not None and not self.journal.empty:
+            self._replay_wanted.set()
+        self._replayer = asyncio.create_task(self._replay_forever())
+
+    async def _write(self, batch: Batch) -> None:
+        assert self._turn is not None
+        async with self._turn:
+            await self.store(batch)
+
+    async def _replay_forever(self) -> None:
+        assert self._turn is not None and self._replay_wanted is not None
+        while True:
+            await self._replay_wanted.wait()
+            # While PostgreSQL fails, come back for the journal when it may be tried again.
+            if wait_s := self.backing_off():
+                await asyncio.sleep(wait_s + 0.01)
+            async with self._turn:
+                more = await self.replay_step()
+            if not more and not self.backing_off():
+                self._replay_wanted.clear()  # set again by the next batch journaled
+
+    async def _end(self, replay_s: float) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+        if replay_s > 0 and self._turn is not None:
+            try:
+                async with asyncio.timeout(replay_s):
+                    async with self._turn:  # once a write the buffer's close cancelled has let go of the connection
+                        while not self.failing and await self.replay_step():
+                            pass
+            except TimeoutError:
+                pass
+        await self._writer.close()
+        if self.journal is not None:
+            self.journal.close()
+
+    def open(self) -> None:
+        """Open this worker's journal (adopting any a dead worker left)."""
+        folder, max_bytes, segment_bytes = self._journal_args
+        self.journal = Journal(folder, max_bytes=max_bytes, segment_bytes=segment_bytes)
+
     def backing_off(self) -> float:
         """Seconds until the next attempt at PostgreSQL is due (0 when one may be made now)."""
-        return max(0.0, self._next_attempt - time.monotonic()) if self.failing else 0.0
+        return max(0.0, self._next_attempt - time.monotonic()) if self.flow.failing else 0.0
 
-    async def store(self, rows: list[bytes], clients: dict[str, int], spill: Callable[[], bool]) -> None:
-        """Return once `rows` are committed or journaled. While PostgreSQL fails, rows go to the journal as soon as
-        `spill()` says so (a durable request waits, the buffer is past its high-water mark, or it is closing);
-        until then they are kept here and retried."""
-        batch_id = os.urandom(16)
+    async def store(self, batch: Batch) -> None:
+        """Return once the batch is committed or journaled. While PostgreSQL fails, it goes to the journal as soon as
+        it is urgent or the buffer's flow says spill (a durable request waits, the buffer is past its high-water
+        mark, or it is closing); until then it is kept here and retried."""
         while True:
             if not self.backing_off():
                 try:
-                    dropped = await self._copy(batch_id, rows, clients)
+                    dropped = await self._copy(batch)
                 except Exception as exc:  # anything but cancellation: PostgreSQL did not take it; keep the rows
-                    self._failed(exc, len(rows))
+                    self._failed(exc, len(batch.rows))
                 else:
                     self._recovered()
-                    self.stats.stored += len(rows) - dropped
+                    self.stats.stored += len(batch.rows) - dropped
                     return
-            if spill() and self._journal(batch_id, rows, clients):
+            if (batch.urgent or self.flow.spill) and self._journal(batch):
                 return
             await asyncio.sleep(min(self.backing_off(), 0.05) or 0.05)
 
-    def _journal(self, batch_id: bytes, rows: list[bytes], clients: dict[str, int]) -> bool:
-        assert self.journal is not None
+    def _journal(self, batch: Batch) -> bool:
+        if self.journal is None:
+            return False
         try:
-            self.journal.append(batch_id, rows, clients)
+            self.journal.append(batch)
         except (JournalFull, OSError) as exc:
             self.stats.journal_full += 1
             if self.stats.journal_full == 1 or self.stats.journal_full % 1000 == 0:
-                logger.error("Cannot journal %d events (%s); holding them in memory", len(rows), exc)
+                logger.error("Cannot journal %d events (%s); holding them in memory", len(batch.rows), exc)
             return False
-        self.stats.journaled += len(rows)
+        self.stats.journaled += len(batch.rows)
+        if self._replay_wanted is not None:
+            self._replay_wanted.set()
         return True
 
     async def replay_step(self) -> bool:
-        """Replay one journal record if PostgreSQL is reachable; True if there is more to do now."""
+        """Replay one chunk of the journal if PostgreSQL is reachable; True if there is more to do now."""
         journal = self.journal
         if journal is None or journal.empty or self.backing_off():
             return False
@@ -129,14 +217,14 @@ class Storage:
                 logger.exception("Journal: cannot read %s; moving it to quarantine", segment.name)
                 journal.quarantine(segment)
                 return True
-        segment, records = self._replaying
-        if records:
-            # Durable group commits journal many small records: replay them several to a transaction.
-            chunk = [records[0]]
-            size = len(records[0].rows)
-            while len(chunk) < len(records) and size + len(records[len(chunk)].rows) <= REPLAY_ROWS:
-                size += len(records[len(chunk)].rows)
-                chunk.append(records[len(chunk)])
+        segment, batches = self._replaying
+        if batches:
+            # Durable group commits journal many small batches: replay them several to a transaction.
+            chunk = [batches[0]]
+            size = len(batches[0].rows)
+            while len(chunk) < len(batches) and size + len(batches[len(chunk)].rows) <= REPLAY_ROWS:
+                size += len(batches[len(chunk)].rows)
+                chunk.append(batches[len(chunk)])
             try:
                 dropped = await self._replay(chunk)
             except Exception as exc:
@@ -144,36 +232,37 @@ class Storage:
                 return False
             self._recovered()
             for _ in chunk:
-                records.popleft()
+                batches.popleft()
             self.stats.replayed += size - dropped
-        if not records:
+        if not batches:
             journal.remove(segment)
             self._replaying = None
             logger.info("Journal: replayed %s; %d bytes left", segment.name, journal.size)
         return not journal.empty
 
-    async def _replay(self, records: list[Record]) -> int:
-        """Commit journal records in one transaction (one at a time if one of them is refused); return rows dropped."""
+    async def _replay(self, batches: list[Batch]) -> int:
+        """Commit journaled batches in one transaction (one by one if one of them is refused); return rows dropped."""
         try:
-            claimed = await self._writer.copy_batches([(r.batch_id, r.rows, r.clients) for r in records])
+            claimed = await self._writer.copy_batches(batches)
         except PermanentWriteError:
             dropped = 0
-            for record in records:
-                dropped += await self._copy(record.batch_id, record.rows, record.clients)
+            for batch in batches:
+                dropped += await self._copy(batch)
             return dropped
-        self.stats.deduplicated += sum(len(r.rows) for r in records if r.batch_id not in claimed)
+        self.stats.deduplicated += sum(len(b.rows) for b in batches if b.batch_id not in claimed)
         return 0
 
-    async def _copy(self, batch_id: bytes, rows: list[bytes], clients: dict[str, int]) -> int:
+    async def _copy(self, batch: Batch) -> int:
         """Commit the batch (once, whatever the retries); return how many unstorable rows were dropped."""
         try:
-            if not await self._writer.copy_batch(batch_id, rows, clients):
-                self.stats.deduplicated += len(rows)
+            if not await self._writer.copy_batch(batch):
+                self.stats.deduplicated += len(batch.rows)
             return 0
         except PermanentWriteError as exc:
             # Validation should make this unreachable; if a row still poisons its batch, split the batch so that
             # only that row is dropped (and counted). Halves get ids derived from the batch's, so a replay of the
-            # same journal record splits the same way and stays idempotent.
+            # same journaled batch splits the same way and stays idempotent.
+            rows = batch.rows
             if len(rows) == 1:
                 self.stats.dropped_unstorable += 1
                 logger.error("Dropped 1 event PostgreSQL refused to store: %s", exc)
@@ -181,8 +270,8 @@ class Storage:
             middle = len(rows) // 2
             dropped = 0
             for half, part in ((b"L", rows[:middle]), (b"R", rows[middle:])):
-                part_id = hashlib.blake2b(batch_id + half, digest_size=16).digest()
-                dropped += await self._copy(part_id, part, clients if half == b"L" else {})
+                part_id = hashlib.blake2b(batch.batch_id + half, digest_size=16).digest()
+                dropped += await self._copy(Batch(part_id, part, batch.clients if half == b"L" else {}))
             return dropped
 
     def _failed(self, exc: BaseException, rows: int) -> None:
@@ -190,7 +279,7 @@ class Storage:
         self.stats.copy_failures += 1
         if self._streak == 1:
             logger.warning("Bulk insert of %d events failed; retrying, journaling when needed: %r", rows, exc)
-        self.failing = True
+        self.flow.failing = True
         self._next_attempt = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self._retry_max)
 
@@ -199,9 +288,4 @@ class Storage:
             logger.warning("PostgreSQL is taking events again after %d failed attempt(s)", self._streak)
         self._streak = 0
         self._backoff = self._retry_initial
-        self.failing = False
-
-    async def close(self) -> None:
-        await self._writer.close()
-        if self.journal is not None:
-            self.journal.close()
+        self.flow.failing = False

@@ -1,4 +1,4 @@
-"""CopyWriter: the flusher's own PostgreSQL connection and the transaction that stores one batch exactly once."""
+"""CopyWriter: storage's own PostgreSQL connection and the transaction that stores one batch exactly once."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 
 from collector.storage import copyformat
+from collector.storage.batch import Batch
 
 
 def _claim_script(batch_id: bytes, rows: int, clients: dict[str, int]) -> str:
@@ -42,8 +43,6 @@ SELECT (now() AT TIME ZONE 'UTC')::date, client, 'stored', n FROM unnest($1::tex
 ON CONFLICT (day, client_id, metric) DO UPDATE SET count = c.count + EXCLUDED.count
 """
 
-Batch = tuple[bytes, Sequence[bytes], dict[str, int]]  # batch id, rows, rows per client
-
 
 class PermanentWriteError(Exception):
     """PostgreSQL refused the rows' content (not a connection problem): retrying the same rows cannot help."""
@@ -54,7 +53,7 @@ async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
 
 
 class CopyWriter:
-    """One connection, opened lazily and reopened after any failure, used only from the flusher's event loop.
+    """One connection, opened lazily and reopened after any failure, used only from storage's event loop.
 
     A dedicated connection rather than a pool checkout: a checkout resets the session on release, one
     more round trip per flush.
@@ -66,8 +65,8 @@ class CopyWriter:
         self._timeout = timeout_s
         self._conn: asyncpg.Connection | None = None
 
-    async def copy_batch(self, batch_id: bytes, rows: Sequence[bytes], clients: dict[str, int]) -> bool:
-        """Store records (copyformat) as one committed batch; False if this batch id was stored before.
+    async def copy_batch(self, batch: Batch) -> bool:
+        """Store the batch's records (copyformat) in one committed transaction; False if its id was stored before.
 
         Raises PermanentWriteError when PostgreSQL refuses the content, anything else when it could not answer
         (within `timeout_s` seconds per statement: a hung server must not hang the flusher).
@@ -77,12 +76,13 @@ class CopyWriter:
             async with asyncio.timeout(self._timeout * 4):
                 try:
                     # BEGIN, the claim and the counts in one message: a durable request waits for every round trip.
-                    await conn.execute(_claim_script(batch_id, len(rows), clients), timeout=self._timeout)
+                    script = _claim_script(batch.batch_id, len(batch.rows), batch.clients)
+                    await conn.execute(script, timeout=self._timeout)
                 except asyncpg.UniqueViolationError:
                     await conn.execute("ROLLBACK", timeout=self._timeout)
                     return False  # committed before: a retry after a lost answer, or a replay
                 try:
-                    await self._copy_rows(conn, list(rows))
+                    await self._copy_rows(conn, list(batch.rows))
                 except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                     await conn.execute("ROLLBACK", timeout=self._timeout)
                     raise PermanentWriteError(str(exc)) from exc
@@ -103,17 +103,17 @@ class CopyWriter:
         try:
             async with asyncio.timeout(self._timeout * 4), conn.transaction():
                 claimed_rows = await conn.fetch(
-                    _CLAIM_BATCHES, [b[0] for b in batches], [len(b[1]) for b in batches], timeout=self._timeout
+                    _CLAIM_BATCHES, [b.batch_id for b in batches], [len(b.rows) for b in batches], timeout=self._timeout
                 )
                 claimed = {r["batch_id"] for r in claimed_rows}
-                new = [b for b in batches if b[0] in claimed]
+                new = [b for b in batches if b.batch_id in claimed]
                 if new:
                     clients: dict[str, int] = {}
-                    for _, _, counts in new:
-                        for client, n in counts.items():
+                    for batch in new:
+                        for client, n in batch.clients.items():
                             clients[client] = clients.get(client, 0) + n
                     await conn.execute(_COUNT_STORED, list(clients), list(clients.values()), timeout=self._timeout)
-                    await self._copy_rows(conn, [row for b in new for row in b[1]])
+                    await self._copy_rows(conn, [row for b in new for row in b.rows])
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             raise PermanentWriteError(str(exc)) from exc
         except BaseException:
