@@ -1,6 +1,6 @@
 """The real `python -m collector` as a subprocess, and a load driver that keeps a ledger of what it acknowledged.
 
-Shared by tests/test_server.py (graceful stops) and tests/faults/ (crashes, database outages, hangs).
+Shared by tests/system/test_server.py (graceful stops) and tests/system/faults/ (crashes, database outages, hangs).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 # Every field of the collector's stats objects, and the counter (key in Metrics.counters, label values) it is
 # exported as: the one declaration snapshot_of reads. /health shows the same objects whole, so nothing reaches one
-# and not the other; tests/collector/test_metrics.py fails when a stats field has no row here.
+# and not the other; tests/collector/ops/test_metrics.py fails when a stats field has no row here.
 STATS_COUNTERS: dict[type[Any], dict[str, tuple[str, tuple[str, ...]]]] = {
     AuthStats: {
         "hits": ("auth_hits", ()), "misses": ("auth_misses", ()), "stale_served": ("auth_stale", ()),

@@ -2,7 +2,7 @@
 error, and a word when an existing .venv is of another Python than PYTHON= asks for.
 
 The cold `make run` figures (seconds to the first 200 on /health, venv size) are measured by the long variant:
-INSTALL_LONG=1 pytest tests/test_install.py -s.
+INSTALL_LONG=1 pytest tests/system/test_install.py -s.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from tests.harness import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _copy_of_the_repository(target: Path) -> Path:

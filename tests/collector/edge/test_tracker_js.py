@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-TRACKER = Path(__file__).resolve().parents[2] / "collector" / "edge" / "tracker.js"
+TRACKER = Path(__file__).resolve().parents[3] / "collector" / "edge" / "tracker.js"
 NODE = shutil.which("node")
 
 # Runs the tracker in a bare context (the page's globals stubbed), flushes the pageview it queues on load with

@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.faults import report
-from tests.faults.pgcontrol import StoppablePostgres
+from tests.system.faults import report
+from tests.system.faults.pgcontrol import StoppablePostgres
 
 TABLES = ("events_log", "ingest_batches", "client_daily_counts", "dead_letters")
 

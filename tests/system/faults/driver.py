@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.faults import report
 from tests.harness import Ledger, stored_ids
+from tests.system.faults import report
 
 
 async def health(url: str, *, timeout_s: float = 10) -> dict[str, Any] | None:

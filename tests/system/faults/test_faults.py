@@ -2,7 +2,8 @@
 
 Every case drives load with tests.harness.Ledger (unique event ids; only 2xx answers are recorded), injects its
 fault, lets things go quiet, and checks the ledger against `events_log`. Each has a fast variant that `make test`
-runs and a long one (`-m faults`, FAULTS_LONG=1) that `make faults` runs. SIGTERM mid-load is in tests/test_server.py.
+runs and a long one (`-m faults`, FAULTS_LONG=1) that `make faults` runs. SIGTERM mid-load is in
+tests/system/test_server.py.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.faults import report
-from tests.faults.driver import (
+from tests.harness import Ledger, collector_process, free_port, loading, stored_ids, wait_until_live
+from tests.system.faults import report
+from tests.system.faults.driver import (
     HealthWatch,
     health,
     kill,
@@ -31,9 +33,8 @@ from tests.faults.driver import (
     tail,
     verify,
 )
-from tests.faults.pgcontrol import StoppablePostgres
-from tests.faults.pgrelay import PgRelay
-from tests.harness import Ledger, collector_process, free_port, loading, stored_ids, wait_until_live
+from tests.system.faults.pgcontrol import StoppablePostgres
+from tests.system.faults.pgrelay import PgRelay
 
 LONG = os.environ.get("FAULTS_LONG") == "1"
 VARIANTS = [
