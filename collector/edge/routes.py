@@ -106,8 +106,11 @@ async def health(request: Request) -> JSONResponse:
             "max_bytes": buffer.max_bytes,
             "accepting": buffer.accepting,
         },
-        "flusher": {"batches": buffer.stats.batches, "failing": buffer.failing, **vars_of(services.storage.stats)},
-        "journal": {"bytes": services.storage.journal_bytes},
+        "flusher": {**vars_of(buffer.stats), "failing": buffer.failing, **vars_of(services.storage.stats)},
+        "journal": {
+            "bytes": services.storage.journal_bytes,
+            **(vars_of(services.storage.journal.stats) if services.storage.journal is not None else {}),
+        },
         "authorization": {"source": services.authorizer.directory.describe(), **vars_of(services.authorizer.stats)},
         "events": accounting(services),
         "edge": {

@@ -177,3 +177,22 @@ async def test_every_stats_field_reaches_the_scrape_with_its_value(make_app: Mak
     samples = parse(await scrape(running))
     for metric, labels, target in expected:
         assert value(samples, f"{metric}_total", **labels) == target, (metric, labels)
+
+
+async def test_every_stats_field_reaches_health_with_its_value(make_app: MakeApp) -> None:
+    """Each declared stats field, set to a value of its own, shows in /health too: the two never drift apart."""
+    running = await make_app(ack_mode="durable")
+    targets = {}
+    for number, stats in enumerate(stats_objects(running.services), start=1):
+        for offset, name in enumerate(STATS_COUNTERS[type(stats)]):
+            targets[(type(stats).__name__, name)] = 7_000_000 + 1000 * number + offset
+            setattr(stats, name, targets[(type(stats).__name__, name)])
+    body = (await running.client.get("/health")).json()
+
+    def numbers(value: object) -> list[object]:
+        if isinstance(value, dict):
+            return [n for v in value.values() for n in numbers(v)]
+        return [value]
+
+    shown = set(numbers(body))
+    assert [key for key, target in targets.items() if target not in shown] == []
