@@ -49,13 +49,15 @@ class LoopThread:
 
     def _main(self, ready: threading.Event) -> None:
         loop = self._loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
         loop.call_soon(ready.set)
         try:
             loop.run_forever()
             left = asyncio.all_tasks(loop)
             for task in left:
                 task.cancel()
-            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            if left:  # gather() of nothing looks for a current loop instead of using this one
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
         except Exception:  # a bug: say so rather than let the thread die silently
             logger.exception("%s: the event loop failed", self._name)
