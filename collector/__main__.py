@@ -8,15 +8,18 @@ import resource
 import signal
 import sys
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from collector.app import CollectorApp, check_directory, create_app
 from collector.edge.protocol import EdgeProtocol, connection_cap
 from collector.ops.embedded import embedded_postgres
 from collector.ops.metrics import MULTIPROC_ENV, prepare_multiprocess_dir, remove_multiprocess_dir
 from collector.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from collector.app import CollectorApp
 
 LOG_FORMAT = "%(asctime)s %(levelname)s:%(name)s:%(message)s"
 
@@ -36,6 +39,10 @@ def load_settings() -> Settings:
 
 def worker_app() -> CollectorApp:
     """The app factory each uvicorn worker calls; the parent already checked these settings."""
+    # Imported here, not at the top: the supervising parent of WORKERS>1 never serves, and without the app's
+    # modules it stays a few MB instead of a worker's size.
+    from collector.app import create_app
+
     # uvicorn drains on SIGINT and SIGTERM only; a closed terminal sends SIGHUP to every process of the job.
     signal.signal(signal.SIGHUP, _hang_up)
     settings = load_settings()
@@ -98,6 +105,9 @@ def serve(config: uvicorn.Config) -> None:
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
+    # Imported here: the supervising parent of WORKERS>1 keeps no directory client (aiohttp) in its memory.
+    from collector.ingest.directories import check_directory
+
     try:
         check_directory(settings)
     except ValueError as exc:

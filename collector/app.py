@@ -19,18 +19,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from collector import __version__
 from collector.edge import openapi, routes
-from collector.edge import pipeline_admin as pipeline_api
 from collector.edge.collect import CollectEndpoint
 from collector.edge.protocol import EDGE_STATE, Edge
 from collector.edge.tracker import TrackerScript
 from collector.errors import CollectorError, HttpError, InternalError
-from collector.ingest.auth import (
-    DEFAULT_DOMAINS_FILE,
-    DomainAuthorizer,
-    DomainDirectory,
-    FileDirectory,
-    PixelManagementDirectory,
-)
+from collector.ingest.auth import DomainAuthorizer
+from collector.ingest.directories import make_directory
 from collector.ingest.service import Ingest
 from collector.ops.metrics import Metrics, MetricsSync, multiprocess_dir
 from collector.ops.snapshot import RequestCounts, snapshot_of
@@ -42,38 +36,8 @@ from collector.storage.database import EventStore
 from collector.storage.partitions import PartitionMaintainer
 from collector.storage.spill import Storage
 from pipeline.samples import redact_sample
-from pipeline.scheduler import open_pipeline
 
 logger = logging.getLogger(__name__)
-
-
-def make_directory(settings: Settings) -> DomainDirectory:
-    """pixel-management when PIXEL_MANAGEMENT_URL is set (required in production); else, in development, the defaults
-    plus AUTHORIZED_DOMAINS_FILE plus AUTHORIZED_DOMAINS (a ValueError naming the file and entry if malformed)."""
-    if settings.pixel_management_url:
-        return PixelManagementDirectory(settings.pixel_management_url, timeout_s=settings.auth_timeout_s)
-    files = [("development defaults", DEFAULT_DOMAINS_FILE)]
-    if settings.authorized_domains_file:
-        files.append(("AUTHORIZED_DOMAINS_FILE", Path(settings.authorized_domains_file)))
-    return FileDirectory(files, settings.hash_secret, settings.authorized_domains)
-
-
-def check_directory(settings: Settings) -> None:
-    """Read the development domains now, before anything starts, so that a malformed file or entry stops the start
-    with one line (the ValueError) rather than a worker's traceback; say so when PIXEL_MANAGEMENT_URL overrides them."""
-    if settings.pixel_management_url:
-        ignored = [
-            name
-            for name, value in (
-                ("AUTHORIZED_DOMAINS_FILE", settings.authorized_domains_file),
-                ("AUTHORIZED_DOMAINS", settings.authorized_domains),
-            )
-            if value
-        ]
-        if ignored:
-            logger.warning("%s ignored: PIXEL_MANAGEMENT_URL authorizes the domains", " and ".join(ignored))
-        return
-    make_directory(settings)
 
 
 def _logged(name: str, close: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
@@ -105,17 +69,24 @@ async def open_services(
     stack.push_async_callback(_logged("partition maintainer", partitions.close))
     authorizer = _authorizer(settings, metrics)
     stack.push_async_callback(_logged("authorizer", authorizer.close))
+    # Built in every role (the routes and the snapshot read them); started only where /collect is served.
     storage, buffer = _storage_and_buffer(settings, store, metrics)
-    await storage.start()
-    await buffer.start()
-    stack.push_async_callback(_logged("buffer", lambda: _close_buffer(buffer, storage, settings.buffer_drain_s)))
     accounting = Accounting(store.pool, redact=redact_sample)
-    accounting.start()
-    stack.push_async_callback(_logged("accounting", accounting.close))
+    if settings.role != "pipeline":
+        await storage.start()
+        await buffer.start()
+        stack.push_async_callback(_logged("buffer", lambda: _close_buffer(buffer, storage, settings.buffer_drain_s)))
+        accounting.start()
+        stack.push_async_callback(_logged("accounting", accounting.close))
     ingest = Ingest(settings, authorizer, buffer, accounting)
-    pipeline = await open_pipeline(settings, database_url, authorizer.directory, stack)
-    pipeline.start(store.pool)
-    stack.push_async_callback(_logged("pipeline", pipeline.close))
+    pipeline = None
+    if settings.role != "ingest":
+        # Imported here: an ingest-only worker never loads the pipeline (aioboto3 and botocore alone cost ~10 MB).
+        from pipeline.scheduler import open_pipeline
+
+        pipeline = await open_pipeline(settings, database_url, authorizer.directory, stack)
+        pipeline.start(store.pool)
+        stack.push_async_callback(_logged("pipeline", pipeline.close))
     collect = CollectEndpoint(settings, ingest, authorizer)
     services = Services(
         settings, store, authorizer, buffer, storage, accounting, ingest, metrics_sync, pipeline,
@@ -131,11 +102,12 @@ async def open_services(
     gc.collect()
     gc.freeze()
     logger.info(
-        "Collector ready: ack_mode=%s flush=%d events/%d ms buffer=%d database=%s authorization=%s"
+        "Collector ready: role=%s ack_mode=%s flush=%d events/%d ms buffer=%d database=%s authorization=%s"
         " raw=%s processed=%s",
-        settings.ack_mode, settings.flush_max_events, settings.flush_interval_ms,
+        settings.role, settings.ack_mode, settings.flush_max_events, settings.flush_interval_ms,
         settings.buffer_max_events, redact_url(database_url), authorizer.directory.describe(),
-        pipeline.exporter.objects.name, pipeline.processor.default_store_name,
+        "-" if pipeline is None else pipeline.exporter.objects.name,
+        "-" if pipeline is None else pipeline.processor.default_store_name,
     )  # fmt: skip
     return services
 
@@ -232,12 +204,36 @@ def create_app(settings: Settings) -> CollectorApp:
             Route("/events/count", routes.events_count),
             Route("/events/recent", routes.events_recent),
             Route("/dead-letters", routes.dead_letters),
-            *pipeline_api.ROUTES,
+            *_role_routes(settings),
         ],
         exception_handlers={CollectorError: _collector_error, HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
-    return CollectorApp(app, requests, settings.collect_alias_path)
+    return CollectorApp(app, requests, settings.collect_alias_path, serve_collect=settings.role != "pipeline")
+
+
+def _role_routes(settings: Settings) -> list[Route]:
+    """The pipeline's admin routes where it runs; where it does not, /collect's paths answer a 404 that says why."""
+    if settings.role == "ingest":
+        return []
+    if settings.role == "pipeline":
+
+        async def not_here(request: Request) -> Response:
+            raise HttpError(
+                404, "not_found", "this instance runs ROLE=pipeline: send events to one with ROLE=ingest or all"
+            )
+
+        methods = ["GET", "POST", "OPTIONS"]
+        extra = [
+            Route("/collect", not_here, methods=methods),
+            Route(settings.collect_alias_path, not_here, methods=methods),
+        ]
+    else:
+        extra = []
+    # Imported here: an ingest-only worker never loads the pipeline.
+    from collector.edge import pipeline_admin
+
+    return [*pipeline_admin.ROUTES, *extra]
 
 
 class CollectorApp:
@@ -247,8 +243,11 @@ class CollectorApp:
     hot path does its own error handling (edge.collect.CollectEndpoint), so it needs neither.
     """
 
-    def __init__(self, starlette: Starlette, requests: RequestCounts, alias_path: str = "/e") -> None:
+    def __init__(
+        self, starlette: Starlette, requests: RequestCounts, alias_path: str = "/e", *, serve_collect: bool = True
+    ) -> None:
         self.starlette = starlette
+        self._serve_collect = serve_collect
         self.requests = requests
         self._alias = alias_path
         self._routes = frozenset(route.path for route in starlette.routes if isinstance(route, Route))
@@ -261,7 +260,11 @@ class CollectorApp:
         return services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["path"] == "/collect" or scope["path"] == self._alias):
+        if (
+            scope["type"] == "http"
+            and (scope["path"] == "/collect" or scope["path"] == self._alias)
+            and self._serve_collect
+        ):
             collect = self._collect
             if collect is None:
                 collect = self._collect = self.services.collect

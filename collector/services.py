@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from collector.edge.collect import CollectEndpoint
 from collector.edge.protocol import Edge
@@ -14,7 +15,9 @@ from collector.storage.accounting import Accounting
 from collector.storage.buffer import WriteBehindBuffer
 from collector.storage.database import EventStore
 from collector.storage.spill import Storage
-from pipeline.scheduler import Pipeline
+
+if TYPE_CHECKING:  # an ingest-only worker never imports the pipeline
+    from pipeline.scheduler import Pipeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,6 @@ class Services:
     accounting: Accounting
     ingest: Ingest
     metrics: MetricsSync
-    pipeline: Pipeline
+    pipeline: Pipeline | None  # None in ROLE=ingest
     edge: Edge
     collect: CollectEndpoint

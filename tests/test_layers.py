@@ -17,7 +17,7 @@ UPWARD: dict[str, tuple[str, ...]] = {
     "collector.storage": (*TOP, *OPS, "collector.ingest", "pipeline"),
     "collector.ops": (*TOP, "pipeline"),
     # ...but the snapshot, which reads the whole running service (Services, the edge's stats included) for /metrics.
-    "collector.ops.snapshot": ("collector.app", "collector.__main__", "pipeline"),
+    "collector.ops.snapshot": ("collector.app", "collector.__main__"),
     "collector.ops.periodic": ("collector.", "pipeline"),
     # The pipeline depends on the collector's core, never on its edge or its composition root.
     "pipeline": (*TOP, *OPS),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from starlette.requests import Request
@@ -16,8 +16,11 @@ from collector.errors import CollectorError, DatabaseUnavailable, Unavailable
 from pipeline.export import ExportStalled
 from pipeline.objects import ObjectStoreError
 from pipeline.retention import RetentionResult, daily_partitions
-from pipeline.scheduler import StageBusy, StageStats
+from pipeline.scheduler import Pipeline, StageBusy, StageStats
 from pipeline.status import export_status, export_watermark, process_status
+
+if TYPE_CHECKING:
+    from collector.services import Services
 
 
 class StageRunning(CollectorError):
@@ -40,6 +43,12 @@ DATABASE_DOWN = (
 )  # fmt: skip
 
 
+def pipeline_of(services: Services) -> Pipeline:
+    """The running pipeline: these routes are mounted only in the roles that run it (all, pipeline)."""
+    assert services.pipeline is not None, "pipeline routes mounted without a pipeline"
+    return services.pipeline
+
+
 @contextmanager
 def _database_needed() -> Iterator[None]:
     """503 with Retry-After, not a 500, when a stage cannot reach PostgreSQL."""
@@ -52,7 +61,7 @@ def _database_needed() -> Iterator[None]:
 async def export_run(request: Request) -> JSONResponse:
     """Export now (the schedule runs it every EXPORT_INTERVAL_S anyway)."""
     require_admin(request)
-    pipeline = services_of(request.scope).pipeline
+    pipeline = pipeline_of(services_of(request.scope))
     try:
         with _database_needed():
             result = await pipeline.run_export()
@@ -82,7 +91,7 @@ async def process_run(request: Request) -> JSONResponse:
     require_admin(request)
     try:
         with _database_needed():
-            result = await services_of(request.scope).pipeline.run_process()
+            result = await pipeline_of(services_of(request.scope)).run_process()
     except StageBusy as exc:
         raise StageRunning(str(exc)) from None
     return JSONResponse({
@@ -114,7 +123,7 @@ async def export_config(request: Request) -> JSONResponse:
     """Where and how the pipeline writes; never credentials."""
     require_admin(request)
     services = services_of(request.scope)
-    settings, pipeline = services.settings, services.pipeline
+    settings, pipeline = services.settings, pipeline_of(services)
     return JSONResponse({
         "raw_store": pipeline.exporter.objects.name,
         "processed_store": pipeline.processor.default_store_name,
@@ -133,7 +142,7 @@ async def pipeline_status(request: Request) -> JSONResponse:
     """Both stages, retention, and the age of the oldest event not yet exported."""
     require_admin(request)
     services = services_of(request.scope)
-    pipeline = services.pipeline
+    pipeline = pipeline_of(services)
     pool = services.store.pool
     export = await export_status(pool)
     process = await process_status(pool)
@@ -181,7 +190,7 @@ async def cleanup_status(request: Request) -> JSONResponse:
     """The seed's /cleanup/status, answered by retention: what is past RETENTION_DAYS and what the last run did."""
     require_admin(request)
     services = services_of(request.scope)
-    pipeline, pool = services.pipeline, services.store.pool
+    pipeline, pool = pipeline_of(services), services.store.pool
     cutoff = _cutoff(pipeline.retention_days)
     partitions = await daily_partitions(pool)
     return JSONResponse({
@@ -202,7 +211,7 @@ async def cleanup_run(request: Request) -> JSONResponse:
     """The seed's /cleanup/run: apply retention now, under the export stage's lock (retention runs after export)."""
     require_admin(request)
     services = services_of(request.scope)
-    pipeline = services.pipeline
+    pipeline = pipeline_of(services)
     try:
         with _database_needed():
             result = await pipeline.run_retention()

@@ -150,9 +150,12 @@ async def livez(request: Request) -> JSONResponse:
 
 
 async def not_ready_reasons(services: Services) -> list[str]:
-    """Why this worker should get no traffic now (empty: ready); /readyz and the collector_ready gauge."""
+    """Why this worker should get no traffic now (empty: ready); /readyz and the collector_ready gauge. Ingest
+    (ROLE all or ingest) needs a buffer taking events and the database; the pipeline role only the database."""
     buffer = services.buffer
     reasons = []
+    if services.settings.role == "pipeline":  # no /collect here: the database is all it needs to do its work
+        return [] if await services.store.ping(timeout_s=1.0) else ["database_unreachable"]
     if not buffer.accepting:
         reasons.append("draining")
     if buffer.depth >= buffer.capacity:

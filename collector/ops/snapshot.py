@@ -17,6 +17,7 @@ from collector.storage.spill import StorageStats
 
 if TYPE_CHECKING:
     from collector.services import Services
+    from pipeline.scheduler import Pipeline
 
 # Every field of the collector's stats objects, and the counter (key in Metrics.counters, label values) it is
 # exported as: the one declaration snapshot_of reads. /health shows the same objects whole, so nothing reaches one
@@ -57,34 +58,17 @@ class RequestCounts:
 
 
 def snapshot_of(services: Services, requests: RequestCounts) -> Snapshot:
-    """Read the service's plain counters and gauges (on the request loop; the flusher's ints are read as they are)."""
+    """Read the service's plain counters and gauges (on the request loop; storage's ints are read as they are)."""
     ingest, buffer = services.ingest, services.buffer
     pool_size, pool_in_use, pool_max, pool_waiting = services.store.pool_stats()
     by_route: dict[tuple[str, ...], float] = {("/collect", str(s)): float(n) for s, n in requests.collect.items()}
     by_route.update({(route, str(status)): float(n) for (route, status), n in requests.other.items()})
-    pipeline = services.pipeline.stats
-    stages = {"export": pipeline.export, "process": pipeline.process}
-    now = time.time()
-    oldest = {"export": pipeline.oldest_unexported_at, "process": pipeline.oldest_unprocessed_at}
     snapshot = Snapshot(
-        counters={
-            "received": ingest.accepted + sum(ingest.rejected.values()),
-            "accepted": ingest.accepted,
-            "retention_dropped": pipeline.retention_dropped,
-        },
+        counters={"received": ingest.accepted + sum(ingest.rejected.values()), "accepted": ingest.accepted},
         labelled={
             "requests": by_route,
             "rejected": labelled(ingest.rejected),
             "preflights": labelled(services.collect.preflights),
-            "pipeline_runs": {
-                (stage, result): float(n)
-                for stage, s in stages.items()
-                for result, n in (("success", s.runs - s.failures), ("failure", s.failures), ("busy", s.skipped))
-            },
-            "pipeline_objects": {(stage,): float(s.objects) for stage, s in stages.items()},
-            "pipeline_rows": {(stage,): float(s.rows) for stage, s in stages.items()},
-            "client_failures": labelled(pipeline.client_failures),
-            "client_config_refused": labelled(services.pipeline.processor.clients.refused),
         },
         gauges={
             "buffer_events": buffer.depth,
@@ -96,14 +80,11 @@ def snapshot_of(services: Services, requests: RequestCounts) -> Snapshot:
             "pool_max": pool_max,
             "pool_in_use": pool_in_use,
             "pool_waiting": pool_waiting,
-            "pipeline_retry_objects": pipeline.retry_objects,
-            "pipeline_failing_clients": pipeline.failing_clients,
         },
-        labelled_gauges={
-            "pipeline_last_success": {(k,): s.last_success for k, s in stages.items() if s.last_success is not None},
-            "pipeline_lag": {(k,): 0.0 if t is None else max(0.0, now - t) for k, t in oldest.items()},
-        },
+        labelled_gauges={},
     )
+    if services.pipeline is not None:
+        _add_pipeline(snapshot, services.pipeline)
     for stats in stats_objects(services):
         for name, (key, labels) in STATS_COUNTERS[type(stats)].items():
             value = float(getattr(stats, name))
@@ -112,6 +93,32 @@ def snapshot_of(services: Services, requests: RequestCounts) -> Snapshot:
             else:
                 snapshot.counters[key] = value
     return snapshot
+
+
+def _add_pipeline(snapshot: Snapshot, pipeline: Pipeline) -> None:
+    """The pipeline's figures, where this process runs it (ROLE all or pipeline)."""
+    stats = pipeline.stats
+    stages = {"export": stats.export, "process": stats.process}
+    now = time.time()
+    oldest = {"export": stats.oldest_unexported_at, "process": stats.oldest_unprocessed_at}
+    snapshot.counters["retention_dropped"] = stats.retention_dropped
+    snapshot.labelled.update({
+        "pipeline_runs": {
+            (stage, result): float(n)
+            for stage, s in stages.items()
+            for result, n in (("success", s.runs - s.failures), ("failure", s.failures), ("busy", s.skipped))
+        },
+        "pipeline_objects": {(stage,): float(s.objects) for stage, s in stages.items()},
+        "pipeline_rows": {(stage,): float(s.rows) for stage, s in stages.items()},
+        "client_failures": labelled(stats.client_failures),
+        "client_config_refused": labelled(pipeline.processor.clients.refused),
+    })  # fmt: skip
+    snapshot.gauges["pipeline_retry_objects"] = stats.retry_objects
+    snapshot.gauges["pipeline_failing_clients"] = stats.failing_clients
+    snapshot.labelled_gauges.update({
+        "pipeline_last_success": {(k,): s.last_success for k, s in stages.items() if s.last_success is not None},
+        "pipeline_lag": {(k,): 0.0 if t is None else max(0.0, now - t) for k, t in oldest.items()},
+    })  # fmt: skip
 
 
 def stats_objects(services: Services) -> list[Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from collector.app import make_directory
+from collector.ingest.directories import make_directory
 from collector.edge.collect import CollectEndpoint
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.service import Ingest

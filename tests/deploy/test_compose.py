@@ -157,7 +157,7 @@ def test_compose_prometheus_scrapes_the_collector_and_loads_the_rules() -> None:
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "collector")
     assert job.get("metrics_path", "/metrics") == "/metrics"
     port = services["collector"]["environment"].get("PORT", "8000")
-    assert job["static_configs"][0]["targets"] == [f"collector:{port}"]
+    assert job["static_configs"][0]["targets"] == [f"collector:{port}", f"pipeline:{port}"]
 
 
 def test_compose_mounts_point_at_files_in_the_repository() -> None:
@@ -222,3 +222,16 @@ async def test_collector_authorizes_against_the_standin(standin: str, make_app: 
     refused = await running.post({"eventType": "pageview", "siteId": "unknown.example"})
     assert (refused.status_code, refused.json()["error"]) == (403, "domain_not_authorized")
     await asyncio.wait_for(running.services.buffer.drain(), 10)
+
+
+def test_compose_splits_ingest_and_the_pipeline_into_two_roles() -> None:
+    """The published collector runs ROLE=ingest, a pipeline service ROLE=pipeline with the same settings otherwise,
+    and both are valid production configurations."""
+    services = compose()["services"]
+    ingest, pipeline = services["collector"]["environment"], services["pipeline"]["environment"]
+    assert (ingest["ROLE"], pipeline["ROLE"]) == ("ingest", "pipeline")
+    shared = set(ingest) - {"ROLE", "WORKERS"}
+    assert {k: ingest[k] for k in shared} == {k: pipeline[k] for k in shared}
+    assert "ports" not in services["pipeline"] and "/readyz" in " ".join(services["pipeline"]["healthcheck"]["test"])
+    for env in (ingest, pipeline):
+        assert Settings.from_env({k: interpolate(str(v)) for k, v in env.items()}).role == env["ROLE"]

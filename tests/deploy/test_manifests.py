@@ -23,11 +23,15 @@ SECRET_KEYS = {
 
 
 def documents() -> dict[str, dict[str, Any]]:
-    """The base's resources by kind (each listed in kustomization.yaml, one document per file)."""
+    """The base's resources by kind (each listed in kustomization.yaml, one document per file); a second Deployment
+    (the pipeline role's) under `Deployment/<name>`, the first being the ingest collector's."""
     kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     found: dict[str, dict[str, Any]] = {}
     for resource in kustomization["resources"]:
         for doc in yaml.safe_load_all((BASE / resource).read_text()):
+            if doc["kind"] == "Deployment" and "Deployment" in found:
+                found[f"Deployment/{doc['metadata']['name']}"] = doc
+                continue
             assert doc["kind"] not in found, f"two {doc['kind']} resources"
             found[doc["kind"]] = doc
     return found
@@ -138,10 +142,10 @@ def test_service_and_hpa_target_the_deployment() -> None:
     assert annotations["prometheus.io/path"] == "/metrics"
 
 
-def unit() -> configparser.ConfigParser:
+def unit(name: str = "collection-api.service") -> configparser.ConfigParser:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string((DEPLOY / "systemd" / "collection-api.service").read_text())
+    parser.read_string((DEPLOY / "systemd" / name).read_text())
     return parser
 
 
@@ -158,3 +162,32 @@ def test_systemd_unit_runs_the_collector_and_waits_for_the_drain() -> None:
     assert "DATA_DIR=/var/lib/collection-api" in service["Environment"]
     assert service["StateDirectory"] == "collection-api"
     assert unit()["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_the_base_runs_ingest_and_the_pipeline_as_two_deployments() -> None:
+    """The Service and HPA's Deployment runs ROLE=ingest; a one-replica pipeline Deployment runs ROLE=pipeline, with
+    labels the Service does not select (no /collect traffic reaches it) and a readiness probe."""
+    docs = documents()
+    ingest, pipeline = docs["Deployment"], docs["Deployment/collector-pipeline"]
+
+    def role(deployment: dict[str, Any]) -> str:
+        env = deployment["spec"]["template"]["spec"]["containers"][0].get("env", [])
+        return str(next(e["value"] for e in env if e["name"] == "ROLE"))
+
+    assert (role(ingest), role(pipeline)) == ("ingest", "pipeline")
+    assert pipeline["spec"]["replicas"] == 1
+    selector = docs["Service"]["spec"]["selector"]
+    labels = pipeline["spec"]["template"]["metadata"]["labels"]
+    assert any(labels.get(k) != v for k, v in selector.items())
+    probe = pipeline["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["httpGet"]["path"] == "/readyz"
+
+
+def test_systemd_pipeline_unit_runs_the_pipeline_role_beside_the_collector() -> None:
+    """The pipeline unit runs the same command with ROLE=pipeline, its own port and its own state folder."""
+    service, collector = unit("collection-api-pipeline.service")["Service"], unit()["Service"]
+    assert service["ExecStart"] == collector["ExecStart"] and service["EnvironmentFile"] == collector["EnvironmentFile"]
+    environment = dict(item.split("=", 1) for item in service["Environment"].split())
+    assert environment["ROLE"] == "pipeline" and environment["PORT"] != "8000"
+    assert environment["DATA_DIR"] != "/var/lib/collection-api"
+    assert service["StateDirectory"] == "collection-api-pipeline"

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from collector.app import make_directory
 from collector.ingest.auth import PixelManagementDirectory
+from collector.ingest.directories import make_directory
 from collector.settings import Settings, SettingsError
 from tests.conftest import MakeApp
 
