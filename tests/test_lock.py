@@ -152,9 +152,7 @@ def test_make_sbom_lists_every_package_of_the_image_lock(tmp_path: Path) -> None
     listed = {(canonicalize_name(c["name"]), c["version"]) for c in document["components"]}
     locked = read_lock("requirements/runtime.txt")
     assert listed == {(p.name, p.version) for p in locked}
-    hashes = {
-        canonicalize_name(c["name"]): {h["content"] for ref in c.get("externalReferences", []) for h in ref.get("hashes", [])}
-        for c in document["components"]
-    }
-    for pin in locked:
-        assert hashes[pin.name] == {h.removeprefix("sha256:") for h in pin.hashes}, pin.name
+    for component in document["components"]:
+        listed_hashes = {h["content"] for ref in component.get("externalReferences", []) for h in ref.get("hashes", [])}
+        pin = next(p for p in locked if p.name == canonicalize_name(component["name"]))
+        assert listed_hashes == {h.removeprefix("sha256:") for h in pin.hashes}, pin.name
