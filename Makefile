@@ -140,4 +140,4 @@ hostile: check-python install-dev
 	HOSTILE_LONG=1 $(BIN)/python -m pytest tests/security -v -s
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache build

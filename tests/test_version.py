@@ -1,4 +1,4 @@
-"""The version is written once (pyproject.toml) and read everywhere it is shown."""
+"""The version is written once (pyproject.toml) and read everywhere it is shown; CHANGELOG.md keeps the releases."""
 
 from __future__ import annotations
 
@@ -46,3 +46,14 @@ def test_no_module_writes_the_version() -> None:
         if literal.search(path.read_text(encoding="utf-8"))
     ]
     assert not written
+
+
+def test_the_changelog_has_an_unreleased_section_and_names_every_schema_migration() -> None:
+    """CHANGELOG.md starts with [Unreleased] (Keep a Changelog) and names each migration an upgrade applies."""
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    sections = re.findall(r"^## \[([^\]]+)\]", changelog, flags=re.M)
+    assert sections and sections[0] == "Unreleased", sections
+    migrations = sorted(p.stem for p in (ROOT / "collector" / "storage" / "migrations").glob("*.sql"))
+    assert migrations
+    missing = [name for name in migrations if f"`{name}`" not in changelog]
+    assert not missing, f"CHANGELOG.md does not name {missing}"
