@@ -1,5 +1,7 @@
 # Every target installs what it needs into .venv first, so each works on a fresh machine with Python 3.11+:
 # `make run` the runtime and the embedded PostgreSQL only; `make test`, `lint` and `typecheck` add the test toolchain.
+# Both install exact versions from the locks in requirements/ (hash-checked), never what PyPI has newest that day;
+# pyproject.toml keeps compatible ranges for those who install the package as a library. `make lock` refreshes them.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +9,19 @@ RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off
 
-.PHONY: install install-dev check-python run test lint typecheck all clean bench promtool browser fuzz
+# The locks, each made from pyproject.toml by `make lock`:
+#   IMAGE_LOCK the package's own dependencies, for the image (deploy/Dockerfile) and the SBOM: Linux, LOCK_PYTHON
+#   RUN_LOCK   the same plus the embedded PostgreSQL (extra `embedded`), for `make run`: any platform, Python 3.11+
+#   DEV_LOCK   the same plus the test toolchain (extras `embedded,dev`), for test, lint, typecheck and CI
+# The image's and make run's versions are constrained by DEV_LOCK's: what ships is what the tests ran.
+IMAGE_LOCK := requirements/runtime.txt
+RUN_LOCK := requirements/run.txt
+DEV_LOCK := requirements/dev.txt
+LOCK_PYTHON := 3.11
+UV_VERSION := 0.13.9
+SBOM ?= build/sbom.cdx.json
+
+.PHONY: install install-dev check-python run test lint typecheck all clean bench promtool browser fuzz lock sbom
 
 install: $(RUNTIME)
 install-dev: $(DEV)
@@ -32,16 +46,41 @@ $(BIN)/python: | check-python
 	@echo "Creating $(VENV) with $$($(PYTHON) --version)"
 	@$(PYTHON) -m venv $(VENV)
 
-$(RUNTIME): pyproject.toml | $(BIN)/python
+# The stamps depend on the locks: a changed lock (a pull, `make lock`) reinstalls at the next make. The project itself
+# goes in editable and without dependencies: every dependency comes from the lock, at its pinned version and hash.
+$(RUNTIME): pyproject.toml $(RUN_LOCK) | $(BIN)/python
 	@echo "Installing the collector's runtime (starlette, uvicorn, asyncpg, aiohttp, aioboto3, orjson, ...) and the"
-	@echo "embedded PostgreSQL (pgserver) into $(VENV); the test toolchain comes with \`make test\`."
-	$(PIP) -e '.[embedded]'
+	@echo "embedded PostgreSQL (pgserver) into $(VENV) from $(RUN_LOCK); the test toolchain comes with \`make test\`."
+	$(PIP) --require-hashes -r $(RUN_LOCK)
+	$(PIP) --no-deps -e .
 	@touch $@
 
-$(DEV): $(RUNTIME)
+$(DEV): $(RUNTIME) $(DEV_LOCK)
 	@echo "Installing the test toolchain (pytest, ruff, mypy, moto, duckdb, playwright, schemathesis, ...) into $(VENV)"
-	$(PIP) -e '.[embedded,dev]'
+	@echo "from $(DEV_LOCK)"
+	$(PIP) --require-hashes -r $(DEV_LOCK)
 	@touch $@
+
+# Re-resolves the three locks from pyproject.toml alone (with uv, installed into .venv at UV_VERSION): after a change
+# to pyproject's dependencies, or a merge that touched them. Versions already locked are kept where pyproject still
+# allows them; `make lock UPGRADE=1` takes the newest releases that pyproject allows instead. Run `make test` after,
+# and commit requirements/ with the change. DEV_LOCK is resolved first: the other two are its subsets, pinned alike.
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version $(LOCK_PYTHON) \
+	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+lock: check-python | $(BIN)/python
+	$(PIP) --quiet 'uv==$(UV_VERSION)'
+	$(UV_COMPILE) --universal --extra embedded --extra dev -o $(DEV_LOCK)
+	$(UV_COMPILE) --universal --extra embedded -c $(DEV_LOCK) -o $(RUN_LOCK)
+	$(UV_COMPILE) --python-platform linux -c $(DEV_LOCK) -o $(IMAGE_LOCK)
+
+# A CycloneDX SBOM (JSON) of the image's Python packages, from IMAGE_LOCK alone: offline, nothing installed or
+# downloaded for it. The root component (name, version) comes from pyproject.toml. A requirements file carries no
+# dependency graph, which cyclonedx-py warns about on every run: that warning is silenced, nothing else.
+sbom: check-python install-dev
+	@mkdir -p $(dir $(SBOM))
+	$(BIN)/python -W 'ignore:The Component this BOM is describing' -m cyclonedx_py requirements \
+	  --pyproject pyproject.toml --output-reproducible --output-format JSON -o $(SBOM) $(IMAGE_LOCK)
+	@echo "SBOM of $(IMAGE_LOCK): $(SBOM)"
 
 run: check-python install
 	$(BIN)/python -m collector
@@ -101,4 +140,4 @@ hostile: check-python install-dev
 	HOSTILE_LONG=1 $(BIN)/python -m pytest tests/security -v -s
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache build

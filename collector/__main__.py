@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import resource
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from collector import __version__
 from collector.edge.protocol import EdgeProtocol, connection_cap
 from collector.ops.embedded import embedded_postgres
 from collector.ops.metrics import MULTIPROC_ENV, prepare_multiprocess_dir, remove_multiprocess_dir
@@ -102,7 +104,19 @@ def serve(config: uvicorn.Config) -> None:
         raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the app, or the socket, failed before serving
 
 
+def parse_arguments(argv: list[str]) -> None:
+    """The command line: --version and --help only; everything else is configured by environment variables."""
+    parser = argparse.ArgumentParser(
+        prog="python -m collector",
+        description="The Collection API collector. Configured by environment variables: see docs/configuration.md.",
+    )
+    # The package metadata's version (pyproject.toml), as GET /, /openapi.json and collector_build_info show it.
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.parse_args(argv)
+
+
 def main() -> None:
+    parse_arguments(sys.argv[1:])  # before any setting is read: --version answers whatever the environment holds
     settings = load_settings()
     configure_logging(settings.log_level)
     # Imported here: the supervising parent of WORKERS>1 keeps no directory client (aiohttp) in its memory.

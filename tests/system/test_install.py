@@ -1,8 +1,9 @@
-"""What `make run` installs and says: the runtime and the embedded database only, without a warning that reads like an
-error, and a word when an existing .venv is of another Python than PYTHON= asks for.
+"""What `make run` installs and says: the runtime and the embedded database only, from their lock
+(requirements/run.txt), without a warning that reads like an error, and a word when an existing .venv is of another
+Python than PYTHON= asks for.
 
-The cold `make run` figures (seconds to the first 200 on /health, venv size) are measured by the long variant:
-INSTALL_LONG=1 pytest tests/system/test_install.py -s.
+The long variants (INSTALL_LONG=1 pytest tests/system/test_install.py -s) measure a cold `make run` (seconds to the
+first 200 on /health, venv size) and install the image's lock twice into fresh venvs to compare the package sets.
 """
 
 from __future__ import annotations
@@ -44,15 +45,42 @@ def _pip_installs(dry_run: str) -> list[str]:
     return [line for line in dry_run.splitlines() if "pip install" in line]
 
 
-def test_make_run_installs_the_runtime_and_the_embedded_database_but_not_the_test_toolchain(tmp_path: Path) -> None:
-    """A fresh `make run` installs '.[embedded]' only, and says what; `make test` adds '.[dev]'."""
+def test_make_run_installs_the_run_lock_only_and_make_test_adds_the_dev_lock(tmp_path: Path) -> None:
+    """A fresh `make run` installs requirements/run.txt hash-checked, then the project without dependencies, and says
+    what; `make test` adds requirements/dev.txt. Nothing is resolved at install time."""
     run = _make("-n", "run", f"VENV={tmp_path / 'venv'}")
     assert run.returncode == 0, run.stderr
     installs = _pip_installs(run.stdout)
-    assert installs and all("'.[embedded]'" in line and "dev" not in line for line in installs), run.stdout
+    assert len(installs) == 2, run.stdout
+    assert installs[0].endswith("--require-hashes -r requirements/run.txt"), installs
+    assert installs[1].endswith("--no-deps -e ."), installs
     assert "Installing the collector's runtime" in run.stdout and "--quiet" not in run.stdout
     test = _make("-n", "test", f"VENV={tmp_path / 'venv'}")
-    assert any("dev]'" in line for line in _pip_installs(test.stdout)), test.stdout
+    installs = _pip_installs(test.stdout)
+    assert installs[-1].endswith("--require-hashes -r requirements/dev.txt"), test.stdout
+    assert all("--require-hashes -r requirements/" in line or "--no-deps -e ." in line for line in installs), installs
+
+
+def test_a_changed_lock_reinstalls_at_the_next_make(tmp_path: Path) -> None:
+    """With both stamps fresh nothing is installed; a newer requirements/run.txt reinstalls it for `make run`, a
+    newer requirements/dev.txt reinstalls the toolchain for `make lint`."""
+    repo = _copy_of_the_repository(tmp_path / "repo")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    later = time.time() + 60
+    for stamp in (".installed-runtime", ".installed-dev"):
+        (venv / stamp).touch()
+        os.utime(venv / stamp, (later, later))
+    fresh = _make("-n", "run", "lint", f"VENV={venv}", cwd=repo)
+    assert fresh.returncode == 0 and "ruff check" in fresh.stdout, fresh.stdout + fresh.stderr
+    assert not _pip_installs(fresh.stdout), fresh.stdout
+    os.utime(repo / "requirements" / "dev.txt", (later + 60, later + 60))
+    installs = _pip_installs(_make("-n", "run", "lint", f"VENV={venv}", cwd=repo).stdout)
+    assert installs and all("requirements/dev.txt" in line for line in installs), installs
+    os.utime(repo / "requirements" / "run.txt", (later + 60, later + 60))
+    installs = _pip_installs(_make("-n", "run", f"VENV={venv}", cwd=repo).stdout)
+    assert any("requirements/run.txt" in line for line in installs), installs
 
 
 def test_the_editable_install_shows_no_setuptools_warning(tmp_path: Path) -> None:
@@ -133,3 +161,24 @@ def test_cold_make_run_serves_within_its_budget(tmp_path: Path) -> None:
     print(f"FIGURE cold make run: first 200 on /health after {seconds:.1f} s, venv {venv_bytes / 2**20:.0f} MB")
     assert seconds <= 45 and venv_bytes <= 250 * 2**20
     assert "Stopped embedded PostgreSQL" in (repo / "make-run.log").read_text()
+
+
+@pytest.mark.skipif(not os.environ.get("INSTALL_LONG"), reason="long variant: INSTALL_LONG=1")
+@pytest.mark.timeout(900)
+def test_two_clean_installs_from_the_lock_have_the_same_packages(tmp_path: Path) -> None:
+    """Two fresh venvs, each given requirements/runtime.txt (hash-checked, no cache), freeze to the same list."""
+    frozen = []
+    for name in ("a", "b"):
+        venv = tmp_path / name
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        python = str(venv / "bin" / "python")
+        subprocess.run(
+            [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-cache-dir", "--quiet",
+             "--require-hashes", "-r", str(ROOT / "requirements" / "runtime.txt")],
+            check=True, timeout=600,
+        )  # fmt: skip
+        freeze = subprocess.run([python, "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=True)
+        frozen.append(freeze.stdout.splitlines())
+    print(f"FIGURE two clean installs of requirements/runtime.txt: {len(frozen[0])} packages each")
+    assert frozen[0] == frozen[1]
+    assert len(frozen[0]) > 30
