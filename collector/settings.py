@@ -164,6 +164,9 @@ class Settings:
     export_batch_size: int = 10_000
     export_interval_s: float = 60.0
     process_interval_s: float = 60.0
+    # Failed attempts at processing a raw object, or one client's object of it, before it is quarantined (left alone
+    # until an operator releases it; docs/pipeline.md). With the backoff (60 s doubling, at most 1 h), 10 is ~4 h.
+    process_max_attempts: int = 10
     export_format: ExportFormat = "json"
     retention_days: int = 7
     client_storage_file: str | None = None
@@ -248,7 +251,7 @@ class Settings:
             "buffer_max_events", "buffer_max_bytes", "max_body_bytes", "max_events_per_request", "max_event_bytes",
             "export_batch_size", "auth_cache_size", "journal_max_bytes", "journal_segment_bytes", "copy_timeout_s",
             "export_interval_s", "process_interval_s", "retention_days", "export_max_object_bytes",
-            "max_event_data_keys", "max_request_row_bytes", "max_inherited_bytes",
+            "process_max_attempts", "max_event_data_keys", "max_request_row_bytes", "max_inherited_bytes",
             "max_header_bytes", "read_timeout_s", "rate_limit_ip_burst", "rate_limit_site_burst",
             "first_byte_timeout_s", "keepalive_timeout_s", "max_connections",
         )  # fmt: skip

@@ -41,6 +41,12 @@ class ProcessingError(Exception):
     """A raw object could not be processed this run (left unprocessed; the next run tries again)."""
 
 
+# Failures of a raw object as a whole that lie in the object itself (its content, or the worker process dying on it):
+# those back off and are quarantined after PROCESS_MAX_ATTEMPTS. An unreachable directory or store is nobody's
+# object's fault: the object is simply tried again on the next run, so that it proceeds as soon as they are back.
+POISON = (UnreadableObject, ProcessingError, asyncpg.DataError, OffloadFailed)
+
+
 @dataclass(slots=True)
 class ProcessResult:
     raw_objects: int = 0
@@ -105,6 +111,7 @@ class Processor:
         max_objects_per_run: int = 100,
         retry_base_s: float = RETRY_BASE_S,
         retry_max_s: float = RETRY_MAX_S,
+        max_attempts: int = 10,
     ) -> None:
         self.raw = raw
         self.clients = clients
@@ -112,6 +119,7 @@ class Processor:
         self.max_objects_per_run = max_objects_per_run
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        self.max_attempts = max_attempts  # failed attempts before an object is quarantined (PROCESS_MAX_ATTEMPTS)
 
     @property
     def default_store_name(self) -> str:
@@ -123,15 +131,18 @@ class Processor:
         result = ProcessResult()
         # Clients still backing off: their new objects join the wait without an attempt, so an unreachable bucket
         # costs one attempt per backoff period, not one (with its timeouts) per raw object and run.
+        # A quarantined client's new objects join its quarantine, not attempted.
         waiting = {
             r["client_id"]
             for r in await conn.fetch(
-                "SELECT client_id FROM processing_retries GROUP BY client_id HAVING min(next_attempt_at) > now()"
+                "SELECT client_id FROM processing_retries GROUP BY client_id"
+                " HAVING min(next_attempt_at) > now() OR bool_or(quarantined_at IS NOT NULL)"
             )
         }
         due: dict[str, set[str]] = {}
         for record in await conn.fetch(
-            "SELECT raw_key, client_id FROM processing_retries WHERE next_attempt_at <= now()"
+            "SELECT raw_key, client_id FROM processing_retries"
+            " WHERE next_attempt_at <= now() AND quarantined_at IS NULL"
             " ORDER BY next_attempt_at, attempts DESC, raw_key LIMIT $1",  # the longest failing first
             MAX_RETRIES_PER_RUN,
         ):
@@ -140,6 +151,7 @@ class Processor:
             await self._guarded(conn, key, result, waiting, clients)
         pending = await conn.fetch(
             "SELECT key FROM raw_objects WHERE exported_at IS NOT NULL AND processed_at IS NULL"
+            " AND quarantined_at IS NULL AND (process_next_at IS NULL OR process_next_at <= now())"
             " ORDER BY range_start LIMIT $1",
             self.max_objects_per_run,
         )
@@ -166,6 +178,23 @@ class Processor:
                 async with conn.transaction():
                     for client_id in sorted(only):
                         await self._defer(conn, key, client_id, exc, result)
+            elif isinstance(exc, POISON):  # the object's own fault: back off, and quarantine it in the end
+                await self._defer_object(conn, key, exc)
+
+    async def _defer_object(self, conn: asyncpg.Connection, key: str, exc: BaseException) -> None:
+        """The whole raw object failed: try it again after a growing delay, or quarantine it after max_attempts."""
+        error = for_log(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
+        record = await conn.fetchrow(
+            "UPDATE raw_objects SET process_attempts = process_attempts + 1, process_error = $2,"
+            " process_next_at = now() + make_interval(secs => least($4, $3 * power(2, process_attempts))),"
+            " quarantined_at = CASE WHEN process_attempts + 1 >= $5 THEN now() END"
+            " WHERE key = $1 RETURNING process_attempts, quarantined_at",
+            key, error, self.retry_base_s, self.retry_max_s, self.max_attempts,
+        )  # fmt: skip
+        if record is not None and record["quarantined_at"] is not None:
+            logger.error(
+                "Processing %s quarantined after %d failed attempts: %s", key, record["process_attempts"], error
+            )
 
     async def _process(
         self, conn: asyncpg.Connection, raw_key: str, result: ProcessResult, waiting: set[str], only: set[str] | None
@@ -295,23 +324,31 @@ class Processor:
             "INSERT INTO processing_retries AS r (raw_key, client_id, reason, last_error, next_attempt_at)"
             " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) ON CONFLICT (raw_key, client_id) DO UPDATE"
             " SET attempts = r.attempts + 1, reason = EXCLUDED.reason, last_error = EXCLUDED.last_error,"
-            " next_attempt_at = now() + make_interval(secs => least($6, $5 * power(2, r.attempts)))"
-            " RETURNING attempts, extract(epoch FROM next_attempt_at - now())::float8 AS delay",
-            raw_key, client_id, reason, error, self.retry_base_s, self.retry_max_s,
+            " next_attempt_at = now() + make_interval(secs => least($6, $5 * power(2, r.attempts))),"
+            " quarantined_at = CASE WHEN r.attempts + 1 >= $7 THEN now() END"
+            " RETURNING attempts, extract(epoch FROM next_attempt_at - now())::float8 AS delay, quarantined_at",
+            raw_key, client_id, reason, error, self.retry_base_s, self.retry_max_s, self.max_attempts,
         )  # fmt: skip
         assert record is not None
         result.deferred[client_id] = result.deferred.get(client_id, 0) + 1
         result.failures[reason] += 1
+        if record["quarantined_at"] is not None:
+            logger.error("Client %s: object of %s quarantined after %d failed attempts: %s",
+                         client_id, raw_key, record["attempts"], error)  # fmt: skip
+            return
         logger.warning("Client %s: object of %s not written (attempt %d, next in %.0f s): %s",
                        client_id, raw_key, record["attempts"], record["delay"], error)  # fmt: skip
 
     async def _postpone(self, conn: asyncpg.Connection, raw_key: str, client_id: str, result: ProcessResult) -> None:
         """Queue a waiting client's object, not attempted, to be retried with the client's others."""
         await conn.execute(
-            "INSERT INTO processing_retries AS r (raw_key, client_id, attempts, reason, last_error, next_attempt_at)"
+            "INSERT INTO processing_retries AS r"
+            " (raw_key, client_id, attempts, reason, last_error, next_attempt_at, quarantined_at)"
             " VALUES ($1, $2, 0, 'waiting', 'not attempted: earlier objects of this client failed',"
             # The client's latest retry time; now (the next run) if it has none (its failure was not recorded).
-            " coalesce((SELECT max(next_attempt_at) FROM processing_retries WHERE client_id = $2), now()))"
+            " coalesce((SELECT max(next_attempt_at) FROM processing_retries WHERE client_id = $2), now()),"
+            # Quarantined with the client's others, if it has any there.
+            " (SELECT max(quarantined_at) FROM processing_retries WHERE client_id = $2))"
             " ON CONFLICT (raw_key, client_id) DO UPDATE SET next_attempt_at = EXCLUDED.next_attempt_at",
             raw_key, client_id,
         )  # fmt: skip

@@ -22,7 +22,14 @@ from pipeline.clients import ClientDirectory, ClientSettingsSource, load_destina
 from pipeline.export import Exporter, ExportResult
 from pipeline.process import Processor, ProcessResult
 from pipeline.retention import RetentionResult, drop_expired
-from pipeline.status import Queryable, client_retries, export_watermark, oldest_unexported, oldest_unprocessed
+from pipeline.status import (
+    Queryable,
+    client_retries,
+    export_watermark,
+    oldest_unexported,
+    oldest_unprocessed,
+    quarantine_counts,
+)
 from pipeline.stores import Stores
 
 logger = logging.getLogger(__name__)
@@ -79,6 +86,9 @@ class PipelineStats:
     client_failures: Counter[str] = field(default_factory=Counter)
     retry_objects: int = 0
     failing_clients: int = 0
+    # Read from the shared tables too: raw objects, and client objects of one, quarantined (PROCESS_MAX_ATTEMPTS).
+    quarantined_raw: int = 0
+    quarantined_client: int = 0
 
 
 class Pipeline:
@@ -195,6 +205,7 @@ class Pipeline:
         self.stats.oldest_unexported_at = None if unexported is None else unexported.timestamp()
         self.stats.oldest_unprocessed_at = None if unprocessed is None else unprocessed.timestamp()
         self.stats.retry_objects, self.stats.failing_clients = await client_retries(db)
+        self.stats.quarantined_raw, self.stats.quarantined_client = await quarantine_counts(db)
 
     def start(self, db: Queryable) -> None:
         """Schedule both stages, and the lag refresh through `db` (the app's pool: it needs no lock)."""
@@ -249,7 +260,7 @@ async def open_pipeline(settings: Settings, dsn: str, directory: ClientDirectory
             max_object_bytes=settings.export_max_object_bytes,
         ),
         # Development has no secret of its own; production refuses to start without IP_HASH_SECRET.
-        Processor(stores.raw, clients, ip_hash_secret=settings.hash_secret),
+        Processor(stores.raw, clients, ip_hash_secret=settings.hash_secret, max_attempts=settings.process_max_attempts),
         retention_days=settings.retention_days,
         export_interval_s=settings.export_interval_s,
         process_interval_s=settings.process_interval_s,

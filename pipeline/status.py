@@ -57,11 +57,36 @@ async def client_retries(db: Queryable) -> tuple[int, int]:
     return int(row["objects"]), int(row["clients"])
 
 
+async def quarantine_counts(db: Queryable) -> tuple[int, int]:
+    """(raw objects quarantined, client objects quarantined)."""
+    row = await _row(
+        db,
+        "SELECT (SELECT count(*) FROM raw_objects WHERE quarantined_at IS NOT NULL) AS raw,"
+        " (SELECT count(*) FROM processing_retries WHERE quarantined_at IS NOT NULL) AS client",
+    )
+    return int(row["raw"]), int(row["client"])
+
+
+async def quarantined_raw_objects(db: Queryable, limit: int = 50) -> list[dict[str, Any]]:
+    """Raw objects left alone after PROCESS_MAX_ATTEMPTS failures, the oldest first."""
+    rows = await db.fetch(
+        "SELECT key, process_attempts, process_error, quarantined_at FROM raw_objects"
+        " WHERE quarantined_at IS NOT NULL ORDER BY quarantined_at, key LIMIT $1",
+        limit,
+    )
+    return [
+        {"key": r["key"], "attempts": int(r["process_attempts"]), "error": r["process_error"],
+         "quarantined_at": _iso(r["quarantined_at"])}
+        for r in rows
+    ]  # fmt: skip
+
+
 async def failing_clients(db: Queryable, limit: int = 50) -> list[dict[str, Any]]:
     """Clients whose objects wait for a retry (processing_retries), the longest waiting first."""
     rows = await db.fetch(
         "SELECT DISTINCT ON (client_id) client_id, count(*) OVER w AS objects, max(attempts) OVER w AS attempts,"
         " min(first_failed_at) OVER w AS failing_since, min(next_attempt_at) OVER w AS next_attempt_at,"
+        " count(quarantined_at) OVER w AS quarantined,"
         " reason, last_error FROM processing_retries WINDOW w AS (PARTITION BY client_id)"
         " ORDER BY client_id, attempts DESC, next_attempt_at DESC"  # reason and error of a real attempt
     )
@@ -75,6 +100,7 @@ async def failing_clients(db: Queryable, limit: int = 50) -> list[dict[str, Any]
             "next_attempt_at": _iso(r["next_attempt_at"]),
             "reason": r["reason"],
             "error": r["last_error"],
+            "quarantined_objects": int(r["quarantined"]),
         }
         for r in ordered
     ]
@@ -143,5 +169,9 @@ async def process_status(db: Queryable) -> dict[str, Any]:
         # Client objects that failed (bad configuration, unreachable bucket) and wait with a growing delay.
         "retry_objects": (await client_retries(db))[0],
         "failing_clients": await failing_clients(db),
+        # Left alone after PROCESS_MAX_ATTEMPTS failures until released (docs/pipeline.md): whole raw objects, and
+        # the client objects counted per client in failing_clients.
+        "quarantined_raw_objects": await quarantined_raw_objects(db),
+        "quarantined_client_objects": (await quarantine_counts(db))[1],
         "last_run": await _last_run(db, "process"),
     }

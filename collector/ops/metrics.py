@@ -193,6 +193,13 @@ class Metrics:
                 "Clients with objects waiting for a retry, read from the shared table",
                 mode="livemax",
             ),
+            "pipeline_quarantined": gauge(
+                "collector_pipeline_quarantined_objects",
+                "Objects left alone after PROCESS_MAX_ATTEMPTS failures until an operator releases them: raw (a whole"
+                " raw object) or client (one client's object of one)",
+                ("kind",),
+                "livemax",
+            ),
             "pipeline_lag": gauge(
                 "collector_pipeline_lag_seconds",
                 "export: age of the oldest event not exported; process: age of the oldest raw object not processed",

@@ -118,6 +118,7 @@ def _add_pipeline(snapshot: Snapshot, pipeline: Pipeline) -> None:
     snapshot.labelled_gauges.update({
         "pipeline_last_success": {(k,): s.last_success for k, s in stages.items() if s.last_success is not None},
         "pipeline_lag": {(k,): 0.0 if t is None else max(0.0, now - t) for k, t in oldest.items()},
+        "pipeline_quarantined": {("raw",): stats.quarantined_raw, ("client",): stats.quarantined_client},
     })  # fmt: skip
 
 
