@@ -58,7 +58,7 @@ class SettingsError(ValueError):
 
 AckMode = Literal["buffered", "durable"]
 Environment = Literal["development", "production"]
-ExportFormat = Literal["json", "ndjson.gz"]
+ExportFormat = Literal["json", "ndjson.gz", "parquet"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +160,9 @@ class Settings:
     export_interval_s: float = 60.0
     process_interval_s: float = 60.0
     export_format: ExportFormat = "json"
+    # Processed objects' format, whatever the raw one: json keeps the seed's layout; ndjson.gz and parquet are
+    # partitioned client_id=<id>/date=<YYYY-MM-DD>/ for engines to prune (docs/pipeline.md).
+    processed_format: ExportFormat = "json"
     retention_days: int = 7
     client_storage_file: str | None = None
     # The S3-compatible endpoint (MinIO, ...) of both buckets, unless one names its own (RAW_S3_ENDPOINT_URL, ...).

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from pipeline.formats import CONTENT_TYPES, ObjectWriter
+from pipeline.formats import CONTENT_TYPES, ObjectWriter, open_writer
 from pipeline.objects import ObjectStore
 from pipeline.status import export_watermark
 
@@ -137,7 +137,7 @@ class Exporter:
             " WHERE exported_at IS NULL ORDER BY range_start"
         ):
             # The claimed range again, chunk by chunk: the same rows give the same object under the same key.
-            obj = _Object(ObjectWriter(self.fmt, "export_metadata"))
+            obj = _Object(open_writer(self.fmt, "export_metadata"))
             after = claim["range_start"] - 1
             while rows := await self._chunk(conn, after, claim["last_id"], CHUNK_ROWS):
                 for row in rows:
@@ -170,7 +170,7 @@ class Exporter:
 
     async def _next_object(self, conn: asyncpg.Connection, watermark: int, bound: int) -> _Object | None:
         """Rows after the watermark up to `batch_size` rows or `max_object_bytes` bytes (at least one row)."""
-        obj = _Object(ObjectWriter(self.fmt, "export_metadata"))
+        obj = _Object(open_writer(self.fmt, "export_metadata"))
         after = watermark
         while obj.writer.count < self.batch_size and obj.writer.size < self.max_object_bytes:
             rows = await self._chunk(conn, after, bound, min(CHUNK_ROWS, self.batch_size - obj.writer.count))
@@ -225,7 +225,8 @@ class Exporter:
             "id_range": {"first": obj.first_id, "last": obj.last_id},
             "time_range": {"start": obj.start, "end": obj.end},
         }
-        body = obj.writer.finish(metadata)
+        # Parquet types and compresses the whole object here: off the event loop, like the rows' encoding.
+        body = await asyncio.to_thread(obj.writer.finish, metadata)
         await self.objects.put(key, body, CONTENT_TYPES[self.fmt])
         async with conn.transaction():
             await conn.execute(
