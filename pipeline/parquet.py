@@ -54,17 +54,18 @@ _ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
 class ParquetWriter:
-    """One parquet object's rows, kept as they come (encoded events or event dicts) and typed when it finishes.
+    """One parquet object's rows, kept compact as they come and typed and compressed when it finishes.
 
-    Rows are held as compactly as the json writer holds them (one bytes or dict per event, bounded by the object
-    limits); the columnar work happens once, in `finish`, where the caller runs it off the event loop.
+    An encoded event (export) is kept as its bytes, an event dict (processing) as a tuple of its column values with
+    event_data and extra already JSON text: about what the json writer holds for the same events, bounded by the
+    object limits. The columnar work happens once, in `finish`, which callers run off the event loop.
     """
 
     def __init__(self, metadata_field: str) -> None:
         self.metadata_field = metadata_field
         self.size = 0
         self.count = 0
-        self._rows: list[bytes | dict[str, Any]] = []
+        self._rows: list[bytes | tuple[Any, ...]] = []
 
     def add(self, event: bytes) -> None:
         self.size += len(event) + 1
@@ -73,7 +74,7 @@ class ParquetWriter:
 
     def add_event(self, event: dict[str, Any]) -> None:
         self.count += 1
-        self._rows.append(event)
+        self._rows.append(_row(event))
 
     def finish(self, metadata: dict[str, Any]) -> bytes:
         """The object's bytes; `metadata` goes into the file's key-value metadata under the writer's field name."""
@@ -90,13 +91,22 @@ class ParquetWriter:
         return body
 
 
-def _batch(rows: list[bytes | dict[str, Any]], schema: pa.Schema) -> pa.RecordBatch:
-    events = [orjson.loads(row) if isinstance(row, bytes) else row for row in rows]
+def _row(event: dict[str, Any]) -> tuple[Any, ...]:
+    """The event's values in SCHEMA order, event_data and extra as JSON text."""
+    return tuple(_json_text(event.get(name)) if name in JSON_COLUMNS else event.get(name) for name in SCHEMA.names)
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _batch(rows: list[bytes | tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBatch:
+    tuples = [_row(orjson.loads(row)) if isinstance(row, bytes) else row for row in rows]
     columns = []
-    for field in schema:
-        values = [event.get(field.name) for event in events]
+    for index, field in enumerate(schema):
+        values = [row[index] for row in tuples]
         if field.name in JSON_COLUMNS:
-            columns.append(pa.array([None if v is None else orjson.dumps(v).decode() for v in values], pa.string()))
+            columns.append(pa.array(values, pa.string()))
         elif field.name in TIME_COLUMNS:
             columns.append(_timestamps(values))
         elif field.type == pa.int64():

@@ -93,16 +93,24 @@ def render_all(
         try:
             writer.add_event(policy.apply(event, hasher))
         except Exception as exc:
-            errors[client_id] = for_log(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
+            errors[client_id] = _error(exc)
             del writers[client_id]
     out: dict[str, ClientRender] = dict(errors)
     for client_id, days in writers.items():
-        objects: dict[str, Rendered] = {}
-        for day, writer in sorted(days.items()):
-            metadata = {**jobs[client_id][0], "event_count": writer.count}
-            if day:
-                metadata["date"] = day
-            data = writer.finish(metadata)
-            objects[day] = (data, writer.count, hashlib.sha256(data).hexdigest())
-        out[client_id] = objects
+        try:
+            out[client_id] = _finish(days, jobs[client_id][0])
+        except Exception as exc:  # typing a parquet column failed on this client's values: only this client's
+            out[client_id] = _error(exc)
     return out
+
+
+def _finish(days: dict[str, ObjectWriter], metadata: dict[str, Any]) -> dict[str, Rendered]:
+    objects: dict[str, Rendered] = {}
+    for day, writer in sorted(days.items()):
+        data = writer.finish({**metadata, "event_count": writer.count, **({"date": day} if day else {})})
+        objects[day] = (data, writer.count, hashlib.sha256(data).hexdigest())
+    return objects
+
+
+def _error(exc: BaseException) -> str:
+    return for_log(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)

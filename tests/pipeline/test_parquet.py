@@ -19,12 +19,21 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.clients import Destination
 from pipeline.export import Exporter
 from pipeline.formats import decode_events, open_writer
 from pipeline.objects import S3Store
 from pipeline.parquet import SCHEMA, read_metadata
 from pipeline.privacy import POLICY_VERSION
-from tests.pipeline.conftest import REGION, MakeProcessor, MakeStore, insert_events, keys_of, read_events
+from tests.pipeline.conftest import (
+    REGION,
+    MakeProcessor,
+    MakeStore,
+    create_bucket,
+    insert_events,
+    keys_of,
+    read_events,
+)
 
 HIVE_KEY = re.compile(
     r"processed-events/client_id=([A-Za-z0-9_.-]+)/date=(\d{4}-\d{2}-\d{2})/processed_raw_export_[0-9_]+-[0-9]+\.parquet"
@@ -209,3 +218,37 @@ def test_pyarrow_is_imported_only_where_parquet_is_written_or_read() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
+
+
+async def test_a_client_whose_bucket_fails_gets_each_day_once_on_its_retry(
+    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore, make_processor: MakeProcessor,
+    moto_url: str,
+) -> None:  # fmt: skip
+    """A client's missing bucket defers its two days of parquet; once it exists, the retry writes each day's object
+    with every event once, and the other client is never held up."""
+    own_bucket = f"own-{uuid.uuid4().hex[:12]}"
+    raw, shared = await make_store(), await make_store()
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    await insert_events(db, 3, received_at=yesterday)
+    await insert_events(db, 4)
+    await insert_events(db, 2, client_id="client_eu_shop", site_id="eu-shop.com")
+    exported = await Exporter(raw, fmt="parquet", batch_size=100).run(conn)
+    processor = await make_processor(raw, shared, {"client_acme_corp": Destination(own_bucket, "")}, fmt="parquet")
+    processor.retry_base_s = 0.0  # due again at once
+
+    first = await processor.run(conn)
+    assert first.deferred == {"client_acme_corp": 1} and first.rows == 2
+    assert [HIVE_KEY.fullmatch(k)[1] for k in await keys_of(shared)] == ["client_eu_shop"]  # type: ignore[index]
+
+    await create_bucket(moto_url, own_bucket)
+    second = await processor.run(conn)
+
+    own = await make_store(own_bucket)
+    keys = await keys_of(own)
+    days = sorted(HIVE_KEY.fullmatch(k)[2] for k in keys)  # type: ignore[index]
+    assert second.rows == 7 and second.deferred == {} and len(keys) == 2
+    assert days == [yesterday.date().isoformat(), datetime.now(UTC).date().isoformat()]
+    events = [e for key in keys for e in await read_events(own, key)]
+    assert len(events) == 7 and len({e["event_id"] for e in events}) == 7
+    assert await db.fetchval("SELECT count(*) FROM processing_retries") == 0
+    assert await db.fetchval("SELECT count(*) FROM processed_objects WHERE raw_key = $1", exported.keys[0]) == 3
