@@ -17,7 +17,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from pipeline.formats import CONTENT_TYPES, ObjectWriter, open_writer
+from pipeline import offload
+from pipeline.formats import CONTENT_TYPES, ObjectWriter, finish_object, open_writer
 from pipeline.objects import ObjectStore
 from pipeline.status import export_watermark
 
@@ -225,8 +226,12 @@ class Exporter:
             "id_range": {"first": obj.first_id, "last": obj.last_id},
             "time_range": {"start": obj.start, "end": obj.end},
         }
-        # Parquet types and compresses the whole object here: off the event loop, like the rows' encoding.
-        body = await asyncio.to_thread(obj.writer.finish, metadata)
+        if self.fmt == "parquet":
+            # Typing and compressing the whole object is CPU work, and pyarrow ~40 MB: both in the pipeline's worker
+            # process (offload), so the process answering /collect never holds its GIL for it or imports it.
+            body = await offload.run(finish_object, obj.writer, metadata)
+        else:
+            body = await asyncio.to_thread(obj.writer.finish, metadata)  # a join: off the event loop all the same
         await self.objects.put(key, body, CONTENT_TYPES[self.fmt])
         async with conn.transaction():
             await conn.execute(

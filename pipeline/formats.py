@@ -62,6 +62,11 @@ def open_writer(fmt: str, metadata_field: str) -> ObjectWriter:
     return JsonWriter(fmt, metadata_field)
 
 
+def finish_object(writer: ObjectWriter, metadata: dict[str, Any]) -> bytes:
+    """`writer.finish(metadata)`, as a module-level function the worker process (pipeline.offload) can run."""
+    return writer.finish(metadata)
+
+
 class JsonWriter:
     """A json or ndjson.gz object's bytes, built from events already encoded by orjson.
 
@@ -135,7 +140,7 @@ def iter_events(fmt: str, body: bytes) -> Iterator[dict[str, Any]]:
                 raise UnreadableObject("not a ndjson.gz object: a line is not a JSON object")
             yield event
     elif fmt == "parquet":
-        from pipeline.parquet import iter_events as parquet_events  # pyarrow only where parquet is read
+        from pipeline.arrow import iter_events as parquet_events  # pyarrow only where parquet is read
 
         try:
             yield from parquet_events(body)
