@@ -76,11 +76,14 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None  # a time without a zone names no instant
 
 
-def iter_events(body: bytes) -> Iterator[dict[str, Any]]:
-    """The events of a parquet object in export's document shape, READ_BATCH_ROWS decoded at a time."""
+def iter_events(body: bytes, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The events of a parquet object in export's document shape, READ_BATCH_ROWS decoded at a time; only
+    `columns` (those the file has) when given."""
     try:
         file = pq.ParquetFile(pa.BufferReader(body))
-        for batch in file.iter_batches(batch_size=READ_BATCH_ROWS):
+        if columns is not None:
+            columns = [name for name in columns if name in file.schema_arrow.names]
+        for batch in file.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
             names = batch.schema.names
             arrays = [
                 pc.strftime(column, format=_ISO) if pa.types.is_timestamp(column.type) else column

@@ -115,9 +115,10 @@ def encode(fmt: str, metadata_field: str, metadata: dict[str, Any], events: list
     return writer.finish(metadata)
 
 
-def iter_events(fmt: str, body: bytes) -> Iterator[dict[str, Any]]:
+def iter_events(fmt: str, body: bytes, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """The events of an object written by `encode` or a writer; ndjson.gz is decompressed piece by piece, parquet
-    decoded a batch of rows at a time, both in export's document shape."""
+    decoded a batch of rows at a time, both in export's document shape. `columns`: the fields the caller reads, a
+    hint that parquet uses to decode only those (other formats give every field)."""
     if fmt == "json":
         try:
             document = orjson.loads(body)
@@ -143,7 +144,7 @@ def iter_events(fmt: str, body: bytes) -> Iterator[dict[str, Any]]:
         from pipeline.arrow import iter_events as parquet_events  # pyarrow only where parquet is read
 
         try:
-            yield from parquet_events(body)
+            yield from parquet_events(body, columns)
         except ValueError as exc:
             raise UnreadableObject(str(exc)) from exc
     else:

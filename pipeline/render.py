@@ -44,7 +44,7 @@ def scan(fmt: str, body: bytes, only: set[str] | None) -> tuple[list[str], list[
     ids: list[str] = []
     per_client: Counter[str] = Counter()
     total = invalid = 0
-    for event in iter_events(fmt, body):
+    for event in iter_events(fmt, body, ["client_id", "event_id"]):
         client_id = event.get("client_id")
         if only is not None:
             if type(client_id) is not str or client_id not in only:
