@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from pipeline.parquet import Row, row_of
+
 FORMATS = ("json", "ndjson.gz", "parquet")
 CONTENT_TYPES = {
     "json": "application/json",
@@ -55,11 +57,7 @@ class ObjectWriter(Protocol):
 
 
 def open_writer(fmt: str, metadata_field: str) -> ObjectWriter:
-    if fmt == "parquet":
-        from pipeline.parquet import ParquetWriter  # pyarrow only where parquet is written
-
-        return ParquetWriter(metadata_field)
-    return JsonWriter(fmt, metadata_field)
+    return ParquetWriter(metadata_field) if fmt == "parquet" else JsonWriter(fmt, metadata_field)
 
 
 def finish_object(writer: ObjectWriter, metadata: dict[str, Any]) -> bytes:
@@ -105,6 +103,37 @@ class JsonWriter:
             body = b"".join((head, b",".join(self._pieces), b"]}"))
         self._pieces = []
         return body
+
+
+class ParquetWriter:
+    """One parquet object's rows, kept compact as they come and typed and compressed when it finishes.
+
+    An encoded event (export) is kept as its bytes, an event dict (processing) as a tuple of its column values with
+    event_data and extra already JSON text: about what the json writer holds for the same events, bounded by the
+    object limits. The columnar work happens once, in `finish`, which callers run in the worker process.
+    """
+
+    def __init__(self, metadata_field: str) -> None:
+        self.metadata_field = metadata_field
+        self.size = 0
+        self.count = 0
+        self._rows: list[Row] = []
+
+    def add(self, event: bytes) -> None:
+        self.size += len(event) + 1
+        self.count += 1
+        self._rows.append(event)
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        self.count += 1
+        self._rows.append(row_of(event))
+
+    def finish(self, metadata: dict[str, Any]) -> bytes:
+        """The object's bytes; `metadata` goes into the file's key-value metadata under the writer's field name."""
+        from pipeline.arrow import write_object  # pyarrow: here, on the first parquet object
+
+        rows, self._rows = self._rows, []
+        return write_object(rows, self.metadata_field, metadata)
 
 
 def encode(fmt: str, metadata_field: str, metadata: dict[str, Any], events: list[dict[str, Any]]) -> bytes:
