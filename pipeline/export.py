@@ -227,7 +227,7 @@ class Exporter:
             "time_range": {"start": obj.start, "end": obj.end},
         }
         if self.fmt == "parquet":
-            # Typing and compressing the whole object is CPU work, and pyarrow ~40 MB: both in the pipeline's worker
+            # Typing and compressing the whole object is CPU work, and pyarrow ~75 MB: both in the pipeline's worker
             # process (offload), so the process answering /collect never holds its GIL for it or imports it.
             body = await offload.run(finish_object, obj.writer, metadata)
         else:

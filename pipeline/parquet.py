@@ -1,6 +1,6 @@
 """Parquet objects: the one typed schema of raw and processed events, and the compact rows writers keep.
 
-This module does not import pyarrow (~40 MB resident): `formats.ParquetWriter` only keeps rows, and its `finish`
+This module does not import pyarrow (~75 MB resident): `formats.ParquetWriter` only keeps rows, and its `finish`
 hands them to pipeline.arrow, imported then. Export finishes its objects in the pipeline's worker process
 (pipeline.offload), as processing renders there, so the process answering /collect never loads pyarrow, and a worker
 that never writes or reads parquet never does.
