@@ -19,7 +19,8 @@ import orjson
 
 from pipeline import offload
 from pipeline.formats import CONTENT_TYPES, ObjectWriter, finish_object, open_writer
-from pipeline.objects import ObjectStore
+from pipeline.objects import ObjectStore, ObjectStoreError
+from pipeline.offload import OffloadFailed
 from pipeline.status import export_watermark
 
 logger = logging.getLogger(__name__)
@@ -229,7 +230,10 @@ class Exporter:
         if self.fmt == "parquet":
             # Typing and compressing the whole object is CPU work, and pyarrow ~75 MB: both in the pipeline's worker
             # process (offload), so the process answering /collect never holds its GIL for it or imports it.
-            body = await offload.run(finish_object, obj.writer, metadata)
+            try:
+                body = await offload.run(finish_object, obj.writer, metadata)
+            except OffloadFailed as exc:  # as an upload that failed: nothing marked, the next run writes it again
+                raise ObjectStoreError(f"{key}: not written, {exc}") from exc
         else:
             body = await asyncio.to_thread(obj.writer.finish, metadata)  # a join: off the event loop all the same
         await self.objects.put(key, body, CONTENT_TYPES[self.fmt])

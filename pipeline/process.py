@@ -58,7 +58,7 @@ class ProcessResult:
 
     @property
     def objects(self) -> int:
-        """Objects written: one per client and raw object."""
+        """Objects written: one per client and raw object (and receive day, in the partitioned layout)."""
         return self.client_objects
 
 

@@ -3,7 +3,10 @@ every processed event read back once by the engines users point at the output.""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import signal
 import subprocess
 import sys
 import uuid
@@ -19,11 +22,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import offload
 from pipeline.arrow import SCHEMA, read_metadata
 from pipeline.clients import Destination
 from pipeline.export import Exporter
 from pipeline.formats import decode_events, open_writer
-from pipeline.objects import S3Store
+from pipeline.objects import ObjectStoreError, S3Store
 from pipeline.privacy import POLICY_VERSION
 from tests.pipeline.conftest import (
     REGION,
@@ -257,3 +261,23 @@ async def test_a_client_whose_bucket_fails_gets_each_day_once_on_its_retry(
     assert len(events) == 7 and len({e["event_id"] for e in events}) == 7
     assert await db.fetchval("SELECT count(*) FROM processing_retries") == 0
     assert await db.fetchval("SELECT count(*) FROM processed_objects WHERE raw_key = $1", exported.keys[0]) == 3
+
+
+async def test_a_worker_process_killed_before_a_parquet_export_leaves_the_claim_for_the_next_run(
+    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore
+) -> None:
+    """The worker that writes parquet objects dies (killed, out of memory): that run fails like an upload (nothing
+    marked), and the next run writes the same key once."""
+    store = await make_store()
+    await insert_events(db, 4)
+    os.kill(await offload.run(os.getpid), signal.SIGKILL)
+    with pytest.raises(ObjectStoreError, match="worker process died"):
+        for _ in range(50):  # until the pool has noticed its worker is gone
+            await Exporter(store, fmt="parquet", batch_size=100).run(conn)
+            await asyncio.sleep(0.05)
+    assert await keys_of(store) == [] and await db.fetchval("SELECT watermark FROM export_state") == 0
+
+    result = await Exporter(store, fmt="parquet", batch_size=100).run(conn)
+
+    assert result.rows == 4 and await keys_of(store) == result.keys
+    assert [e["id"] for e in await read_events(store, result.keys[0])] == [1, 2, 3, 4]
