@@ -9,9 +9,10 @@ from pipeline.clients import valid_client_id
 from pipeline.formats import FORMATS
 
 PROCESSED_PREFIX = "processed-events/"
-_RAW_KEY = re.compile(r"raw-events/(\d{4})/(\d{2})/(\d{2})/([^/]+?)\.(?:json|ndjson\.gz|parquet)")
+_RAW_KEY = re.compile(r"raw-events/([0-9]{4})/([0-9]{2})/([0-9]{2})/([^/]+?)\.(?:json|ndjson\.gz|parquet)")
 # The seed's layout, kept for its format (json): readers written for the seed find processed objects where it put them.
 SEED_LAYOUT_FORMATS = frozenset({"json"})
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 class NotAKey(ValueError):
@@ -38,6 +39,8 @@ def processed_key(raw: str, client_id: str, prefix: str = "", *, fmt: str = "jso
         raise NotAKey(f"client id {for_log(client_id)} cannot be a path segment")
     if fmt not in FORMATS:
         raise NotAKey(f"unknown processed format {for_log(fmt)}")
+    if day is not None and not _DAY.fullmatch(day):
+        raise NotAKey(f"day {for_log(day)} is not YYYY-MM-DD")
     year, month, raw_date, stem = match.groups()
     if fmt in SEED_LAYOUT_FORMATS:
         return f"{prefix}{PROCESSED_PREFIX}{client_id}/{year}/{month}/{raw_date}/processed_{stem}.{fmt}"

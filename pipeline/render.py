@@ -25,7 +25,7 @@ MAX_ERROR_CHARS = 500
 Rendered = tuple[bytes, int, str]
 # Per client: its objects by day (one, under "", when the layout is not partitioned by day); or why it failed.
 ClientRender = dict[str, Rendered] | str
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits only: it becomes a path segment
 
 
 def event_day(event: dict[str, Any], default: str) -> str:

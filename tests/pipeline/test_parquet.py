@@ -281,3 +281,19 @@ async def test_a_worker_process_killed_before_a_parquet_export_leaves_the_claim_
 
     assert result.rows == 4 and await keys_of(store) == result.keys
     assert [e["id"] for e in await read_events(store, result.keys[0])] == [1, 2, 3, 4]
+
+
+FULLWIDTH_DAY = "\uff12\uff10\uff12\uff16-\uff11\uff11-\uff12\uff19"  # 2026-11-29 in fullwidth digits
+
+
+@pytest.mark.parametrize("day", ["2026-1-01", "../2026-11-29", FULLWIDTH_DAY, "2026-11-29\n"])
+def test_a_processed_key_refuses_a_day_that_is_not_one(day: str) -> None:
+    """A day becomes a path segment: only YYYY-MM-DD in ASCII digits is one."""
+    from pipeline.layout import NotAKey, processed_key
+
+    raw = "raw-events/2026/11/29/raw_export_20261129_120000_1-10.parquet"
+    assert processed_key(raw, "client_a", fmt="parquet", day="2026-11-28").endswith(
+        "client_id=client_a/date=2026-11-28/processed_raw_export_20261129_120000_1-10.parquet"
+    )
+    with pytest.raises(NotAKey):
+        processed_key(raw, "client_a", fmt="parquet", day=day)
