@@ -59,7 +59,7 @@ class SettingsError(ValueError):
 AckMode = Literal["buffered", "durable"]
 Environment = Literal["development", "production"]
 Role = Literal["all", "ingest", "pipeline"]
-ExportFormat = Literal["json", "ndjson.gz"]
+ExportFormat = Literal["json", "ndjson.gz", "parquet"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +168,9 @@ class Settings:
     # until an operator releases it; docs/pipeline.md). With the backoff (60 s doubling, at most 1 h), 10 is ~4 h.
     process_max_attempts: int = 10
     export_format: ExportFormat = "json"
+    # Processed objects' format, whatever the raw one: json keeps the seed's layout; ndjson.gz and parquet are
+    # partitioned client_id=<id>/date=<YYYY-MM-DD>/ for engines to prune (docs/pipeline.md).
+    processed_format: ExportFormat = "json"
     retention_days: int = 7
     client_storage_file: str | None = None
     # The S3-compatible endpoint (MinIO, ...) of both buckets, unless one names its own (RAW_S3_ENDPOINT_URL, ...).

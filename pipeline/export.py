@@ -17,8 +17,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from pipeline.formats import CONTENT_TYPES, ObjectWriter
-from pipeline.objects import ObjectStore
+from pipeline import offload
+from pipeline.formats import CONTENT_TYPES, ObjectWriter, finish_object, open_writer
+from pipeline.objects import ObjectStore, ObjectStoreError
+from pipeline.offload import OffloadFailed
 from pipeline.status import export_watermark
 
 logger = logging.getLogger(__name__)
@@ -137,7 +139,7 @@ class Exporter:
             " WHERE exported_at IS NULL ORDER BY range_start"
         ):
             # The claimed range again, chunk by chunk: the same rows give the same object under the same key.
-            obj = _Object(ObjectWriter(self.fmt, "export_metadata"))
+            obj = _Object(open_writer(self.fmt, "export_metadata"))
             after = claim["range_start"] - 1
             while rows := await self._chunk(conn, after, claim["last_id"], CHUNK_ROWS):
                 for row in rows:
@@ -170,7 +172,7 @@ class Exporter:
 
     async def _next_object(self, conn: asyncpg.Connection, watermark: int, bound: int) -> _Object | None:
         """Rows after the watermark up to `batch_size` rows or `max_object_bytes` bytes (at least one row)."""
-        obj = _Object(ObjectWriter(self.fmt, "export_metadata"))
+        obj = _Object(open_writer(self.fmt, "export_metadata"))
         after = watermark
         while obj.writer.count < self.batch_size and obj.writer.size < self.max_object_bytes:
             rows = await self._chunk(conn, after, bound, min(CHUNK_ROWS, self.batch_size - obj.writer.count))
@@ -225,7 +227,15 @@ class Exporter:
             "id_range": {"first": obj.first_id, "last": obj.last_id},
             "time_range": {"start": obj.start, "end": obj.end},
         }
-        body = obj.writer.finish(metadata)
+        if self.fmt == "parquet":
+            # Typing and compressing the whole object is CPU work, and pyarrow ~75 MB: both in the pipeline's worker
+            # process (offload), so the process answering /collect never holds its GIL for it or imports it.
+            try:
+                body = await offload.run(finish_object, obj.writer, metadata)
+            except OffloadFailed as exc:  # as an upload that failed: nothing marked, the next run writes it again
+                raise ObjectStoreError(f"{key}: not written, {exc}") from exc
+        else:
+            body = await asyncio.to_thread(obj.writer.finish, metadata)  # a join: off the event loop all the same
         await self.objects.put(key, body, CONTENT_TYPES[self.fmt])
         async with conn.transaction():
             await conn.execute(

@@ -1,19 +1,26 @@
-"""Object formats: the seed's JSON document (metadata + events) or gzipped NDJSON, both readable by DuckDB.
+"""Object formats: the seed's JSON document (metadata + events), gzipped NDJSON, or Parquet (pipeline.parquet).
 
-Objects are built one encoded event at a time (`ObjectWriter`) and read back one event at a time where the format
-allows (`iter_events`), so neither stage holds a second copy of an object's events while it writes or reads one.
+Objects are built one event at a time (`open_writer`) and read back one event at a time where the format allows
+(`iter_events`), so neither stage holds a second copy of an object's events while it writes or reads one. Parquet's
+module (and pyarrow) is imported on first use only.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-FORMATS = ("json", "ndjson.gz")
-CONTENT_TYPES = {"json": "application/json", "ndjson.gz": "application/x-ndjson"}
+from pipeline.parquet import Row, row_of
+
+FORMATS = ("json", "ndjson.gz", "parquet")
+CONTENT_TYPES = {
+    "json": "application/json",
+    "ndjson.gz": "application/x-ndjson",
+    "parquet": "application/vnd.apache.parquet",
+}
 GZIP_LEVEL = 6
 _GZIP_WBITS = 31  # a gzip member, with a zero mtime: the same rows give the same bytes (and checksum) on a retry
 _READ_PIECE = 1024 * 1024  # decompressed bytes taken at a time when reading ndjson.gz
@@ -30,8 +37,36 @@ def format_of(key: str) -> str:
     raise UnreadableObject(f"{key}: unknown format (expected one of {', '.join(FORMATS)})")
 
 
-class ObjectWriter:
-    """One object's bytes, built from events already encoded by orjson; `size` counts their uncompressed bytes.
+class ObjectWriter(Protocol):
+    """One object's bytes, built an event at a time; `count` events so far, `size` their encoded JSON bytes."""
+
+    count: int
+    size: int
+
+    def add(self, event: bytes) -> None:
+        """An event already encoded by orjson (export encodes its rows off the event loop)."""
+        ...
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        """An event as a dict (processing's redacted events), encoded as the format needs."""
+        ...
+
+    def finish(self, metadata: dict[str, Any]) -> bytes:
+        """The object's bytes with `metadata`; CPU work for parquet, so callers run it off the event loop."""
+        ...
+
+
+def open_writer(fmt: str, metadata_field: str) -> ObjectWriter:
+    return ParquetWriter(metadata_field) if fmt == "parquet" else JsonWriter(fmt, metadata_field)
+
+
+def finish_object(writer: ObjectWriter, metadata: dict[str, Any]) -> bytes:
+    """`writer.finish(metadata)`, as a module-level function the worker process (pipeline.offload) can run."""
+    return writer.finish(metadata)
+
+
+class JsonWriter:
+    """A json or ndjson.gz object's bytes, built from events already encoded by orjson.
 
     json keeps the encoded events until `finish` puts the metadata in front (the document opens with it); ndjson.gz
     compresses each event as it comes, so it holds only compressed bytes. For ndjson.gz the metadata lives in the
@@ -39,7 +74,7 @@ class ObjectWriter:
     """
 
     def __init__(self, fmt: str, metadata_field: str) -> None:
-        if fmt not in FORMATS:
+        if fmt not in ("json", "ndjson.gz"):
             raise ValueError(f"unknown format {fmt!r}")
         self.fmt = fmt
         self.metadata_field = metadata_field
@@ -56,6 +91,9 @@ class ObjectWriter:
         else:
             self._pieces.append(self._gzip.compress(event + b"\n"))
 
+    def add_event(self, event: dict[str, Any]) -> None:
+        self.add(orjson.dumps(event))
+
     def finish(self, metadata: dict[str, Any]) -> bytes:
         if self._gzip is not None:
             self._pieces.append(self._gzip.flush())
@@ -67,16 +105,49 @@ class ObjectWriter:
         return body
 
 
+class ParquetWriter:
+    """One parquet object's rows, kept compact as they come and typed and compressed when it finishes.
+
+    An encoded event (export) is kept as its bytes, an event dict (processing) as a tuple of its column values with
+    event_data and extra already JSON text: about what the json writer holds for the same events, bounded by the
+    object limits. The columnar work happens once, in `finish`, which callers run in the worker process.
+    """
+
+    def __init__(self, metadata_field: str) -> None:
+        self.metadata_field = metadata_field
+        self.size = 0
+        self.count = 0
+        self._rows: list[Row] = []
+
+    def add(self, event: bytes) -> None:
+        self.size += len(event) + 1
+        self.count += 1
+        self._rows.append(event)
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        self.count += 1
+        self._rows.append(row_of(event))
+
+    def finish(self, metadata: dict[str, Any]) -> bytes:
+        """The object's bytes; `metadata` goes into the file's key-value metadata under the writer's field name."""
+        from pipeline.arrow import write_object  # pyarrow: here, on the first parquet object
+
+        rows, self._rows = self._rows, []
+        return write_object(rows, self.metadata_field, metadata)
+
+
 def encode(fmt: str, metadata_field: str, metadata: dict[str, Any], events: list[dict[str, Any]]) -> bytes:
     """The object's bytes (the same as orjson.dumps({metadata_field: metadata, "events": events}) for json)."""
-    writer = ObjectWriter(fmt, metadata_field)
+    writer = open_writer(fmt, metadata_field)
     for event in events:
-        writer.add(orjson.dumps(event))
+        writer.add_event(event)
     return writer.finish(metadata)
 
 
-def iter_events(fmt: str, body: bytes) -> Iterator[dict[str, Any]]:
-    """The events of an object written by `encode` or `ObjectWriter`; ndjson.gz is decompressed piece by piece."""
+def iter_events(fmt: str, body: bytes, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The events of an object written by `encode` or a writer; ndjson.gz is decompressed piece by piece, parquet
+    decoded a batch of rows at a time, both in export's document shape. `columns`: the fields the caller reads, a
+    hint that parquet uses to decode only those (other formats give every field)."""
     if fmt == "json":
         try:
             document = orjson.loads(body)
@@ -98,6 +169,13 @@ def iter_events(fmt: str, body: bytes) -> Iterator[dict[str, Any]]:
             if not isinstance(event, dict):
                 raise UnreadableObject("not a ndjson.gz object: a line is not a JSON object")
             yield event
+    elif fmt == "parquet":
+        from pipeline.arrow import iter_events as parquet_events  # pyarrow only where parquet is read
+
+        try:
+            yield from parquet_events(body, columns)
+        except ValueError as exc:
+            raise UnreadableObject(str(exc)) from exc
     else:
         raise UnreadableObject(f"unknown format {fmt!r}")
 

@@ -16,9 +16,9 @@ import aioboto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-# Keys are ours (raw-events/..., processed-events/<client>/...): anything else is refused before it becomes a path.
-# fullmatch, never `$`: `$` also matches before a trailing newline.
-_SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,1023}")
+# Keys are ours (raw-events/..., processed-events/<client>/... or processed-events/client_id=<client>/date=<day>/...):
+# anything else is refused before it becomes a path. fullmatch, never `$`: `$` also matches before a trailing newline.
+_SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=\-/]{0,1023}")
 
 
 class ObjectStoreError(Exception):

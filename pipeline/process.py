@@ -1,4 +1,8 @@
-"""Stage 2: each exported raw object into one processed object per client, with that client's privacy rules.
+"""Stage 2: each exported raw object into processed objects per client, with that client's privacy rules.
+
+Layouts: json (the default) keeps the seed's processed-events/<client>/YYYY/MM/DD/, one object per client and raw
+object; ndjson.gz and parquet are partitioned Hive-style, processed-events/client_id=<client>/date=<YYYY-MM-DD>/,
+one object per client, raw object and receive day, so engines prune by client and day (docs/pipeline.md).
 
 One client never holds up another: an object of a raw object that cannot be written for one client (its
 configuration refused, its bucket unreachable, its events failing to render) goes to processing_retries with a
@@ -9,7 +13,6 @@ growing delay, and the raw object is marked processed for everyone else. Duplica
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,17 +24,17 @@ import asyncpg
 from collector.ingest.auth import DirectoryUnavailable
 from collector.logsafe import for_log
 from pipeline import offload
-from pipeline.clients import ClientConfigError, ClientSettings, ClientSettingsSource, valid_client_id
-from pipeline.formats import CONTENT_TYPES, UnreadableObject, format_of
+from pipeline.clients import ClientConfigError, ClientSettings, ClientSettingsSource
+from pipeline.formats import CONTENT_TYPES, FORMATS, UnreadableObject, format_of
+from pipeline.layout import PROCESSED_PREFIX as PROCESSED_PREFIX
+from pipeline.layout import SEED_LAYOUT_FORMATS, NotAKey, processed_key, raw_day
 from pipeline.objects import ObjectStore, ObjectStoreError
 from pipeline.offload import OffloadFailed
 from pipeline.privacy import POLICY_VERSION, Policy, address_hasher
-from pipeline.render import MAX_ERROR_CHARS, Rendered, render_all, scan
+from pipeline.render import MAX_ERROR_CHARS, ClientRender, render_all, scan
 
 logger = logging.getLogger(__name__)
 
-PROCESSED_PREFIX = "processed-events/"
-_RAW_KEY = re.compile(r"raw-events/(\d{4}/\d{2}/\d{2})/([^/]+?)\.(json|ndjson\.gz)")
 RETRY_BASE_S = 60.0
 RETRY_MAX_S = 3600.0
 MAX_RETRIES_PER_RUN = 100
@@ -61,19 +64,8 @@ class ProcessResult:
 
     @property
     def objects(self) -> int:
-        """Objects written: one per client and raw object."""
+        """Objects written: one per client and raw object (and receive day, in the partitioned layout)."""
         return self.client_objects
-
-
-def processed_key(raw: str, client_id: str, prefix: str = "") -> str:
-    """processed-events/<client>/YYYY/MM/DD/processed_<raw stem>.<ext>, dated like the raw object."""
-    match = _RAW_KEY.fullmatch(raw)
-    if match is None:
-        raise ProcessingError(f"{for_log(raw)}: not a raw export key")
-    if not valid_client_id(client_id):
-        raise ProcessingError(f"client id {for_log(client_id)} cannot be a path segment")
-    day, stem, ext = match.groups()
-    return f"{prefix}{PROCESSED_PREFIX}{client_id}/{day}/processed_{stem}.{ext}"
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -108,6 +100,7 @@ class Processor:
         clients: ClientSettingsSource,
         *,
         ip_hash_secret: str,
+        fmt: str = "json",
         max_objects_per_run: int = 100,
         retry_base_s: float = RETRY_BASE_S,
         retry_max_s: float = RETRY_MAX_S,
@@ -116,6 +109,9 @@ class Processor:
         self.raw = raw
         self.clients = clients
         self.ip_hash_secret = ip_hash_secret
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown processed format {fmt!r}")
+        self.fmt = fmt
         self.max_objects_per_run = max_objects_per_run
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
@@ -166,6 +162,7 @@ class Processor:
             await self._process(conn, key, result, waiting, only)
         except (
             ProcessingError,
+            NotAKey,
             ObjectStoreError,
             UnreadableObject,
             DirectoryUnavailable,
@@ -209,11 +206,11 @@ class Processor:
                 for client_id in sorted(only):
                     await self._postpone(conn, raw_key, client_id, result)
             return
-        fmt = format_of(raw_key)
+        raw_fmt = format_of(raw_key)
         body = await self.raw.get(raw_key)
         # Decoding, redacting and encoding are CPU work on the whole object: in the worker process (offload), so
         # that the process answering /collect only moves bytes.
-        clients, ids, per_client, total, invalid = await offload.run(scan, fmt, body, only)
+        clients, ids, per_client, total, invalid = await offload.run(scan, raw_fmt, body, only)
         if invalid:
             # Ingest validates client ids, so these rows were written by something else: never a path segment.
             result.dropped["invalid_client_id"] = result.dropped.get("invalid_client_id", 0) + invalid
@@ -227,13 +224,16 @@ class Processor:
         postponed = sorted(c for c, n in owned.items() if n > 0 and c in waiting)
         jobs = await self._jobs(raw_key, sorted(c for c, n in owned.items() if n > 0 and c not in waiting), failed)
         waiting.update(client_id for client_id, _ in failed)
-        renders = {client_id: self._render_job(raw_key, fmt, client_id, *job) for client_id, job in jobs.items()}
-        rendered = await offload.run(render_all, fmt, body, only, skip, renders) if renders else {}
+        renders = {client_id: self._render_job(raw_key, client_id, settings) for client_id, settings in jobs.items()}
+        default_day = None if self.fmt in SEED_LAYOUT_FORMATS else raw_day(raw_key)
+        rendered = (
+            await offload.run(render_all, raw_fmt, body, self.fmt, default_day, only, skip, renders) if renders else {}
+        )
         del body
         written: list[_Written] = []
-        for client_id, (settings, key) in jobs.items():
+        for client_id, settings in jobs.items():
             try:
-                written.append(await self._upload(client_id, settings, key, fmt, rendered[client_id]))
+                written.extend(await self._upload(raw_key, client_id, settings, rendered[client_id]))
             except Exception as exc:  # a render that failed on this client's events, or its bucket
                 failed.append((client_id, exc))
                 waiting.add(client_id)
@@ -284,13 +284,14 @@ class Processor:
 
     async def _jobs(
         self, raw_key: str, client_ids: list[str], failed: list[tuple[str, BaseException]]
-    ) -> dict[str, tuple[ClientSettings, str]]:
-        """Each client's settings and object key; a client whose configuration fails joins `failed`."""
-        jobs: dict[str, tuple[ClientSettings, str]] = {}
+    ) -> dict[str, ClientSettings]:
+        """Each client's settings; a client whose configuration (or key) fails joins `failed`."""
+        jobs: dict[str, ClientSettings] = {}
         for client_id in client_ids:
             try:
                 settings = await self.clients.get(client_id)
-                jobs[client_id] = (settings, processed_key(raw_key, client_id, settings.prefix))
+                processed_key(raw_key, client_id, settings.prefix, fmt=self.fmt)  # refused here, not after rendering
+                jobs[client_id] = settings
             except DirectoryUnavailable:
                 raise  # says nothing about this client: the whole raw object waits for the next run
             except Exception as exc:  # this client's failure, whatever it is, is only this client's
@@ -355,17 +356,18 @@ class Processor:
         result.deferred[client_id] = result.deferred.get(client_id, 0) + 1
 
     def _render_job(
-        self, raw_key: str, fmt: str, client_id: str, settings: ClientSettings, key: str
+        self, raw_key: str, client_id: str, settings: ClientSettings
     ) -> tuple[dict[str, Any], Policy, Callable[[str], str]]:
-        """What the worker process needs to render one client's object: its metadata, policy and IP hasher."""
+        """What the worker process needs to render one client's objects: their metadata, policy and IP hasher."""
         policy = Policy.for_level(settings.privacy_level)
+        key = processed_key(raw_key, client_id, settings.prefix, fmt=self.fmt)
         metadata = {
             "process_id": key.rsplit("/", 1)[-1].split(".", 1)[0],
             "processed_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "source_object": raw_key,
             "client_id": client_id,
             "event_count": 0,  # set by the worker, which counts them
-            "format": fmt,
+            "format": self.fmt,
             "pipeline_stage": "processed",
             "privacy_level": policy.level,
             "policy_version": POLICY_VERSION,
@@ -373,14 +375,19 @@ class Processor:
         return metadata, policy, address_hasher(self.ip_hash_secret, settings.salt)
 
     async def _upload(
-        self, client_id: str, settings: ClientSettings, key: str, fmt: str, rendered: Rendered | str
-    ) -> _Written:
+        self, raw_key: str, client_id: str, settings: ClientSettings, rendered: ClientRender
+    ) -> list[_Written]:
+        """Put the client's objects (one per day in a day-partitioned layout); any failure fails the client, whose
+        retry writes them all again under the same keys."""
         if isinstance(rendered, str):
             raise ProcessingError(f"client {client_id}: its events could not be rendered: {rendered}")
-        body, rows, checksum = rendered
-        await settings.store.put(key, body, CONTENT_TYPES[fmt])
-        logger.info(
-            "Successfully uploaded %d events for client %s to processed %s: %s",
-            rows, client_id, settings.store.destination, key,
-        )  # fmt: skip
-        return _Written(settings.store.name, key, client_id, rows, checksum)
+        written: list[_Written] = []
+        for day, (body, rows, checksum) in rendered.items():
+            key = processed_key(raw_key, client_id, settings.prefix, fmt=self.fmt, day=day or None)
+            await settings.store.put(key, body, CONTENT_TYPES[self.fmt])
+            logger.info(
+                "Successfully uploaded %d events for client %s to processed %s: %s",
+                rows, client_id, settings.store.destination, key,
+            )  # fmt: skip
+            written.append(_Written(settings.store.name, key, client_id, rows, checksum))
+        return written

@@ -260,7 +260,13 @@ async def open_pipeline(settings: Settings, dsn: str, directory: ClientDirectory
             max_object_bytes=settings.export_max_object_bytes,
         ),
         # Development has no secret of its own; production refuses to start without IP_HASH_SECRET.
-        Processor(stores.raw, clients, ip_hash_secret=settings.hash_secret, max_attempts=settings.process_max_attempts),
+        Processor(
+            stores.raw,
+            clients,
+            ip_hash_secret=settings.hash_secret,
+            fmt=settings.processed_format,
+            max_attempts=settings.process_max_attempts,
+        ),
         retention_days=settings.retention_days,
         export_interval_s=settings.export_interval_s,
         process_interval_s=settings.process_interval_s,

@@ -177,7 +177,7 @@ def test_a_field_type_that_implies_no_caster_is_refused(hint: Any) -> None:
         ("PORT", "eighty", "invalid literal for int() with base 10: 'eighty'"),
         ("ACK_MODE", "sometimes", "expected one of buffered, durable, got 'sometimes'"),
         ("ENVIRONMENT", "staging", "expected one of development, production, got 'staging'"),
-        ("EXPORT_FORMAT", "csv", "expected one of json, ndjson.gz, got 'csv'"),
+        ("EXPORT_FORMAT", "csv", "expected one of json, ndjson.gz, parquet, got 'csv'"),
         ("LOG_LEVEL", "loud", "expected one of debug, info, warning, error, got 'loud'"),
         ("AUTH_TIMEOUT_S", "inf", "not a finite number: 'inf'"),
         ("TRUSTED_PROXIES", "10.0.0.0/33", "'10.0.0.0/33' does not appear to be an IPv4 or IPv6 network"),

@@ -13,10 +13,14 @@ import asyncpg
 import orjson
 import pytest
 
+from collector.ingest.auth import PixelManagementDirectory
+from pipeline.clients import ClientSettingsSource, Destination
 from pipeline.formats import decode_events, format_of
-from pipeline.objects import S3Location, S3Store
+from pipeline.objects import ObjectStore, S3Location, S3Store
+from pipeline.process import Processor
 
 REGION = "us-east-1"
+SECRET = "pipeline-test-secret"
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +60,33 @@ async def make_store(moto_url: str) -> AsyncIterator[MakeStore]:
             return await S3Store.open(location(name, endpoint or moto_url), stack, timeout_s=2.0)
 
         yield make
+
+
+MakeProcessor = Callable[..., Awaitable[Processor]]
+
+
+@pytest.fixture
+def make_processor(directory: PixelManagementDirectory, make_store: MakeStore) -> MakeProcessor:
+    """Factory: a Processor reading `raw`, writing `fmt` to `processed` (or a client's own bucket when mapped)."""
+
+    async def make(
+        raw: ObjectStore,
+        processed: ObjectStore,
+        destinations: dict[str, Destination] | None = None,
+        *,
+        fmt: str = "json",
+    ) -> Processor:
+        opened: dict[str, S3Store] = {}
+
+        async def store_for(bucket: str) -> ObjectStore:
+            if bucket not in opened:
+                opened[bucket] = await make_store(bucket)
+            return opened[bucket]
+
+        clients = ClientSettingsSource(directory, processed, store_for, destinations=destinations)
+        return Processor(raw, clients, ip_hash_secret=SECRET, fmt=fmt)
+
+    return make
 
 
 async def insert_events(

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from collector.settings import BucketSettings
+from collector.settings import BucketSettings, Settings, SettingsError
 from pipeline.formats import decode_events, format_of
 from pipeline.objects import S3Store
 from tests.conftest import MakeApp
@@ -122,3 +122,37 @@ async def test_stage_runs_answer_503_when_the_database_is_unreachable(
         response = await app.client.post(path)
         assert response.status_code == 503, (path, response.text)
         assert response.json()["error"] == "database_unavailable" and response.headers["retry-after"] == "5"
+
+
+async def test_parquet_settings_export_and_process_parquet_through_the_app(
+    db: asyncpg.Connection, running_admin: MakeApp, moto_url: str, make_store: MakeStore
+) -> None:
+    """EXPORT_FORMAT=parquet and PROCESSED_FORMAT=parquet from the environment reach both stages: a parquet raw
+    object, then per-client parquet objects under client_id=/date= folders, redacted."""
+    env = Settings.from_env({"EXPORT_FORMAT": "parquet", "PROCESSED_FORMAT": "parquet"})
+    assert (env.export_format, env.processed_format) == ("parquet", "parquet")
+    with pytest.raises(SettingsError, match="PROCESSED_FORMAT"):
+        Settings.from_env({"PROCESSED_FORMAT": "csv"})
+    raw_bucket, processed_bucket = f"raw-{uuid.uuid4().hex[:10]}", f"proc-{uuid.uuid4().hex[:10]}"
+    await create_bucket(moto_url, raw_bucket)
+    await create_bucket(moto_url, processed_bucket)
+    app = await running_admin(**bucket_settings(moto_url, raw_bucket, processed_bucket), export_format="parquet",
+                              processed_format="parquet")  # fmt: skip
+    clicks = [{"eventType": "click", "eventData": {"email": "x@y.com", "n": i}} for i in range(5)]
+    assert (await app.post({"eventType": "batch", "siteId": "acme.com", "events": clicks})).status_code == 200
+    assert (await app.post({"eventType": "pageview", "siteId": "eu-shop.com"})).status_code == 200
+    await app.services.buffer.drain()
+
+    exported = (await app.client.post("/export/run")).json()
+    processed = (await app.client.post("/process/run")).json()
+
+    assert exported["events_exported"] == 6 and exported["objects"][0].endswith(".parquet")
+    assert processed["events_processed"] == 6
+    store: S3Store = await make_store(processed_bucket)
+    keys = sorted([k async for k in store.list_keys("processed-events/")])
+    today = await db.fetchval("SELECT to_char(min(received_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM events_log")
+    assert [k.split("/")[1:3] for k in keys] == [
+        ["client_id=client_acme_corp", f"date={today}"], ["client_id=client_eu_shop", f"date={today}"]
+    ]  # fmt: skip
+    acme = decode_events(format_of(keys[0]), await store.get(keys[0]))
+    assert len(acme) == 5 and {e["event_data"]["email"] for e in acme} == {"[REDACTED]"}

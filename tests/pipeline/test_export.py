@@ -11,12 +11,15 @@ import asyncpg
 import pytest
 
 from pipeline.export import Exporter, raw_key
+from pipeline.formats import FORMATS
 from pipeline.objects import ObjectStore, ObjectStoreError
 from pipeline.process import Processor
 from pipeline.scheduler import Pipeline, StageBusy
 from tests.pipeline.conftest import MakeStore, insert_events, keys_of, read_events
 
-KEY = re.compile(r"^raw-events/\d{4}/\d{2}/\d{2}/raw_export_\d{8}_\d{6}_(\d+)-(\d+)\.json$")
+KEY = re.compile(r"^raw-events/\d{4}/\d{2}/\d{2}/raw_export_\d{8}_\d{6}_(\d+)-(\d+)\.(?:json|ndjson\.gz|parquet)$")
+# Exactly-once holds for every format: the tests of keys, outages and crashes run once per format.
+each_format = pytest.mark.parametrize("fmt", FORMATS)
 
 
 async def manifest(db: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -33,13 +36,14 @@ def assert_tiles(records: list[asyncpg.Record], watermark: int) -> None:
     assert expected_start - 1 == watermark
 
 
+@each_format
 async def test_export_writes_batches_under_deterministic_keys_and_records_the_manifest(
-    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore
+    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore, fmt: str
 ) -> None:
     """25 rows at 10 per object give three objects named by their id ranges; a second run adds nothing."""
     store = await make_store()
     ids = await insert_events(db, 25)
-    result = await Exporter(store, fmt="json", batch_size=10).run(conn)
+    result = await Exporter(store, fmt=fmt, batch_size=10).run(conn)
     assert result.rows == 25 and result.objects == 3
     keys = await keys_of(store)
     ranges = sorted((int(m[1]), int(m[2])) for m in map(KEY.match, keys) if m)
@@ -52,7 +56,7 @@ async def test_export_writes_batches_under_deterministic_keys_and_records_the_ma
     assert all(len(r["checksum"]) == 64 for r in records)
     assert_tiles(records, await db.fetchval("SELECT watermark FROM export_state"))
 
-    again = await Exporter(store, fmt="json", batch_size=10).run(conn)
+    again = await Exporter(store, fmt=fmt, batch_size=10).run(conn)
     assert again.rows == 0 and await keys_of(store) == keys
 
 
@@ -74,8 +78,9 @@ async def test_export_document_has_the_seed_shape(
     assert {"event_id", "event_type", "client_id", "site_id", "received_at"} <= set(event)
 
 
+@each_format
 async def test_s3_down_for_a_cycle_then_back_leaves_no_gap_and_no_second_object(
-    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore
+    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore, fmt: str
 ) -> None:
     """A failed upload marks nothing; the next run uploads the same range under the same key, once."""
     good = await make_store()
@@ -85,13 +90,13 @@ async def test_s3_down_for_a_cycle_then_back_leaves_no_gap_and_no_second_object(
     down = await make_store(good.location.bucket, endpoint=f"http://127.0.0.1:{dead_port}")
     ids = await insert_events(db, 7)
     with pytest.raises(ObjectStoreError):
-        await Exporter(down, fmt="json", batch_size=100).run(conn)
+        await Exporter(down, fmt=fmt, batch_size=100).run(conn)
     assert await db.fetchval("SELECT watermark FROM export_state") == 0
     claim = (await manifest(db))[0]
     assert claim["exported_at"] is None
 
     await insert_events(db, 3)  # arrives during the outage: the claimed range stays as it was
-    result = await Exporter(good, fmt="json", batch_size=100).run(conn)
+    result = await Exporter(good, fmt=fmt, batch_size=100).run(conn)
     assert result.keys[0] == claim["key"]
     keys = await keys_of(good)
     assert len(keys) == 2 and claim["key"] in keys
@@ -118,25 +123,29 @@ class CrashAfterUpload:
         return self.store.list_keys(prefix)
 
 
+@each_format
 async def test_crash_between_upload_and_watermark_rewrites_the_same_key(
-    db: asyncpg.Connection, database_url: str, make_store: MakeStore
+    db: asyncpg.Connection, database_url: str, make_store: MakeStore, fmt: str
 ) -> None:
-    """A run killed after its upload leaves the claim; the next run rewrites that key, and there is one object."""
+    """A run killed after its upload leaves the claim; the next run rewrites that key with the same bytes."""
     store = await make_store()
-    await insert_events(db, 5)
+    await insert_events(db, 5, data={"step": 1})
     dying = await asyncpg.connect(database_url)
     with pytest.raises(SystemExit):
-        await Exporter(CrashAfterUpload(store), fmt="json", batch_size=100).run(dying)
+        await Exporter(CrashAfterUpload(store), fmt=fmt, batch_size=100).run(dying)
     dying.terminate()
     first = await keys_of(store)
     assert len(first) == 1 and await db.fetchval("SELECT watermark FROM export_state") == 0
+    uploaded = await store.get(first[0])
 
     fresh = await asyncpg.connect(database_url)
     try:
-        result = await Exporter(store, fmt="json", batch_size=100).run(fresh)
+        result = await Exporter(store, fmt=fmt, batch_size=100).run(fresh)
     finally:
         await fresh.close()
     assert result.keys == first and await keys_of(store) == first
+    assert await store.get(first[0]) == uploaded  # the same rows give the same object (and checksum)
+    assert [e["id"] for e in await read_events(store, first[0])] == list(range(1, 6))
     assert_tiles(await manifest(db), 5)
 
 

@@ -48,11 +48,14 @@ def test_unsafe_keys_are_refused(key: str) -> None:
         check_key(key)
 
 
-@pytest.mark.parametrize(("fmt", "reader"), [("ndjson.gz", "read_ndjson"), ("json", "read_json")])
+@pytest.mark.parametrize(
+    ("fmt", "reader"), [("ndjson.gz", "read_ndjson"), ("json", "read_json"), ("parquet", "read_parquet")]
+)
 async def test_duckdb_reads_the_exported_objects_as_they_are(
     db: asyncpg.Connection, conn: asyncpg.Connection, tmp_path: Path, fmt: str, reader: str
 ) -> None:
-    """DuckDB's read_ndjson / read_json open the objects directly, with the right row count and columns."""
+    """DuckDB's read_ndjson / read_json / read_parquet open the objects directly, with the right row count and
+    columns."""
     store = LocalStore(tmp_path / "raw")
     await insert_events(db, 12, data={"button": "buy"}, client_id="client_duck")
     result = await Exporter(store, fmt=fmt, batch_size=100).run(conn)

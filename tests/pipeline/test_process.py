@@ -3,50 +3,25 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from collector.ingest.auth import PixelManagementDirectory
 from collector.ingest.sites import hash_ip
-from pipeline.clients import ClientSettingsSource, Destination, load_destinations
+from pipeline.clients import Destination, load_destinations
 from pipeline.export import Exporter
-from pipeline.objects import ObjectStore, S3Store
+from pipeline.formats import FORMATS
 from pipeline.privacy import POLICY_VERSION, REDACTED
-from pipeline.process import Processor, processed_key
-from tests.pipeline.conftest import MakeStore, insert_events, keys_of, read_events
+from pipeline.process import processed_key
+from tests.pipeline.conftest import SECRET, MakeProcessor, MakeStore, insert_events, keys_of, read_events
 from tests.pixel_management import PixelManagement, site_config
-
-SECRET = "pipeline-test-secret"
-MakeProcessor = Callable[..., Awaitable[Processor]]
 
 
 @pytest.fixture(autouse=True)
 def clinic(pixel: PixelManagement) -> None:
     """pixel-management also knowing a hipaa client."""
     pixel.domains["hipaa-clinic.com"] = site_config("client_clinic", "hipaa")
-
-
-@pytest.fixture
-def make_processor(directory: PixelManagementDirectory, make_store: MakeStore) -> MakeProcessor:
-    """Factory: a Processor reading `raw`, writing to `processed` (or a client's own bucket when mapped)."""
-
-    async def make(
-        raw: ObjectStore, processed: ObjectStore, destinations: dict[str, Destination] | None = None
-    ) -> Processor:
-        opened: dict[str, S3Store] = {}
-
-        async def store_for(bucket: str) -> ObjectStore:
-            if bucket not in opened:
-                opened[bucket] = await make_store(bucket)
-            return opened[bucket]
-
-        clients = ClientSettingsSource(directory, processed, store_for, destinations=destinations)
-        return Processor(raw, clients, ip_hash_secret=SECRET)
-
-    return make
 
 
 async def test_each_client_gets_its_own_object_under_its_privacy_level(
@@ -94,8 +69,9 @@ async def test_each_client_gets_its_own_object_under_its_privacy_level(
     assert again.raw_objects == 0 and await keys_of(processed) == keys
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 async def test_an_event_resent_into_a_later_raw_object_is_processed_once(
-    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore, make_processor: MakeProcessor
+    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore, make_processor: MakeProcessor, fmt: str
 ) -> None:
     """The same event_id in two raw objects (a client retry) appears in the first processed object only."""
     raw, processed = await make_store(), await make_store()
@@ -104,8 +80,8 @@ async def test_an_event_resent_into_a_later_raw_object_is_processed_once(
     await Exporter(raw, fmt="json", batch_size=100).run(conn)
     await insert_events(db, 4, event_ids=[*repeated[:2], str(uuid.uuid4()), str(uuid.uuid4())])
     await insert_events(db, 1, event_ids=[repeated[2]])
-    await Exporter(raw, fmt="json", batch_size=100).run(conn)
-    processor = await make_processor(raw, processed)
+    await Exporter(raw, fmt=fmt, batch_size=100).run(conn)
+    processor = await make_processor(raw, processed, fmt=fmt)
 
     result = await processor.run(conn)
 
@@ -115,14 +91,15 @@ async def test_an_event_resent_into_a_later_raw_object_is_processed_once(
     assert len(ids) == 5 and len(set(ids)) == 5
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 async def test_reprocessing_an_object_after_a_crash_keeps_its_own_events(
-    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore, make_processor: MakeProcessor
+    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore, make_processor: MakeProcessor, fmt: str
 ) -> None:
     """If a run died before marking, the re-run writes the same keys with the same events (claims are its own)."""
     raw, processed = await make_store(), await make_store()
     await insert_events(db, 4)
-    await Exporter(raw, fmt="json", batch_size=100).run(conn)
-    processor = await make_processor(raw, processed)
+    await Exporter(raw, fmt=fmt, batch_size=100).run(conn)
+    processor = await make_processor(raw, processed, fmt=fmt)
     await processor.run(conn)
     first = {key: await read_events(processed, key) for key in await keys_of(processed)}
     await db.execute("UPDATE raw_objects SET processed_at = NULL")  # as if the run died before its last step
