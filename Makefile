@@ -64,14 +64,15 @@ $(DEV): $(RUNTIME) $(DEV_LOCK)
 # Re-resolves the three locks from pyproject.toml alone (with uv, installed into .venv at UV_VERSION): after a change
 # to pyproject's dependencies, or a merge that touched them. Versions already locked are kept where pyproject still
 # allows them; `make lock UPGRADE=1` takes the newest releases that pyproject allows instead. Run `make test` after,
-# and commit requirements/ with the change. DEV_LOCK is resolved first: the other two are its subsets, pinned alike.
+# and commit requirements/ with the change. DEV_LOCK is resolved first: the other two are its subsets, pinned alike
+# (the image's with the parquet extra, make run's without it).
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version $(LOCK_PYTHON) \
 	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
 lock: check-python | $(BIN)/python
 	$(PIP) --quiet 'uv==$(UV_VERSION)'
 	$(UV_COMPILE) --universal --extra embedded --extra dev -o $(DEV_LOCK)
 	$(UV_COMPILE) --universal --extra embedded -c $(DEV_LOCK) -o $(RUN_LOCK)
-	$(UV_COMPILE) --python-platform linux -c $(DEV_LOCK) -o $(IMAGE_LOCK)
+	$(UV_COMPILE) --python-platform linux --extra parquet -c $(DEV_LOCK) -o $(IMAGE_LOCK)
 
 # A CycloneDX SBOM (JSON) of the image's Python packages, from IMAGE_LOCK alone: offline, nothing installed or
 # downloaded for it. The root component (name, version) comes from pyproject.toml. A requirements file carries no

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from importlib.util import find_spec
 from typing import Annotated, Any, Literal
 
 from collector.casters import EnvPrefix, HttpUrl, LogLevel, PostgresUrl, UrlPath, Variable, variables_of
@@ -273,6 +274,7 @@ class Settings:
         _check_domain_entries(self.authorized_domains)
         if self.flush_max_events > self.buffer_max_events:
             raise SettingsError("FLUSH_MAX_EVENTS: must not exceed BUFFER_MAX_EVENTS")
+        _check_parquet(self)
         if self.environment == "production":
             missing = [
                 name
@@ -291,6 +293,15 @@ class Settings:
                 reason = weak_secret(getattr(self, name))
                 if reason is not None:
                     raise SettingsError(f"{name.upper()}: {reason}")
+
+
+def _check_parquet(settings: Settings) -> None:
+    """parquet needs pyarrow, an extra (collection-api[parquet]; the image has it): say so at start, not at export."""
+    for name in ("export_format", "processed_format"):
+        if getattr(settings, name) == "parquet" and settings.role != "ingest" and find_spec("pyarrow") is None:
+            raise SettingsError(
+                f"{name.upper()}=parquet needs pyarrow: pip install 'collection-api[parquet]' (the image has it)"
+            )
 
 
 def _check_success_status(status: int) -> None:

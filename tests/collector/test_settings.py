@@ -277,3 +277,15 @@ def test_the_hash_secret_is_ip_hash_secret_else_the_development_one() -> None:
     assert Settings().hash_secret == DEV_IP_HASH_SECRET
     assert Settings(ip_hash_secret="k" * 32).hash_secret == "k" * 32
     assert weak_secret(DEV_IP_HASH_SECRET) is not None
+
+
+def test_parquet_without_pyarrow_stops_the_start_with_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow is an extra: where it is missing, a parquet format is refused at start naming the extra, while json,
+    and an ingest-only process (which never exports), start as before."""
+    monkeypatch.setattr("collector.settings.find_spec", lambda name: None)
+    with pytest.raises(SettingsError, match=r"^PROCESSED_FORMAT=parquet needs pyarrow: .*collection-api\[parquet\]"):
+        Settings.from_env({"PROCESSED_FORMAT": "parquet"})
+    with pytest.raises(SettingsError, match=r"^EXPORT_FORMAT=parquet needs pyarrow"):
+        Settings.from_env({"EXPORT_FORMAT": "parquet"})
+    assert Settings.from_env({"EXPORT_FORMAT": "parquet", "ROLE": "ingest"}).role == "ingest"
+    assert Settings.from_env({"EXPORT_FORMAT": "json"}).export_format == "json"
