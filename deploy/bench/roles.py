@@ -1,0 +1,139 @@
+"""Does the pipeline take /collect throughput from ingest? The same load three ways, interleaved, on a 2-core box:
+
+    .venv/bin/python deploy/bench/roles.py POSTGRES_DSN [ROWS] [DURATION_S] [ROUNDS]
+
+- `ingest-idle`: ROLE=ingest on CPU 0, no backlog (the reference);
+- `all`: ROLE=all on CPU 0 while its own pipeline exports and processes a ROWS backlog (its worker process too);
+- `split`: ROLE=ingest on CPU 0 and a ROLE=pipeline process on CPU 1 clearing the same backlog.
+
+wrk (-t1 -c32, one small event per POST) runs on CPU 1 for DURATION_S; PostgreSQL is not pinned. Each cell gets a
+fresh database (CREATE DATABASE: POSTGRES_DSN must allow it) with the backlog inserted before the servers start.
+Prints requests/s per cell and round, and the medians with their ratio to `ingest-idle`. Needs wrk and taskset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+LUA = Path(__file__).resolve().parent / "post_one.lua"
+INGEST_PORT, PIPELINE_PORT = 8142, 8143
+
+
+def environment(url: str, role: str, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PIXEL_MANAGEMENT_URL"}
+    env.update(
+        DATABASE_URL=url, ROLE=role, WORKERS="1", PORT=str(port), DATA_DIR=tempfile.mkdtemp(prefix="roles-"),
+        EXPORT_INTERVAL_S="1", PROCESS_INTERVAL_S="1", EXPORT_FORMAT="ndjson.gz", PROCESSED_FORMAT="parquet",
+        LOG_LEVEL="WARNING",
+    )  # fmt: skip
+    return env
+
+
+def start(url: str, role: str, port: int, cpu: str) -> subprocess.Popen[bytes]:
+    command = ["taskset", "-c", cpu, sys.executable, "-m", "collector"]
+    env = environment(url, role, port)
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(*processes: subprocess.Popen[bytes]) -> None:
+    for process in processes:
+        process.send_signal(2)
+    for process in processes:
+        process.wait()
+
+
+async def live(port: int) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(240):
+            try:
+                if (await client.get(f"http://127.0.0.1:{port}/livez")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.25)
+    raise SystemExit(f"nothing answers on port {port}")
+
+
+async def fresh_database(dsn: str, rows: int) -> tuple[str, asyncpg.Connection]:
+    name = f"roles_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    url = dsn.replace("/postgres?", f"/{name}?") if "/postgres?" in dsn else dsn.rsplit("/", 1)[0] + f"/{name}"
+    migrating = start(url, "ingest", INGEST_PORT, "0-1")  # its start migrates the new database
+    await live(INGEST_PORT)
+    stop(migrating)
+    conn = await asyncpg.connect(url)
+    for first in range(0, rows, 100_000):
+        await conn.execute(
+            "INSERT INTO events_log (event_id, event_type, site_id, client_id, event_timestamp, received_at,"
+            " event_data, user_agent, url) SELECT gen_random_uuid(), 'pageview', 'localhost', 'client_localhost',"
+            " now(), now(), jsonb_build_object('n', g), 'Mozilla/5.0 Chrome/131.0', 'https://localhost/p/' || g"
+            " FROM generate_series($1::int, $2::int) g",
+            first, min(rows, first + 100_000) - 1,
+        )  # fmt: skip
+    await conn.execute("VACUUM ANALYZE events_log")
+    return url, conn
+
+
+def wrk(duration_s: int) -> tuple[float, int]:
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{duration_s}s", "-s", str(LUA),
+         f"http://127.0.0.1:{INGEST_PORT}/collect"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if rate is None:
+        raise SystemExit(f"wrk printed no rate:\n{out}")
+    return float(rate.group(1)), int(failed.group(1)) if failed else 0
+
+
+async def cell(dsn: str, rows: int, duration_s: int, mode: str) -> tuple[float, int, int]:
+    url, conn = await fresh_database(dsn, 0 if mode == "ingest-idle" else rows)
+    processes = [start(url, "all" if mode == "all" else "ingest", INGEST_PORT, "0")]
+    try:
+        if mode == "split":
+            processes.append(start(url, "pipeline", PIPELINE_PORT, "1"))
+            await live(PIPELINE_PORT)
+        await live(INGEST_PORT)
+        await asyncio.sleep(2)  # the pipeline is at work on the backlog
+        rate, failed = wrk(duration_s)
+        exported = int(await conn.fetchval("SELECT watermark FROM export_state"))
+        return rate, failed, exported
+    finally:
+        stop(*processes)
+        await conn.close()
+
+
+async def main(dsn: str, rows: int, duration_s: int, rounds: int) -> None:
+    rates: dict[str, list[float]] = {}
+    for number in range(rounds):
+        for mode in ("ingest-idle", "all", "split"):
+            rate, failed, exported = await cell(dsn, rows, duration_s, mode)
+            rates.setdefault(mode, []).append(rate)
+            print(f"round {number} {mode:12s} {rate:9.0f} req/s  non-2xx {failed}  watermark {exported}", flush=True)
+    reference = statistics.median(rates["ingest-idle"])
+    for mode, values in rates.items():
+        median = statistics.median(values)
+        print(f"median {mode:12s} {median:9.0f} req/s  ratio to ingest-idle {median / reference:.2f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    numbers = [int(a) for a in sys.argv[2:5]]
+    rows, duration_s, rounds = [*numbers, *[300_000, 10, 3][len(numbers) :]]
+    asyncio.run(main(sys.argv[1], rows, duration_s, rounds))
