@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tracemalloc
 
 import orjson
@@ -30,3 +33,14 @@ def test_a_writer_holds_about_the_size_of_its_events(make: object) -> None:
         tracemalloc.stop()
     assert writer.count == 2000
     assert held < 3 * payload, (held, payload)
+
+
+def test_the_worker_gives_pyarrow_the_c_allocator() -> None:
+    """Importing pipeline.arrow (what the worker process does) makes pyarrow use the C allocator: the default
+    (mimalloc) kept each object's table (204 against 146 MB on a 1,000,000-row parquet backlog)."""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import pipeline.arrow, pyarrow; print(pyarrow.default_memory_pool().backend_name)"],
+        capture_output=True, text=True, env=env, check=True, timeout=60,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "system"
