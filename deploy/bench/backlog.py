@@ -42,16 +42,31 @@ def rss_by_process(root: int, peaks: dict[str, int]) -> int:
     return total
 
 
-async def wait_live() -> None:
+async def wait_live(port: int = PORT) -> None:
+    """Until the collector on `port` answers /livez (a minute at most)."""
     async with httpx.AsyncClient() as client:
         for _ in range(240):
             try:
-                if (await client.get(f"http://127.0.0.1:{PORT}/livez")).status_code == 200:
+                if (await client.get(f"http://127.0.0.1:{port}/livez")).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.25)
-    raise SystemExit("the collector did not start")
+    raise SystemExit(f"nothing answers on port {port}")
+
+
+async def insert_backlog(conn: asyncpg.Connection, rows: int) -> None:
+    """`rows` pageviews of one client (`localhost`, which the development directory authorizes), 100,000 a query."""
+    for first in range(0, rows, 100_000):
+        await conn.execute(
+            "INSERT INTO events_log (event_id, event_type, site_id, client_id, event_timestamp, received_at,"
+            " event_data, user_agent, url, session_id, visitor_id)"
+            " SELECT gen_random_uuid(), 'pageview', 'localhost', 'client_localhost', now(), now(),"
+            " jsonb_build_object('n', g, 'title', 'Page ' || g), 'Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0',"
+            " 'https://localhost/p/' || g, 's' || (g % 1000), 'v' || (g % 5000)"
+            " FROM generate_series($1::int, $2::int) g",
+            first, min(rows, first + 100_000) - 1,
+        )  # fmt: skip
 
 
 async def main(dsn: str, rows: int, export_format: str, processed_format: str) -> None:
@@ -73,16 +88,7 @@ async def main(dsn: str, rows: int, export_format: str, processed_format: str) -
     migrate.wait()
     conn = await asyncpg.connect(url)
     started = time.monotonic()
-    for first in range(0, rows, 100_000):
-        await conn.execute(
-            "INSERT INTO events_log (event_id, event_type, site_id, client_id, event_timestamp, received_at,"
-            " event_data, user_agent, url, session_id, visitor_id)"
-            " SELECT gen_random_uuid(), 'pageview', 'localhost', 'client_localhost', now(), now(),"
-            " jsonb_build_object('n', g, 'title', 'Page ' || g), 'Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0',"
-            " 'https://localhost/p/' || g, 's' || (g % 1000), 'v' || (g % 5000)"
-            " FROM generate_series($1::int, $2::int) g",
-            first, min(rows, first + 100_000) - 1,
-        )  # fmt: skip
+    await insert_backlog(conn, rows)
     print(f"inserted {rows} rows in {time.monotonic() - started:.1f} s", flush=True)
     pipeline = subprocess.Popen(command, cwd=REPO, env=env)  # noqa: ASYNC220 -- a bench driver
     started, peak, exported_s, peaks = time.monotonic(), 0, None, {}

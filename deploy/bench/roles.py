@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-import httpx
+from backlog import insert_backlog, wait_live  # beside this file: run it as a script
 
 REPO = Path(__file__).resolve().parents[2]
 LUA = Path(__file__).resolve().parent / "post_one.lua"
@@ -54,18 +54,6 @@ def stop(*processes: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-async def live(port: int) -> None:
-    async with httpx.AsyncClient() as client:
-        for _ in range(240):
-            try:
-                if (await client.get(f"http://127.0.0.1:{port}/livez")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.25)
-    raise SystemExit(f"nothing answers on port {port}")
-
-
 async def fresh_database(dsn: str, rows: int) -> tuple[str, asyncpg.Connection]:
     name = f"roles_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(dsn)
@@ -73,17 +61,10 @@ async def fresh_database(dsn: str, rows: int) -> tuple[str, asyncpg.Connection]:
     await admin.close()
     url = dsn.replace("/postgres?", f"/{name}?") if "/postgres?" in dsn else dsn.rsplit("/", 1)[0] + f"/{name}"
     migrating = start(url, "ingest", INGEST_PORT, "0-1")  # its start migrates the new database
-    await live(INGEST_PORT)
+    await wait_live(INGEST_PORT)
     stop(migrating)
     conn = await asyncpg.connect(url)
-    for first in range(0, rows, 100_000):
-        await conn.execute(
-            "INSERT INTO events_log (event_id, event_type, site_id, client_id, event_timestamp, received_at,"
-            " event_data, user_agent, url) SELECT gen_random_uuid(), 'pageview', 'localhost', 'client_localhost',"
-            " now(), now(), jsonb_build_object('n', g), 'Mozilla/5.0 Chrome/131.0', 'https://localhost/p/' || g"
-            " FROM generate_series($1::int, $2::int) g",
-            first, min(rows, first + 100_000) - 1,
-        )  # fmt: skip
+    await insert_backlog(conn, rows)
     await conn.execute("VACUUM ANALYZE events_log")
     return url, conn
 
@@ -107,8 +88,8 @@ async def cell(dsn: str, rows: int, duration_s: int, mode: str) -> tuple[float, 
     try:
         if mode == "split":
             processes.append(start(url, "pipeline", PIPELINE_PORT, "1"))
-            await live(PIPELINE_PORT)
-        await live(INGEST_PORT)
+            await wait_live(PIPELINE_PORT)
+        await wait_live(INGEST_PORT)
         await asyncio.sleep(2)  # the pipeline is at work on the backlog
         rate, failed = wrk(duration_s)
         exported = int(await conn.fetchval("SELECT watermark FROM export_state"))
