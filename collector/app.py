@@ -81,7 +81,7 @@ async def open_services(
     ingest = Ingest(settings, authorizer, buffer, accounting)
     pipeline = None
     if settings.role != "ingest":
-        # Imported here: an ingest-only worker never loads the pipeline (aioboto3 and botocore alone cost ~10 MB).
+        # Imported here: an ingest-only worker never loads the stages (aioboto3 and botocore alone cost ~10 MB).
         from pipeline.scheduler import open_pipeline
 
         pipeline = await open_pipeline(settings, database_url, authorizer.directory, stack)
@@ -230,7 +230,7 @@ def _role_routes(settings: Settings) -> list[Route]:
         ]
     else:
         extra = []
-    # Imported here: an ingest-only worker never loads the pipeline.
+    # Imported here: an ingest-only worker never loads the pipeline's stages.
     from collector.edge import pipeline_admin
 
     return [*pipeline_admin.ROUTES, *extra]

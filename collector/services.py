@@ -16,7 +16,7 @@ from collector.storage.buffer import WriteBehindBuffer
 from collector.storage.database import EventStore
 from collector.storage.spill import Storage
 
-if TYPE_CHECKING:  # an ingest-only worker never imports the pipeline
+if TYPE_CHECKING:  # an ingest-only worker never imports the pipeline's stages
     from pipeline.scheduler import Pipeline
 
 

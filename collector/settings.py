@@ -83,9 +83,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
-    # What this process serves: `all` (ingest and the pipeline), `ingest` (HTTP ingest only: the pipeline is never
-    # imported or started) or `pipeline` (export, processing and retention with their admin endpoints and metrics;
-    # no /collect). docs/scaling.md says how to run the split.
+    # What this process serves: `all` (ingest and the pipeline), `ingest` (HTTP ingest only: the pipeline's stages and
+    # boto are never imported, nor started) or `pipeline` (export, processing and retention with their admin
+    # endpoints and metrics; no /collect). docs/scaling.md says how to run the split.
     role: Role = "all"
     data_dir: str = ".data"
     log_level: LogLevel = "INFO"

@@ -45,7 +45,7 @@ INGEST_PROBE = textwrap.dedent(
 def test_an_ingest_role_process_never_imports_the_pipeline(
     database_url: str, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    """ROLE=ingest stores events, has no pipeline endpoints, and never loads the pipeline's modules (nor boto)."""
+    """ROLE=ingest stores events, has no pipeline endpoints, and never loads the pipeline's stages (nor boto)."""
     probe = subprocess.run(
         [sys.executable, "-c", INGEST_PROBE, database_url, str(tmp_path / "data"), ",".join(PIPELINE_MODULES)],
         capture_output=True, text=True, timeout=60, check=False,
