@@ -75,6 +75,7 @@ def make_processor(directory: PixelManagementDirectory, make_store: MakeStore) -
         destinations: dict[str, Destination] | None = None,
         *,
         fmt: str = "json",
+        max_attempts: int = 10,
     ) -> Processor:
         opened: dict[str, S3Store] = {}
 
@@ -84,7 +85,7 @@ def make_processor(directory: PixelManagementDirectory, make_store: MakeStore) -
             return opened[bucket]
 
         clients = ClientSettingsSource(directory, processed, store_for, destinations=destinations)
-        return Processor(raw, clients, ip_hash_secret=SECRET, fmt=fmt)
+        return Processor(raw, clients, ip_hash_secret=SECRET, fmt=fmt, max_attempts=max_attempts)
 
     return make
 

@@ -6,29 +6,10 @@ import uuid
 
 import asyncpg
 
-from collector.ingest.auth import PixelManagementDirectory
-from pipeline.clients import ClientSettingsSource, Destination
+from pipeline.clients import Destination
 from pipeline.export import Exporter
-from pipeline.objects import ObjectStore
-from pipeline.process import Processor
 from pipeline.status import process_status, quarantine_counts
-from tests.pipeline.conftest import MakeStore, insert_events
-
-SECRET = "quarantine-test-secret"
-
-
-async def processor_for(
-    directory: PixelManagementDirectory,
-    make_store: MakeStore,
-    raw: ObjectStore,
-    processed: ObjectStore,
-    destinations: dict[str, Destination] | None = None,
-) -> Processor:
-    async def store_for(bucket: str) -> ObjectStore:
-        return await make_store(bucket)
-
-    clients = ClientSettingsSource(directory, processed, store_for, destinations=destinations)
-    return Processor(raw, clients, ip_hash_secret=SECRET, max_attempts=3)
+from tests.pipeline.conftest import MakeProcessor, MakeStore, insert_events
 
 
 async def let_the_delays_pass(conn: asyncpg.Connection) -> None:
@@ -37,7 +18,7 @@ async def let_the_delays_pass(conn: asyncpg.Connection) -> None:
 
 
 async def test_a_poison_raw_object_backs_off_then_is_quarantined_while_the_others_proceed(
-    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore, directory: PixelManagementDirectory
+    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore, make_processor: MakeProcessor
 ) -> None:
     """An unreadable raw object waits a growing delay between attempts, is left alone after the third, and is
     listed in /process/status; the object exported after it is processed on the first run."""
@@ -47,7 +28,7 @@ async def test_a_poison_raw_object_backs_off_then_is_quarantined_while_the_other
     await raw.put(poison, b"{not json", "application/json")
     await insert_events(db, 3)
     await Exporter(raw, fmt="json", batch_size=100).run(conn)
-    processor = await processor_for(directory, make_store, raw, processed)
+    processor = await make_processor(raw, processed, max_attempts=3)
 
     first = await processor.run(conn)
     assert first.failed == [poison] and first.raw_objects == 1
@@ -69,13 +50,13 @@ async def test_a_poison_raw_object_backs_off_then_is_quarantined_while_the_other
 
 
 async def test_a_client_failing_past_its_attempts_is_quarantined_with_its_newer_objects(
-    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore, directory: PixelManagementDirectory
+    db: asyncpg.Connection, conn: asyncpg.Connection, make_store: MakeStore, make_processor: MakeProcessor
 ) -> None:
     """A client whose bucket does not exist is quarantined after three attempts; its next object joins the
     quarantine without an attempt, and the other client's objects are written every time."""
     raw, shared = await make_store(), await make_store()
     missing = {"client_acme_corp": Destination(f"missing-{uuid.uuid4().hex[:12]}", "")}
-    processor = await processor_for(directory, make_store, raw, shared, missing)
+    processor = await make_processor(raw, shared, missing, max_attempts=3)
     await insert_events(db, 2)
     await insert_events(db, 1, client_id="client_eu_shop", site_id="eu-shop.com")
     await Exporter(raw, fmt="json", batch_size=100).run(conn)
