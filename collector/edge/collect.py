@@ -91,9 +91,9 @@ class CollectEndpoint:
             # cause: it is judged like a server's request (that user could send it with curl as well).
             if site_host is None and fetch_site is not None and fetch_site != b"none":
                 site_host = ""
-            method = scope["method"]
-            if method != "POST":
-                return await self._not_post(method, scope, send, user_agent, forwarded_for, site_host, origin)
+            if (method := scope["method"]) != "POST":
+                return await self._not_post(method, scope, send, user_agent=user_agent, forwarded_for=forwarded_for,
+                                            site_host=site_host, origin=origin)  # fmt: skip
             ingest = self.ingest
             try:
                 if content_type is not None and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES:
@@ -124,13 +124,17 @@ class CollectEndpoint:
         method: str,
         scope: Scope,
         send: Send,
+        *,
         user_agent: str | None,
         forwarded_for: str | None,
         site_host: str | None,
         origin: bytes | None,
     ) -> int:
+        """GET (the pixel), OPTIONS (the preflight), or 405: the header values the scan found, by name."""
         if method == "GET":
-            return await self._pixel(scope, send, user_agent, forwarded_for, site_host)
+            return await self._pixel(
+                scope, send, user_agent=user_agent, forwarded_for=forwarded_for, site_host=site_host
+            )
         if method == "OPTIONS":
             return await self._preflight(origin, send)
         raise MethodNotAllowed("use POST (or GET for the pixel) to send events", headers=ALLOW)
@@ -170,7 +174,7 @@ class CollectEndpoint:
         return exc.status
 
     async def _pixel(
-        self, scope: Scope, send: Send, user_agent: str | None, forwarded_for: str | None, site_host: str | None
+        self, scope: Scope, send: Send, *, user_agent: str | None, forwarded_for: str | None, site_host: str | None
     ) -> int:
         """GET /collect: always the GIF (an <img> cannot retry); a rejection is counted and named in a header."""
         query: bytes = scope.get("query_string", b"")
