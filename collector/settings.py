@@ -1,4 +1,5 @@
-"""Settings: one frozen dataclass read once from the environment; no I/O here.
+"""Settings: one frozen dataclass read once from the environment; no I/O here (only a lookup of whether pyarrow is
+installed, when a format asks for parquet).
 
 A field's variable is its name upper-cased (a group's: its prefix and the name), and its caster follows from its
 type (collector/casters.py): the type hints are the one list of what is read and how.
