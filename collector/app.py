@@ -26,7 +26,8 @@ from collector.errors import CollectorError, HttpError, InternalError
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.directories import make_directory
 from collector.ingest.service import Ingest
-from collector.ops.metrics import Metrics, MetricsSync, multiprocess_dir
+from collector.ops.metrics import Metrics, MetricsSync
+from collector.ops.metricsdir import multiprocess_dir
 from collector.ops.snapshot import RequestCounts, snapshot_of
 from collector.services import Services
 from collector.settings import Settings, redact_url

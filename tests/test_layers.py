@@ -25,6 +25,8 @@ UPWARD: dict[str, tuple[str, ...]] = {
     "collector.settings": (*TOP, "collector.ops", "collector.ingest", "collector.storage", "pipeline"),
     "collector.errors": (*TOP, "collector.ops", "collector.ingest", "collector.storage", "pipeline"),
     "collector.logsafe": ("collector.", "pipeline"),
+    # The parent of WORKERS>1 starts processes; it must not load what the workers serve with.
+    "collector.workers": ("collector.", "pipeline"),
 }
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import shutil
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from collector import __version__
+from collector.ops.metricsdir import MULTIPROC_ENV
 from collector.ops.periodic import Periodic
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SYNC_INTERVAL_S = 1.0
 # Readiness pings PostgreSQL; once every few syncs is plenty for an alert that waits minutes.
 READY_EVERY_SYNCS = 5
@@ -51,23 +50,6 @@ CONFIG_SOURCES = ("pixel_management", "storage_file")
 FLUSH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 FLUSH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LOOKUP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
-
-
-def multiprocess_dir(data_dir: str) -> Path:
-    """Where the workers of one service keep their metric files."""
-    return Path(data_dir) / "metrics"
-
-
-def prepare_multiprocess_dir(data_dir: str) -> Path:
-    """Empty (a previous run's files would be summed in) and create the metrics folder; before workers start."""
-    folder = multiprocess_dir(data_dir)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
-
-
-def remove_multiprocess_dir(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.harness import Ledger, collector_process, loading, stored_ids, wait_until_live
+from tests.harness import Ledger, collector_process, free_port, loading, stored_ids, wait_until_live
 from tests.scrape import Samples, parse, run_promtool, value
 
 pytestmark = pytest.mark.timeout(120)
@@ -182,3 +182,29 @@ async def test_metrics_forget_a_killed_worker_but_keep_its_counts(clean_db: str,
         assert value(after, "collector_buffer_capacity_events") == 200_000
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0
+
+
+async def test_workers_that_cannot_start_stop_the_service_instead_of_restarting(tmp_path: Path) -> None:
+    """WORKERS=2 whose workers fail at startup (no PostgreSQL, after ~30 s of retries): the parent exits 3, once."""
+    unreachable = f"postgresql://collector@127.0.0.1:{free_port()}/events"
+    with collector_process(unreachable, tmp_path, WORKERS="2") as (proc, _url):
+        exit_code = await asyncio.to_thread(proc.wait, 60)
+    log = (tmp_path / "collector.log").read_text()
+    assert exit_code == 3, log
+    assert log.count("Application startup failed") <= 2, "a worker that cannot start was started again"
+    assert "failed to start; stopping the service" in log
+
+
+async def test_the_parent_of_two_workers_loads_neither_uvicorn_nor_the_app(clean_db: str, tmp_path: Path) -> None:
+    """WORKERS=2 with pixel-management set: the supervising parent imports no uvicorn, aiohttp or app module."""
+    env = {"WORKERS": "2", "PIXEL_MANAGEMENT_URL": "http://127.0.0.1:9"}  # never called: nothing is posted
+    with collector_process(clean_db, tmp_path, **env) as (proc, url):
+        await wait_until_live(proc, url)
+        maps = await asyncio.to_thread(Path(f"/proc/{proc.pid}/maps").read_text)
+        children = (await asyncio.to_thread(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text)).split()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    # Extension modules show in the memory map of whoever imported them; the workers have them, the parent must not.
+    for library in ("uvloop", "httptools", "aiohttp", "asyncpg"):
+        assert library not in maps, f"the parent loaded {library}"
+    assert len(children) == 2, "the parent runs exactly its two workers (no multiprocessing resource tracker)"
