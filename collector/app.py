@@ -127,7 +127,7 @@ def _authorizer(settings: Settings, metrics: Metrics) -> DomainAuthorizer:
 
 def _storage_and_buffer(settings: Settings, store: EventStore, metrics: Metrics) -> tuple[Storage, WriteBehindBuffer]:
     storage = Storage(
-        store.copy_writer(timeout_s=settings.copy_timeout_s),
+        [store.copy_writer(timeout_s=settings.copy_timeout_s) for _ in range(settings.flush_concurrency)],
         Path(settings.data_dir) / "journal",
         journal_max_bytes=settings.journal_max_bytes,
         journal_segment_bytes=settings.journal_segment_bytes,
@@ -144,6 +144,7 @@ def _storage_and_buffer(settings: Settings, store: EventStore, metrics: Metrics)
         drain_timeout_s=settings.buffer_drain_s,
         on_flush=metrics.observe_flush,
         flow=storage.flow,
+        concurrency=settings.flush_concurrency,
     )
     return storage, buffer
 

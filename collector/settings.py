@@ -120,6 +120,9 @@ class Settings:
     buffered_success_status: int = 200
     flush_max_events: int = 1000
     flush_interval_ms: int = 50
+    # COPY transactions in flight at once, each on its own connection: one connection tops out below what the HTTP
+    # side accepts in batches, and a durable flush mostly waits for its commit's fsync.
+    flush_concurrency: int = 2
     buffer_max_events: int = 100_000
     buffer_max_bytes: int = 64 * 1024 * 1024
     drain_timeout_s: float = 20.0
@@ -252,7 +255,7 @@ class Settings:
     def check(self) -> None:
         """Cross-field rules; raises SettingsError naming the variable."""
         positive = (
-            "port", "workers", "database_pool_size", "flush_max_events", "flush_interval_ms",
+            "port", "workers", "database_pool_size", "flush_max_events", "flush_interval_ms", "flush_concurrency",
             "buffer_max_events", "buffer_max_bytes", "max_body_bytes", "max_events_per_request", "max_event_bytes",
             "export_batch_size", "auth_cache_size", "journal_max_bytes", "journal_segment_bytes", "copy_timeout_s",
             "export_interval_s", "process_interval_s", "retention_days", "export_max_object_bytes",

@@ -47,12 +47,13 @@ class BufferStats:
 
 
 class WriteBehindBuffer:
-    """Bounded queue filled by request handlers, drained by one flush task writing batches to a Sink.
+    """Bounded queue filled by request handlers, drained by a flush task writing batches to a Sink.
 
     Everything here runs on the request loop, so no lock: the sink takes the batch to its own loop (Storage
     does) when the work is slow. A flush starts when `flush_max_events` are waiting, `flush_interval_s` after
-    the first event of an idle queue, or at once when a durable request waits on it (group commit). The sink
-    keeps a batch it cannot store yet; nothing is dropped because the database hiccuped.
+    the first event of an idle queue, or at once when a durable request waits on it (group commit); up to
+    `concurrency` flushes are in flight at once (the sink should have as many connections). The sink keeps a
+    batch it cannot store yet; nothing is dropped because the database hiccuped.
     """
 
     def __init__(
@@ -67,8 +68,10 @@ class WriteBehindBuffer:
         spill_at: float = 0.5,
         on_flush: Callable[[int, float], None] | None = None,
         flow: Flow | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._sink = sink
+        self._concurrency = concurrency
         self._on_flush = on_flush  # (events, seconds) once per flush: per batch, never per request
         self.capacity = max_events
         self.max_bytes = max_bytes
@@ -81,11 +84,11 @@ class WriteBehindBuffer:
         self.flow = Flow() if flow is None else flow  # `spill` is ours to write, `failing` the sink's
         self._queue: deque[_Item] = deque()
         self._queued = 0  # events in _queue
-        self._depth = 0  # events in _queue or in the batch being written
+        self._depth = 0  # events in _queue or in the batches being written
         self._bytes = 0  # bytes of the rows queued or being written
         self._waiters = 0  # items in _queue that a request awaits
         self._first_at = 0.0  # when the first item of a drained queue came (time.monotonic)
-        self._inflight: list[_Item] = []  # the items of the batch being written
+        self._flushing: dict[asyncio.Task[None], list[_Item]] = {}  # each flush in flight, with its items
         self._closing = False
         self._wakeup: asyncio.Future[None] | None = None  # set while the flush task waits for work
         self._task: asyncio.Task[None] | None = None
@@ -97,7 +100,7 @@ class WriteBehindBuffer:
 
     @property
     def depth(self) -> int:
-        """Events held only in memory: queued plus the batch being written."""
+        """Events held only in memory: queued plus the batches being written."""
         return self._depth
 
     @property
@@ -127,8 +130,11 @@ class WriteBehindBuffer:
     async def drain(self) -> None:
         """Flush everything queued now and wait until it is committed (or, while PostgreSQL fails, journaled)."""
         done = asyncio.get_running_loop().create_future()
+        earlier = list(self._flushing)  # flushes already in flight may finish after the one that takes `done`
         self._enqueue((), None, done, 0, force=True)
         await done
+        if earlier:
+            await asyncio.wait(earlier)
 
     def _enqueue(
         self,
@@ -182,21 +188,24 @@ class WriteBehindBuffer:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), self._drain_timeout)
             except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-                self._abandon()
+                flushing = dict(self._flushing)  # a cancelled flush leaves this dict as it ends
+                for task in [self._task, *flushing]:
+                    task.cancel()
+                for task in [self._task, *flushing]:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                self._abandon([item for items in flushing.values() for item in items])
         if not already:
             logger.info(
                 "flusher stopped: batches=%d rows=%d lost=%d",
                 self.stats.batches, self.stats.rows, self.stats.lost_on_close,
             )  # fmt: skip
 
-    def _abandon(self) -> None:
-        items = [*self._inflight, *self._queue]
+    def _abandon(self, flushing: list[_Item]) -> None:
+        items = flushing + list(self._queue)
         lost = self._depth
         self._queue.clear()
-        self._inflight = []
+        self._flushing.clear()
         self._queued = self._depth = self._waiters = self._bytes = 0
         self.stats.lost_on_close += lost
         for item in items:
@@ -207,12 +216,18 @@ class WriteBehindBuffer:
 
     async def _run(self) -> None:
         try:
-            while self._queue or not self._closing:
+            while self._queue or self._flushing or not self._closing:
                 wait_s = self._due_in()
                 if wait_s == 0.0:
-                    await self._flush(self._take())
-                    continue
-                # Wait until put() or close() wakes us, or `wait_s` seconds pass (None: until woken).
+                    if self._may_start_flush():
+                        items = self._take()
+                        task = asyncio.get_running_loop().create_task(self._flush(items), name="flush")
+                        self._flushing[task] = items
+                        task.add_done_callback(self._flushed)
+                        continue
+                    wait_s = None  # every flush slot is busy: the first to finish wakes us
+                # Wait until put(), close() or a finished flush wakes us, or `wait_s` seconds pass (None: until
+                # woken).
                 self._wakeup = asyncio.get_running_loop().create_future()
                 try:
                     async with asyncio.timeout(wait_s):
@@ -223,6 +238,14 @@ class WriteBehindBuffer:
                     self._wakeup = None
         except Exception:  # a bug, not a database failure (the sink keeps those): say so rather than die silently
             logger.exception("flusher crashed")
+
+    def _may_start_flush(self) -> bool:
+        """A flush is due: start it unless one is in flight and there is no backlog behind it. Durable requests that
+        arrive during a commit then wait for it and share the next one (group commit, fewer and fuller commits);
+        a second connection is for a backlog of FLUSH_MAX_EVENTS or more, which one connection cannot keep up with."""
+        if not self._flushing:
+            return True
+        return len(self._flushing) < self._concurrency and (self._queued >= self._flush_max or self._closing)
 
     def _due_in(self) -> float | None:
         """Seconds until the next flush is due: 0 to flush now, None to wait for put() or close()."""
@@ -246,10 +269,19 @@ class WriteBehindBuffer:
             if item.done is not None:
                 self._waiters -= 1
         self._queued -= taken
-        self._inflight = items
         return items
 
     async def _flush(self, items: list[_Item]) -> None:
+        try:
+            await self._write(items)
+        except Exception:  # a bug, not a database failure (the sink keeps those): say so rather than lose it quietly
+            logger.exception("flush crashed")
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushing.pop(task, None)
+        self._wake()  # a flush slot is free
+
+    async def _write(self, items: list[_Item]) -> None:
         rows: list[Row] = []
         clients: dict[str, int] = {}
         urgent = False
@@ -270,7 +302,6 @@ class WriteBehindBuffer:
             logger.info("Bulk inserted %d events for %d client(s) in %.1f ms", len(rows), len(clients), elapsed * 1000)
         self._depth -= len(rows)
         self._bytes -= sum(item.size for item in items)
-        self._inflight = []
         self._publish_spill()
         for item in items:
             if item.done is not None and not item.done.done():

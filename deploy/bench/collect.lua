@@ -90,9 +90,9 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'BENCH_RESULT {"window_s":%.3f,"sent":%d,"received":%d,"ok":%d,"non2xx":{%s},' ..
-    '"p50_us":%.1f,"p99_us":%.1f,"max_us":%.1f,"wrk_requests":%d,"wrk_duration_us":%d,' ..
+    '"p50_us":%.1f,"p99_us":%.1f,"p999_us":%.1f,"max_us":%.1f,"wrk_requests":%d,"wrk_duration_us":%d,' ..
     '"errors":{"connect":%d,"read":%d,"write":%d,"timeout":%d,"status":%d}}\n',
     window_s, total.sent, total.received, total.ok, table.concat(status_parts, ","),
-    latency:percentile(50), latency:percentile(99), latency.max, summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max, summary.requests, summary.duration,
     e.connect, e.read, e.write, e.timeout, e.status))
 end

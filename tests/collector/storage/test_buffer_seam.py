@@ -316,3 +316,103 @@ async def test_spill_is_asked_for_by_waiters_high_water_and_close(make_buffer: M
     assert not buffer.flow.spill
     await buffer.close()
     assert buffer.flow.spill
+
+
+class SlotSink(ListSink):
+    """Holds each write until the test releases it by batch (its first row); `started` lists the writes begun."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[Batch] = []
+        self.release: dict[bytes, asyncio.Event] = {}
+        self.cancelled = 0
+
+    async def write(self, batch: Batch) -> None:
+        self.started.append(batch)
+        gate = self.release.setdefault(batch.rows[0], asyncio.Event())
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        await super().write(batch)
+
+    def open(self, first_row: bytes) -> None:
+        self.release.setdefault(first_row, asyncio.Event()).set()
+
+
+async def test_with_concurrency_two_a_backlog_starts_a_second_flush_while_the_first_waits(
+    make_buffer: MakeBuffer,
+) -> None:
+    """FLUSH_CONCURRENCY=2: a backlog of FLUSH_MAX_EVENTS behind a slow commit goes out at once, never a third."""
+    sink = SlotSink()
+    buffer = make_buffer(sink, concurrency=2, flush_max_events=2)
+    for tag in (b"a", b"b", b"c"):
+        buffer.put(rows(2, tag), "client_a")
+        if tag == b"a":
+            await buffer.start()
+        await settle()
+    assert [b.rows[0] for b in sink.started] == [b"a0", b"b0"], "two flushes in flight, the third waits"
+    sink.open(b"b0")
+    await settle()
+    assert [b.rows[0] for b in sink.started][2:] == [b"c0"], "the freed slot takes what waited"
+    sink.open(b"a0")
+    sink.open(b"c0")
+    await buffer.drain()
+    assert buffer.depth == 0 and buffer.bytes == 0 and buffer.stats.rows == 6
+
+
+async def test_durable_requests_behind_a_commit_share_the_next_one(make_buffer: MakeBuffer) -> None:
+    """Without a backlog a second connection is not used: durable requests wait for the commit in flight and all
+    go in the next one (group commit), however many connections there are."""
+    sink = SlotSink()
+    buffer = make_buffer(sink, concurrency=2)
+    await buffer.start()
+    first = buffer.put_waiting([b"a"], "client_a")
+    await settle()
+    later = [buffer.put_waiting([tag], "client_a") for tag in (b"b", b"c")]
+    await settle()
+    assert [list(b.rows) for b in sink.started] == [[b"a"]]
+    sink.open(b"a")
+    await first
+    await settle()
+    assert [list(b.rows) for b in sink.started][1:] == [[b"b", b"c"]], "one commit for both"
+    sink.open(b"b")
+    await asyncio.gather(*later)
+
+
+async def test_drain_waits_for_flushes_already_in_flight(make_buffer: MakeBuffer) -> None:
+    """drain() returns only once a flush that started before it has finished, even if its own flush ends first."""
+    sink = SlotSink()
+    buffer = make_buffer(sink, concurrency=2, flush_max_events=1)
+    await buffer.start()
+    buffer.put([b"slow"], "client_a")
+    await settle()
+    drained = asyncio.ensure_future(buffer.drain())
+    await settle()
+    assert not drained.done(), "the slow flush still holds an event"
+    sink.open(b"slow")
+    await drained
+    assert buffer.depth == 0 and [list(b.rows) for b in sink.batches] == [[b"slow"]]
+
+
+async def test_close_past_the_drain_timeout_abandons_every_flush_in_flight(
+    make_buffer: MakeBuffer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two flushes stuck past the drain timeout: both are cancelled, both waiters fail, every event is counted lost."""
+    caplog.set_level(logging.INFO, logger="collector.storage.buffer")
+    sink = SlotSink()
+    buffer = make_buffer(sink, concurrency=2, drain_timeout_s=0, flush_max_events=2)
+    await buffer.start()
+    waiters = []
+    for tag in (b"x", b"y"):
+        waiters.append(buffer.put_waiting(rows(2, tag), "client_a"))
+        await settle()
+    assert len(sink.started) == 2
+    await buffer.close()
+    assert sink.cancelled == 2
+    for done in waiters:
+        with pytest.raises(ShuttingDown):
+            await done
+    assert buffer.stats.lost_on_close == 4 and (buffer.depth, buffer.bytes) == (0, 0)
+    assert "lost=4" in caplog.text

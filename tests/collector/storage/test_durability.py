@@ -71,7 +71,7 @@ async def test_a_batch_committed_before_is_not_stored_again(
     stores nothing twice and is counted as deduplicated."""
     store = await EventStore.open(database_url, min_size=1, max_size=2, durable=True)
     storage = Storage(
-        store.copy_writer(timeout_s=5), tmp_path / "journal", journal_max_bytes=1 << 20,
+        [store.copy_writer(timeout_s=5)], tmp_path / "journal", journal_max_bytes=1 << 20,
         journal_segment_bytes=1 << 16, retry_initial_s=0.01, retry_max_s=0.1,
     )  # fmt: skip
     batch = Batch(os.urandom(16), records(5), {"client_acme_corp": 5})

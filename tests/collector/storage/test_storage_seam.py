@@ -69,12 +69,12 @@ async def make_storage(tmp_path: Path) -> AsyncIterator[MakeStorage]:
     """Builds Storage over a writer with a real journal under tmp_path, and closes it afterwards."""
     made: list[Storage] = []
 
-    def make(writer: MemoryWriter, **overrides: Any) -> Storage:
+    def make(writer: MemoryWriter | list[Any], **overrides: Any) -> Storage:
         options: dict[str, Any] = {
             "journal_max_bytes": 1 << 20, "journal_segment_bytes": 1 << 16,
             "retry_initial_s": 0.001, "retry_max_s": 0.005, **overrides,
         }  # fmt: skip
-        storage = Storage(writer, tmp_path / "journal", **options)
+        storage = Storage(writer if isinstance(writer, list) else [writer], tmp_path / "journal", **options)
         made.append(storage)
         return storage
 
@@ -172,3 +172,33 @@ async def test_an_unstorable_row_alone_is_dropped(make_storage: MakeStorage) -> 
     stored = sorted(row for part in writer.committed.values() for row in part)
     assert stored == [b"ok0", b"ok1", b"ok3"]
     assert storage.stats.dropped_unstorable == 1 and storage.stats.stored == 3
+
+
+class HeldWriter(MemoryWriter):
+    """A MemoryWriter whose copy_batch waits until the test releases it (a slow commit); `holding` is set meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    async def copy_batch(self, batch: Batch) -> bool:
+        self.holding.set()
+        while not self.release.is_set():
+            await asyncio.sleep(0.001)
+        return await super().copy_batch(batch)
+
+
+async def test_two_writers_store_two_batches_at_once(make_storage: MakeStorage) -> None:
+    """With two writers, a batch is committed on the second while the first is still held by a slow commit."""
+    slow, fast = HeldWriter(), HeldWriter()
+    fast.release.set()
+    storage = make_storage([slow, fast])
+    await storage.start()
+    first = asyncio.ensure_future(storage.write(batch(2, tag=b"a")))
+    assert await asyncio.to_thread(slow.holding.wait, 10), "the first batch did not reach the first writer"
+    await storage.write(batch(3, tag=b"b"))
+    assert not first.done() and [len(rows) for rows in fast.committed.values()] == [3]
+    slow.release.set()
+    await first
+    assert [len(rows) for rows in slow.committed.values()] == [2] and storage.stats.stored == 5
