@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from collector.edge.collect import CollectEndpoint
@@ -17,6 +18,7 @@ from collector.storage.database import EventStore
 from collector.storage.spill import Storage
 
 if TYPE_CHECKING:  # an ingest-only worker never imports the pipeline's stages
+    from collector.edge.protocols.front import FrontDoor
     from pipeline.scheduler import Pipeline
 
 
@@ -35,3 +37,5 @@ class Services:
     pipeline: Pipeline | None  # None in ROLE=ingest
     edge: Edge
     collect: CollectEndpoint
+    # The other protocols' front doors by path (PROTOCOLS; docs/protocols.md).
+    doors: Mapping[str, FrontDoor] = field(default_factory=dict)
