@@ -70,7 +70,7 @@ def map_message(message: Any, received: datetime, key_domain: str | None) -> Map
     if type(message) is not dict:
         raise MappingRejected("a message must be a JSON object")
     call = message.get("type")
-    if call not in EVENT_TYPES:
+    if type(call) is not str or call not in EVENT_TYPES:
         raise MappingRejected("`type` must be one of " + ", ".join(EVENT_TYPES))
     event_type = message.get("event") if call == "track" else EVENT_TYPES[call]
     if type(event_type) is not str or not event_type:

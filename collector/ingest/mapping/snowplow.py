@@ -60,7 +60,7 @@ def map_event(params: Any, received: datetime) -> Mapped:
     if type(params) is not dict:
         raise MappingRejected("an event must be a JSON object of parameters")
     kind = params.get("e")
-    if kind not in EVENT_TYPES:
+    if type(kind) is not str or kind not in EVENT_TYPES:
         raise MappingRejected("`e` must be one of " + ", ".join(EVENT_TYPES))
     event_type, data = EVENT_TYPES[kind], None
     if kind == "ue":
