@@ -59,7 +59,7 @@ PROTOCOLS_DOCUMENT: dict[str, Any] = {
                     "properties": {"batch": {"type": "array", "items": SEGMENT_MESSAGE}, "sentAt": TEXT_OR_ANY},
                 }
             )
-        },  # fmt: skip
+        },
         "/com.snowplowanalytics.snowplow/tp2": {
             "post": _post(
                 {
@@ -73,13 +73,13 @@ PROTOCOLS_DOCUMENT: dict[str, Any] = {
                     },
                 }
             )
-        },  # fmt: skip
+        },
         "/i": {
             "get": {
                 "parameters": [{"name": p, "in": "query", "schema": {"type": "string"}} for p in SNOWPLOW_PARAMS],
                 "responses": {"default": {"description": "a GIF"}},
             }
-        },  # fmt: skip
+        },
         "/api/event": {
             "post": _post(
                 {
