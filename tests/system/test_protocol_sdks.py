@@ -110,6 +110,47 @@ async def test_rudderstack_library_sends_gzip_batches_stored_once(server: str, d
     assert {r["client_id"] for r in stored.values()} == {"client_sdk"}
 
 
+@pytest.fixture
+def limited_server(database_url: str, tmp_path: Path, db: asyncpg.Connection) -> Iterator[str]:
+    """The collector with sdk.test and a per-address rate limit of one request a second: the libraries meet 429."""
+    domains = {"sdk.test": {**site_config("client_sdk"), "write_keys": [KEY, RUDDER_KEY]}}
+    path = tmp_path / "domains.json"
+    path.write_text(json.dumps(domains))
+    env = {"AUTHORIZED_DOMAINS_FILE": str(path), "RATE_LIMIT_IP_PER_S": "1", "RATE_LIMIT_IP_BURST": "1"}
+    with collector_process(database_url, tmp_path, **env) as (proc, url):
+        asyncio.run(wait_until_live(proc, url))
+        yield url
+
+
+@pytest.mark.parametrize("library", ["segment", "rudderstack"])
+async def test_libraries_retry_what_the_rate_limit_refused_and_every_event_is_stored_once(
+    limited_server: str, db: asyncpg.Connection, library: str
+) -> None:
+    """Batches past the rate limit get 429 with Retry-After; each library retries them: all 12 events stored once,
+    no refused batch stored at all (a 429 stores nothing)."""
+    if library == "segment":
+        from segment.analytics.client import Client as Segment
+
+        client: Any = Segment(KEY, host=limited_server, upload_size=2, max_retries=10)
+    else:
+        from rudderstack.analytics.client import Client as Rudder
+
+        client = Rudder(RUDDER_KEY, host=limited_server, upload_size=2, max_retries=10)
+
+    def send() -> None:
+        for i in range(12):
+            client.track("user-1", f"e{i}", {"i": i}, message_id=str(uuid.uuid4()))
+        client.flush()
+
+    await asyncio.to_thread(send)
+    client.join()
+    stored = await rows(db, 12)
+    assert sorted(r["event_type"] for r in stored.values()) == sorted(f"e{i}" for i in range(12))
+    async with httpx.AsyncClient(base_url=limited_server) as http:
+        rejected = (await http.get("/health")).json()["events"]["rejected"]
+    assert rejected.get("rate_limited", 0) > 0  # the libraries did meet the limit
+
+
 async def test_a_resent_segment_batch_is_stored_again_but_counted_once_by_event_id(
     server: str, db: asyncpg.Connection
 ) -> None:
