@@ -223,3 +223,14 @@ async def test_preflight_of_an_authorized_origin_allows_credentials(app: Running
     refused = await app.client.options("/api/event", headers={"origin": "https://evil.example"})
     assert (ok.status_code, ok.headers["access-control-allow-credentials"]) == (204, "true")
     assert refused.status_code == 403
+
+
+def test_settings_refuse_unknown_protocols_and_an_alias_on_a_doors_path() -> None:
+    """PROTOCOLS=collect,posthog and COLLECT_ALIAS_PATH=/i are refused at start, naming the variable."""
+    from collector.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="PROTOCOLS"):
+        Settings(protocols=("collect", "posthog")).check()
+    with pytest.raises(SettingsError, match="COLLECT_ALIAS_PATH"):
+        Settings(collect_alias_path="/i").check()
+    assert Settings.from_env({"PROTOCOLS": "segment, plausible"}).protocols == ("segment", "plausible")
