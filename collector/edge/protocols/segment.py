@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+from typing import Any
 
 import orjson
 from starlette.types import Receive, Send
@@ -46,8 +47,10 @@ class SegmentDoor(FrontDoor):
             key = await self.keys.resolve(given)
             messages = messages_of(body, PATHS[call.path], self.max_events)
         except CollectorError as exc:
-            self.ingest.refused(exc, {k: v for k, v in body.items() if k != "writeKey"})
+            self.ingest.refused(exc, _without_key(body))
             raise
+        # A write key is never stored, logged or sampled to dead letters, wherever a client put it.
+        messages = [m if type(m) is not dict or "writeKey" not in m else _without_key(m) for m in messages]
         mapper = functools.partial(map_message, received=call.received, key_domain=key.domain)
         mapped, rejected = self.map_all(messages, mapper)
         _, rejected = await self.ingest_mapped(call, mapped, rejected, messages, client_id=key.client_id)
@@ -60,6 +63,10 @@ class SegmentDoor(FrontDoor):
         4xx batch and retry a 429 or 5xx one, as intended)."""
         body = {"success": False, "code": exc.error, "message": exc.detail, **(exc.extra or {})}
         return 400 if exc.status == 422 else exc.status, orjson.dumps(body), b"application/json"
+
+
+def _without_key(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k != "writeKey"}
 
 
 def _basic_user(header: bytes | None) -> str | None:
