@@ -37,6 +37,7 @@ DATA_FIELDS = {"track": "properties", "page": "properties", "screen": "propertie
                "group": "traits", "alias": None}  # fmt: skip
 # Top-level fields consumed by the mapping (their values go to columns, or are the protocol's own bookkeeping):
 # never copied into `extra` under their own name.
+_COLUMNS = frozenset(("ip", "userAgent"))
 CONSUMED = frozenset((
     "type", "event", "messageId", "anonymousId", "properties", "traits", "timestamp", "sentAt", "context",
     "writeKey", "receivedAt", "originalTimestamp", "_metadata",
@@ -86,7 +87,8 @@ def map_message(message: Any, received: datetime, key_domain: str | None) -> Map
     url = page.get("url") or own.get("url")
     occurred = parse_time(message.get("timestamp"))
     corrected = skew_corrected(occurred, parse_time(message.get("sentAt")), received)
-    rest = {k: v for k, v in context.items() if k not in ("ip", "userAgent")}
+    # ip and userAgent become the request's columns (under the site's IP rule), never extra: the rest is kept.
+    rest = {k: v for k, v in context.items() if k not in ("ip", "userAgent")} if _COLUMNS & context.keys() else context
     event: dict[str, Any] = {
         "eventType": event_type,
         "eventId": event_id("segment", message.get("messageId")),
