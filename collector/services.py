@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from collector.edge.collect import CollectEndpoint
 from collector.edge.protocol import Edge
+from collector.edge.protocols.front import FrontDoor
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.service import Ingest
 from collector.ops.metrics import MetricsSync
@@ -18,7 +19,6 @@ from collector.storage.database import EventStore
 from collector.storage.spill import Storage
 
 if TYPE_CHECKING:  # an ingest-only worker never imports the pipeline's stages
-    from collector.edge.protocols.front import FrontDoor
     from pipeline.scheduler import Pipeline
 
 
