@@ -21,7 +21,7 @@ LOCK_PYTHON := 3.11
 UV_VERSION := 0.13.9
 SBOM ?= build/sbom.cdx.json
 
-.PHONY: install install-dev check-python run test lint typecheck all clean bench promtool browser fuzz lock sbom
+.PHONY: install install-dev check-python run test lint typecheck all clean bench promtool browser fuzz lock sbom browser-sdks
 
 install: $(RUNTIME)
 install-dev: $(DEV)
@@ -97,7 +97,7 @@ promtool:
 	  else echo "promtool not found: apt-get install prometheus (its tests will be skipped)"; fi; }
 
 # With coverage of collector/ and pipeline/; fails under the floor in pyproject.toml ([tool.coverage.report]).
-test: check-python install-dev promtool browser
+test: check-python install-dev promtool browser browser-sdks
 	$(BIN)/python -m pytest --cov --cov-report=term
 
 # The browser test drives the system Chromium (Debian packages, never a browser download). Installed here when
@@ -107,6 +107,16 @@ browser:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    { apt-get update && apt-get install -y chromium chromium-driver; } || echo "*** installing chromium failed: the browser test will skip"; \
 	  else echo "*** /usr/bin/chromium missing (apt-get install chromium chromium-driver): the browser test will skip"; fi; }
+
+# The vendors' browser SDKs (Segment, Snowplow, Plausible) for tests/system/test_protocol_browsers.py: installed from
+# the npm registry at the versions package-lock.json pins (npm ci) and bundled into one script by esbuild. Without
+# npm, that test skips with a message saying so.
+browser-sdks:
+	@if command -v npm >/dev/null; then \
+	  cd tests/system/browser_sdks && npm ci --no-audit --no-fund --loglevel=error \
+	  && node_modules/.bin/esbuild entry.js --bundle --format=iife --outfile=dist/sdks.js --log-level=warning \
+	  || echo "*** building the browser SDK bundle failed: its test will skip"; \
+	else echo "*** npm missing (apt-get install npm): the browser SDK test will skip"; fi
 
 # schemathesis against a live collector under uvicorn, FUZZ_EXAMPLES (default 300) per operation and phase;
 # `make test` runs the same with 5. FUZZ_SEED varies the run.

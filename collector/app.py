@@ -21,6 +21,7 @@ from collector import __version__
 from collector.edge import openapi, routes
 from collector.edge.collect import CollectEndpoint
 from collector.edge.protocol import EDGE_STATE, Edge
+from collector.edge.protocols import door_paths, open_doors
 from collector.edge.tracker import TrackerScript
 from collector.errors import CollectorError, HttpError, InternalError
 from collector.ingest.auth import DomainAuthorizer
@@ -91,7 +92,7 @@ async def open_services(
     collect = CollectEndpoint(settings, ingest, authorizer)
     services = Services(
         settings, store, authorizer, buffer, storage, accounting, ingest, metrics_sync, pipeline,
-        Edge.from_settings(settings), collect,
+        Edge.from_settings(settings), collect, open_doors(settings, ingest, authorizer),
     )  # fmt: skip
 
     async def ready() -> bool:
@@ -211,7 +212,11 @@ def create_app(settings: Settings) -> CollectorApp:
         exception_handlers={CollectorError: _collector_error, HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
-    return CollectorApp(app, requests, settings.collect_alias_path, serve_collect=settings.role != "pipeline")
+    serves = settings.role != "pipeline"
+    return CollectorApp(
+        app, requests, settings.collect_alias_path, serve_collect=serves and "collect" in settings.protocols,
+        doors=door_paths(settings) if serves else frozenset(),
+    )  # fmt: skip
 
 
 def _role_routes(settings: Settings) -> list[Route]:
@@ -246,9 +251,16 @@ class CollectorApp:
     """
 
     def __init__(
-        self, starlette: Starlette, requests: RequestCounts, alias_path: str = "/e", *, serve_collect: bool = True
+        self,
+        starlette: Starlette,
+        requests: RequestCounts,
+        alias_path: str = "/e",
+        *,
+        serve_collect: bool = True,
+        doors: frozenset[str] = frozenset(),
     ) -> None:
         self.starlette = starlette
+        self._doors = doors  # the other protocols' paths (PROTOCOLS), answered by services.doors
         self._serve_collect = serve_collect
         self.requests = requests
         self._alias = alias_path
@@ -271,6 +283,10 @@ class CollectorApp:
             if collect is None:
                 collect = self._collect = self.services.collect
             self.requests.collect[await collect(scope, receive, send)] += 1
+            return
+        if scope["type"] == "http" and scope["path"] in self._doors:
+            path = scope["path"]
+            self.requests.other[(path, await self.services.doors[path](scope, receive, send))] += 1
             return
         if scope["type"] == "lifespan":
             self._collect = None

@@ -168,3 +168,17 @@ class ShuttingDown(Unavailable):
 class DatabaseUnavailable(Unavailable):
     error = "database_unavailable"
     retry_after_s = 5
+
+
+class InvalidWriteKey(CollectorError):
+    """A front door that names its sender by write key (Segment's) got none, or one no client has: 401, as the
+    SDKs expect."""
+
+    status, error = 401, "invalid_write_key"
+    headers: Mapping[str, str] = MappingProxyType({"www-authenticate": 'Basic realm="write key"'})
+
+
+class WriteKeyMismatch(CollectorError):
+    """The write key belongs to another client than the site whose events it sends."""
+
+    status, error = 403, "write_key_mismatch"

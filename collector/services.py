@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from collector.edge.collect import CollectEndpoint
 from collector.edge.protocol import Edge
+from collector.edge.protocols.front import FrontDoor
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.service import Ingest
 from collector.ops.metrics import MetricsSync
@@ -35,3 +37,5 @@ class Services:
     pipeline: Pipeline | None  # None in ROLE=ingest
     edge: Edge
     collect: CollectEndpoint
+    # The other protocols' front doors by path (PROTOCOLS; docs/protocols.md).
+    doors: Mapping[str, FrontDoor] = field(default_factory=dict)

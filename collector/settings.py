@@ -22,6 +22,11 @@ RESERVED_PATHS = frozenset((
     "/", "/cleanup/status", "/cleanup/run",
 ))  # fmt: skip
 
+# The front doors PROTOCOLS may name (collector.edge.protocols serves all but collect).
+PROTOCOLS = ("collect", "segment", "snowplow", "plausible")
+# The doors' paths outside /v1/ (Segment's), which COLLECT_ALIAS_PATH and TRACKER_PATH must not take.
+PROTOCOL_PATHS = frozenset(("/com.snowplowanalytics.snowplow/tp2", "/i", "/api/event"))
+
 # Development only (production refuses to start without IP_HASH_SECRET): hashes made with it are not secret. Here,
 # below every other module, so that Settings.hash_secret can fall back to it and the refusal below can name it.
 DEV_IP_HASH_SECRET = "development-only-ip-hash-secret"
@@ -164,6 +169,9 @@ class Settings:
     rate_limit_ip_burst: int = 100
     rate_limit_site_per_s: float = 0.0
     rate_limit_site_burst: int = 1000
+    # The front doors served (docs/protocols.md): `collect` (/collect, its alias and the pixel), `segment` (/v1/*:
+    # Segment, RudderStack and Jitsu libraries), `snowplow` (tp2 POST and GET /i), `plausible` (/api/event).
+    protocols: tuple[str, ...] = ("collect", "segment", "snowplow", "plausible")
 
     # Pipeline (the S3 stages; see pipeline/). No buckets: a directory store under DATA_DIR/objects.
     export_batch_size: int = 10_000
@@ -276,6 +284,7 @@ class Settings:
         if len(paths) != 3 or paths & RESERVED_PATHS:
             raise SettingsError("COLLECT_ALIAS_PATH, TRACKER_PATH: must differ from each other and from other paths")
         _check_domain_entries(self.authorized_domains)
+        _check_protocols(self.protocols, (self.collect_alias_path, self.tracker_path))
         if self.flush_max_events > self.buffer_max_events:
             raise SettingsError("FLUSH_MAX_EVENTS: must not exceed BUFFER_MAX_EVENTS")
         _check_parquet(self)
@@ -306,6 +315,14 @@ def _check_parquet(settings: Settings) -> None:
             raise SettingsError(
                 f"{name.upper()}=parquet needs pyarrow: pip install 'collection-api[parquet]' (the image has it)"
             )
+
+
+def _check_protocols(protocols: tuple[str, ...], own_paths: tuple[str, ...]) -> None:
+    """PROTOCOLS names known front doors, at least one; the alias and the tracker take none of their paths."""
+    if not protocols or not set(protocols) <= set(PROTOCOLS):
+        raise SettingsError(f"PROTOCOLS: must be a comma list of {', '.join(PROTOCOLS)} (at least one)")
+    if any(p.startswith("/v1/") or p in PROTOCOL_PATHS for p in own_paths):
+        raise SettingsError("COLLECT_ALIAS_PATH, TRACKER_PATH: must not be a front door's path (/v1/..., /i, ...)")
 
 
 def _check_success_status(status: int) -> None:

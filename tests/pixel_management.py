@@ -32,6 +32,7 @@ class PixelManagement:
 
     def __init__(self) -> None:
         self.domains: dict[str, dict[str, Any]] = {}
+        self.write_keys: dict[str, str] = {}  # write key -> the domain its client's server-side events belong to
         self.lookups: Counter[str] = Counter()
         self.status: int | None = None
         self.delay_s = 0.0
@@ -62,6 +63,17 @@ class PixelManagement:
                 return web.json_response(config)
         return web.json_response({"detail": "Client not found"}, status=404)
 
+    async def _write_key(self, request: web.Request) -> web.Response:
+        """The documented extension (docs/protocols.md): a write key's client config, with its `domain`."""
+        key = request.match_info["key"]
+        self.lookups[f"write_key:{key}"] += 1
+        if self.status is not None:
+            return web.json_response({"detail": "unavailable"}, status=self.status)
+        domain = self.write_keys.get(key)
+        if domain is None:
+            return web.json_response({"detail": "Write key not found"}, status=404)
+        return web.json_response({**self.domains[domain], "domain": domain})
+
     async def _all(self, request: web.Request) -> web.Response:
         return web.json_response({"domains": sorted(self.domains), "count": len(self.domains)})
 
@@ -70,6 +82,7 @@ class PixelManagement:
         app.router.add_get("/api/v1/config/domain/{domain}", self._domain)
         app.router.add_get("/api/v1/config/client/{client_id}", self._client)
         app.router.add_get("/api/v1/domains/all", self._all)
+        app.router.add_get("/api/v1/config/write_key/{key}", self._write_key)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

@@ -73,6 +73,8 @@ def _render(value: Any) -> str | None:
         return None
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, tuple):  # a comma list (PROTOCOLS)
+        return ",".join(map(str, value))
     return str(value).lower()
 
 

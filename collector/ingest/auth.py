@@ -43,6 +43,11 @@ class DomainDirectory(Protocol):
         """A client's config (processing needs its privacy level), None if unknown; DirectoryUnavailable likewise."""
         ...
 
+    async def lookup_write_key(self, key: str) -> dict[str, Any] | None:
+        """The config of the client a write key belongs to, with the `domain` its server-side events are
+        attributed to (docs/protocols.md), None if no client has it; DirectoryUnavailable likewise."""
+        ...
+
     async def close(self) -> None: ...
 
     def describe(self) -> str: ...
@@ -64,6 +69,9 @@ class PixelManagementDirectory:
 
     async def lookup_client(self, client_id: str) -> dict[str, Any] | None:
         return await self._get(f"{self._base}/api/v1/config/client/{quote(client_id, safe='')}")
+
+    async def lookup_write_key(self, key: str) -> dict[str, Any] | None:
+        return await self._get(f"{self._base}/api/v1/config/write_key/{quote(key, safe='')}")
 
     async def _get(self, url: str) -> dict[str, Any] | None:
         try:
@@ -99,6 +107,8 @@ DEV_SITE_POLICY: dict[str, Any] = {
     "deployment": {"type": "shared", "hostname": None},
 }
 _NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+# What a write key may look like (Segment's are 32 letters and digits, RudderStack's 27): fullmatch.
+WRITE_KEY = re.compile(r"[A-Za-z0-9_-]{8,128}")
 
 
 def default_client_id(domain: str) -> str:
@@ -118,6 +128,7 @@ class FileDirectory:
     def __init__(self, files: Sequence[tuple[str, Path]], ip_hash_secret: str, domains: Sequence[str] = ()) -> None:
         self._sources = [f"{variable} {path}" for variable, path in files]
         self._configs: dict[str, dict[str, Any]] = {}
+        self._write_keys: dict[str, dict[str, Any]] = {}
         for variable, path in files:
             raw = read_json_object(path, variable, "domain names to config objects")
             for name, config in raw.items():
@@ -141,9 +152,21 @@ class FileDirectory:
         except InvalidSiteConfig as exc:
             raise ValueError(f"{where}: {exc}") from None
         self._configs[domain] = config
+        self._add_write_keys(where, domain, config)
+
+    def _add_write_keys(self, where: str, domain: str, config: dict[str, Any]) -> None:
+        """Index a domain's `write_keys` (docs/protocols.md): each names its client, and this domain as its site."""
+        keys = config.get("write_keys", [])
+        if not isinstance(keys, list) or not all(isinstance(k, str) and WRITE_KEY.fullmatch(k) for k in keys):
+            raise ValueError(f"{where}: write_keys must be a list of keys of 8 to 128 letters, digits, - or _")
+        for key in keys:
+            self._write_keys[key] = {**config, "domain": domain}
 
     async def lookup(self, domain: str) -> dict[str, Any] | None:
         return self._configs.get(domain)
+
+    async def lookup_write_key(self, key: str) -> dict[str, Any] | None:
+        return self._write_keys.get(key)
 
     async def lookup_client(self, client_id: str) -> dict[str, Any] | None:
         return next((c for c in self._configs.values() if c.get("client_id") == client_id), None)

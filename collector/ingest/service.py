@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from collector.errors import CollectorError, InvalidEvent, OriginMismatch, RateLimited, RequestRowsTooLarge
+from collector.errors import (
+    CollectorError,
+    InvalidEvent,
+    OriginMismatch,
+    RateLimited,
+    RequestRowsTooLarge,
+    WriteKeyMismatch,
+)
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.events import EventParser, Rejection, RequestContext
 from collector.ingest.origins import within
@@ -76,10 +83,15 @@ class Ingest:
         forwarded_for: str | None,
         user_agent: str | None,
         origin: str | None = None,
+        client_id: str | None = None,
+        event_ip: str | None = None,
     ) -> Accepted:
-        """collect() for a payload already built (the GET pixel's query); `sample` goes to dead letters."""
+        """collect() for a payload already built (the GET pixel's query, a protocol's mapped events); `sample` goes
+        to dead letters. A front door with write keys names the key's `client_id`, which the site's must be; one
+        whose messages name their user's address passes it as `event_ip` (stored under the site's IP rule; the
+        rate limit still keys on the sender's)."""
         ip = self._admit(peer, forwarded_for)
-        return await self._ingest(payload, sample, ip, user_agent, origin)
+        return await self._ingest(payload, sample, event_ip or ip, user_agent, origin, client_id)
 
     def refused(self, exc: CollectorError, sample: Any) -> None:
         """Count a request refused before its events were known (and keep a sample of the sender's mistakes)."""
@@ -96,13 +108,21 @@ class Ingest:
         return ip
 
     async def _ingest(
-        self, payload: dict[str, Any], sample: Any, ip: str | None, user_agent: str | None, origin: str | None
+        self,
+        payload: dict[str, Any],
+        sample: Any,
+        ip: str | None,
+        user_agent: str | None,
+        origin: str | None,
+        client_id: str | None = None,
     ) -> Accepted:
         domain = None
         try:
             events = self.parser.events_of(payload)
             domain = self.parser.domain_of(payload, events)
             site = await self.authorizer.authorize(domain)
+            if client_id is not None and site.client_id != client_id:
+                raise WriteKeyMismatch(f"the write key is not one of the client that {domain} belongs to")
         except CollectorError as exc:
             self.rejected[exc.error] += 1
             if exc.status < 500:  # the sender's mistake: keep a sample so the site owner can see why

@@ -7,6 +7,8 @@ Standard library only, so that it runs on a bare python:3.11-slim image. Contrac
   GET /api/v1/config/domain/{domain}  200 config | 404 {"detail": "Domain not authorized"} | 400 malformed domain
   GET /api/v1/config/client/{client}  200 config | 404 {"detail": "Client not found"}
   GET /api/v1/domains/all             {"domains": [...], "count": N}
+and the collector's extension (docs/protocols.md): a domain's config may list `write_keys`;
+  GET /api/v1/config/write_key/{key}  200 config + {"domain": <that domain>} | 404 {"detail": "Write key not found"}
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from urllib.parse import unquote
 
 DOMAIN_PREFIX = "/api/v1/config/domain/"
 CLIENT_PREFIX = "/api/v1/config/client/"
+WRITE_KEY_PREFIX = "/api/v1/config/write_key/"
 
 
 def load(path: Path) -> dict[str, dict[str, Any]]:
@@ -37,10 +40,22 @@ def load(path: Path) -> dict[str, dict[str, Any]]:
     return configs
 
 
+def write_keys(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Write key -> its domain's config with that `domain` (the extension docs/protocols.md documents)."""
+    return {key: {**config, "domain": domain} for domain, config in configs.items()
+            for key in config.get("write_keys") or []}  # fmt: skip
+
+
+def write_key_answer(by_key: dict[str, dict[str, Any]], key: str) -> tuple[int, dict[str, Any]]:
+    found = by_key.get(key)
+    return (200, found) if found else (404, {"detail": "Write key not found"})
+
+
 def make_handler(configs: dict[str, dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
     by_client: dict[str, dict[str, Any]] = {}
     for config in configs.values():
         by_client.setdefault(config["client_id"], config)
+    by_key = write_keys(configs)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "pixel-management-standin/1"
@@ -61,6 +76,8 @@ def make_handler(configs: dict[str, dict[str, Any]]) -> type[BaseHTTPRequestHand
                     self._json(200, by_client[client])
                 else:
                     self._json(404, {"detail": "Client not found"})
+            elif path.startswith(WRITE_KEY_PREFIX):
+                self._json(*write_key_answer(by_key, unquote(path[len(WRITE_KEY_PREFIX) :])))
             elif path == "/api/v1/domains/all":
                 self._json(200, {"domains": sorted(configs), "count": len(configs)})
             else:

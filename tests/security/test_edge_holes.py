@@ -17,6 +17,8 @@ import asyncpg
 import httpx
 import pytest
 
+from collector.edge.protocols import door_paths
+from collector.settings import Settings
 from tests.conftest import MakeApp, wait_for_rows
 from tests.harness import collector_process, wait_until_live
 from tests.security.conftest import figure
@@ -135,7 +137,7 @@ async def test_development_admin_access_refuses_requests_that_came_through_a_pro
     assert (proxied.status_code, proxied.json()["error"]) == (403, "forbidden")
 
 
-PUBLIC = {"/collect", "/e", "/s.js", "/livez", "/readyz"}
+PUBLIC = {"/collect", "/e", "/s.js", "/livez", "/readyz"} | door_paths(Settings())  # the front doors too
 
 
 def test_the_shipped_nginx_config_forwards_only_the_public_paths() -> None:

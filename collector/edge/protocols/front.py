@@ -1,0 +1,227 @@
+"""FrontDoor: what every protocol endpoint shares — the header scan, the bounded body, the preflight, and the
+hand-over of mapped events to Ingest, one call per group (site, address, User-Agent), as /collect's batch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from collector.edge.bodies import ClientDisconnected, read_body
+from collector.edge.cors import RememberedOrigins, cors_headers
+from collector.errors import CollectorError, InternalError, InvalidEvent, OriginMismatch, UnsupportedMediaType
+from collector.ingest.auth import DomainAuthorizer
+from collector.ingest.mapping.common import Mapped, MappingRejected, group
+from collector.ingest.origins import host_of, origin_allowed
+from collector.ingest.payload import parse_body
+from collector.ingest.service import Ingest
+from collector.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+JSON_TYPES = frozenset((b"application/json", b"text/plain"))
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Call:
+    """One request's headers as the front doors use them (scanned once), and when it was received."""
+
+    method: str
+    path: str
+    query: bytes
+    peer: str | None
+    received: datetime
+    content_type: bytes | None = None
+    content_length: bytes | None = None
+    encoding: bytes | None = None
+    authorization: bytes | None = None
+    user_agent: str | None = None
+    forwarded_for: str | None = None
+    origin: bytes | None = None
+    # The page's host (Origin, else Referer), "" for a browser request naming no page, None for a server's.
+    site_host: str | None = None
+
+    @classmethod
+    def of(cls, scope: Scope) -> Call:
+        client = scope.get("client")
+        call = cls(scope["method"], scope["path"], scope.get("query_string", b""), client[0] if client else None,
+                   datetime.now(UTC))  # fmt: skip
+        referer = fetch_site = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                call.content_type = value
+            elif name == b"content-length":
+                call.content_length = value
+            elif name == b"content-encoding":
+                call.encoding = value
+            elif name == b"authorization":
+                call.authorization = value
+            elif name == b"user-agent":
+                call.user_agent = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                call.forwarded_for = value.decode("latin-1")
+            elif name == b"origin":
+                call.origin = value
+            elif name == b"referer":
+                referer = value
+            elif name == b"sec-fetch-site":
+                fetch_site = value
+        # The same rule as /collect's (edge.collect): Origin, else Referer; a browser hiding both names no page.
+        origin = call.origin
+        call.site_host = host_of(origin) if origin is not None else None if referer is None else host_of(referer)
+        if call.site_host is None and fetch_site is not None and fetch_site != b"none":
+            call.site_host = ""
+        return call
+
+
+class FrontDoor:
+    """An endpoint of another protocol. Subclasses answer `handle` and render their protocol's answers."""
+
+    allow = b"POST, OPTIONS"
+
+    def __init__(self, settings: Settings, ingest: Ingest, authorizer: DomainAuthorizer) -> None:
+        self.ingest = ingest
+        self.authorizer = authorizer
+        self.max_body_bytes = settings.max_body_bytes
+        self.max_events = settings.max_events_per_request
+        self.cors_max_age_s = settings.cors_max_age_s
+        self.origins = RememberedOrigins()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer one request; return its status (499 when the client left)."""
+        call = Call.of(scope)
+        try:
+            if call.method == "OPTIONS":
+                return await self._preflight(call, send)
+            return await self.handle(call, receive, send)
+        except CollectorError as exc:
+            return await self.refuse(call, send, exc)
+        except ClientDisconnected:
+            return 499
+        except Exception:  # a bug: log it, and tell the client nothing of it
+            logger.exception("Unexpected error in %s", call.path)
+            return await self.refuse(call, send, InternalError("internal error"))
+
+    async def handle(self, call: Call, receive: Receive, send: Send) -> int:
+        raise NotImplementedError
+
+    def error_body(self, exc: CollectorError) -> tuple[int, bytes, bytes]:
+        """The protocol's error answer: status, body, content type."""
+        raise NotImplementedError
+
+    async def read_json(self, call: Call, receive: Receive) -> dict[str, Any]:
+        """The body as a JSON object, read within MAX_BODY_BYTES (gzip inflated under the same bound); counted."""
+        try:
+            content_type = call.content_type
+            if content_type is not None and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES:
+                raise UnsupportedMediaType("send the events as application/json or text/plain (JSON either way)")
+            body = await read_body(receive, self.max_body_bytes, call.content_length, call.encoding)
+            return parse_body(body)
+        except CollectorError as exc:
+            self.ingest.refused(exc, b"")
+            raise
+
+    def reject(self, detail: str, message: Any) -> dict[str, Any]:
+        """Count (and sample) one message the mapping refused; its entry in the answer's events_rejected."""
+        self.ingest.refused(InvalidEvent(detail), message)
+        return {"error": detail}
+
+    async def ingest_mapped(
+        self,
+        call: Call,
+        mapped: list[tuple[int, Mapped]],
+        rejected: list[dict[str, Any]],
+        sample: list[Any],
+        client_id: str | None = None,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Hand each group to Ingest (the same path as /collect); the events accepted and every rejection by index.
+
+        A transient refusal (429, 5xx) is raised at once, so that the client resends everything (its resent events
+        are taken once, by event id); a permanent one (4xx) names the group's events as rejected and the others go
+        on. Nothing accepted: the first refusal is raised.
+        """  # fmt: skip
+        accepted, first = 0, None
+        for g in group([(i, m) for i, m in mapped if m.domain is not None]):
+            try:
+                n, _, _, inner = await self.ingest.collect_payload(
+                    g.payload(), [sample[i] for i in g.indexes], peer=call.peer, forwarded_for=call.forwarded_for,
+                    user_agent=g.user_agent or call.user_agent, origin=call.site_host, client_id=client_id,
+                    event_ip=g.ip,
+                )  # fmt: skip
+            except CollectorError as exc:
+                if exc.status >= 500 or exc.status == 429:
+                    raise
+                first = first or exc
+                rejected += [{"index": i, "error": exc.detail, "code": exc.error} for i in g.indexes]
+                continue
+            accepted += n
+            rejected += [{"index": g.indexes[r["index"]], "error": r["error"]} for r in inner]
+        if not accepted:
+            raise first or InvalidEvent("no event in the request is valid", extra={"events_rejected": rejected})
+        return accepted, sorted(rejected, key=lambda r: r.get("index", -1))
+
+    def map_all(
+        self, messages: list[Any], mapper: Callable[[Any], Mapped]
+    ) -> tuple[list[tuple[int, Mapped]], list[dict[str, Any]]]:
+        """`mapper` over the messages: the mapped ones by index, and the refused ones (counted) by index."""
+        mapped, rejected = [], []
+        for index, message in enumerate(messages):
+            try:
+                m = mapper(message)
+            except MappingRejected as exc:
+                rejected.append({"index": index, **self.reject(str(exc), message)})
+                continue
+            if m.domain is None:
+                rejected.append({"index": index, **self.reject("the event names no site", message)})
+                continue
+            mapped.append((index, m))
+        return mapped, rejected
+
+    def cors(self, call: Call, *, success: bool) -> list[tuple[bytes, bytes]]:
+        """CORS headers for a browser: after a success (Ingest checked its page), or for an origin seen before."""
+        origin = call.origin
+        if origin is None or not (success or origin in self.origins):
+            return []
+        if success:
+            self.origins.add(origin)
+        return [*cors_headers(origin), (b"access-control-allow-credentials", b"true")]
+
+    async def refuse(self, call: Call, send: Send, exc: CollectorError) -> int:
+        status, body, content_type = self.error_body(exc)
+        headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()] + self.cors(call, success=False)
+        if exc.status in (408, 413):
+            headers.append((b"connection", b"close"))  # the rest of the body is not read
+        await answer(send, status, body, content_type, headers)
+        return status
+
+    async def _preflight(self, call: Call, send: Send) -> int:
+        """OPTIONS: CORS headers for an authorized origin (its host or a parent domain), 403 otherwise."""
+        origin = call.origin
+        if origin is None:
+            await answer(send, 204, b"", b"text/plain", [(b"allow", self.allow)])
+            return 204
+        host = host_of(origin)
+        if not host or not await origin_allowed(self.authorizer, host):
+            raise OriginMismatch(f"origin {origin.decode('latin-1')[:200]} is not an authorized site")
+        self.origins.add(origin)
+        headers = [
+            (b"access-control-allow-origin", origin), (b"access-control-allow-methods", self.allow),
+            (b"access-control-allow-headers", b"content-type, content-encoding, authorization"),
+            (b"access-control-allow-credentials", b"true"),
+            (b"access-control-max-age", str(self.cors_max_age_s).encode()), (b"vary", b"origin"),
+        ]  # fmt: skip
+        await answer(send, 204, b"", b"text/plain", headers)
+        return 204
+
+
+async def answer(send: Send, status: int, body: bytes, content_type: bytes, headers: Headers = ()) -> None:
+    await send({
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})

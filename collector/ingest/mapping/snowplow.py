@@ -1,0 +1,148 @@
+"""Snowplow's tracker protocol 2 (POST tp2's payload_data, GET /i's query) mapped to /collect events.
+
+`aid` (the app id, set to the site's domain) is the site, else the page URL's host; `eid` the eventId; `e` the
+eventType (pv: pageview, pp: page_ping, se: structured, ue: the self-describing event's name, tr/ti: transaction,
+transaction_item); `duid` and `sid` the visitor and session; `ttm`, else `dtm` corrected by `stm` as Snowplow's
+derived_tstamp is, the timestamp; contexts (`cx`/`co`) and every other parameter are kept in `extra`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from collector.errors import InvalidEvent
+from collector.ingest.events import KNOWN_FIELDS
+from collector.ingest.mapping.common import (
+    Mapped,
+    MappingRejected,
+    address,
+    drop_none,
+    event_id,
+    from_millis,
+    host_of_url,
+    iso,
+    path_of_url,
+    skew_corrected,
+    text,
+)
+from collector.ingest.sites import normalize_domain
+
+PAYLOAD_SCHEMA = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/"
+EVENT_TYPES = {"pv": "pageview", "pp": "page_ping", "se": "structured", "tr": "transaction",
+               "ti": "transaction_item", "ue": None}  # fmt: skip
+STRUCTURED = {"se_ca": "category", "se_ac": "action", "se_la": "label", "se_pr": "property", "se_va": "value"}
+PING = {"pp_mix": "min_x", "pp_max": "max_x", "pp_miy": "min_y", "pp_may": "max_y"}
+CONSUMED = frozenset((
+    "e", "eid", "aid", "dtm", "stm", "ttm", "duid", "sid", "url", "refr", "ue_px", "ue_pr", "cx", "co", "ip", "ua",
+    *STRUCTURED, *PING,
+))  # fmt: skip
+
+
+def events_of(body: dict[str, Any], max_events: int) -> list[Any]:
+    """The events of a tp2 POST body: its `data` array, under a payload_data schema."""
+    schema, data = body.get("schema"), body.get("data")
+    if type(schema) is not str or not schema.startswith(PAYLOAD_SCHEMA):
+        raise InvalidEvent(f"`schema` must be {PAYLOAD_SCHEMA}<version>")
+    if type(data) is not list or not data:
+        raise InvalidEvent("`data` must be a non-empty array of events")
+    if len(data) > max_events:
+        raise InvalidEvent(f"the payload has {len(data)} events; at most {max_events} are accepted per request")
+    return data
+
+
+def map_event(params: Any, received: datetime) -> Mapped:
+    """One tracker event (its parameters, all strings) as our event, with its site, address and agent."""
+    if type(params) is not dict:
+        raise MappingRejected("an event must be a JSON object of parameters")
+    kind = params.get("e")
+    if type(kind) is not str or kind not in EVENT_TYPES:
+        raise MappingRejected("`e` must be one of " + ", ".join(EVENT_TYPES))
+    event_type, data = EVENT_TYPES[kind], None
+    if kind == "ue":
+        event_type, data, schema = _self_describing(params)
+    elif kind == "se":
+        data = {name: params[key] for key, name in STRUCTURED.items() if key in params}
+    elif kind == "pp":
+        data = {name: params[key] for key, name in PING.items() if key in params}
+    elif kind in ("tr", "ti"):
+        data = {k: v for k, v in params.items() if k.startswith(kind + "_")}
+    url = params.get("url")
+    true_time = from_millis(params.get("ttm"))
+    occurred = true_time or skew_corrected(from_millis(params.get("dtm")), from_millis(params.get("stm")), received)
+    event: dict[str, Any] = {
+        "eventType": event_type,
+        "eventId": event_id("snowplow", params.get("eid")),
+        "eventData": data,
+        "sessionId": text(params.get("sid")),
+        "visitorId": text(params.get("duid")),
+        "url": text(url),
+        "path": path_of_url(url),
+        "referrer": text(params.get("refr")),
+        "timestamp": iso(occurred),
+        "schema": schema if kind == "ue" else None,
+        "contexts": _contexts(params),
+    }
+    for name, value in params.items():
+        if name not in CONSUMED and not (kind in ("tr", "ti") and name.startswith(kind + "_")):
+            event[name if name not in KNOWN_FIELDS else f"snowplow_{name}"] = value
+    for name in ("dtm", "stm", "ttm"):  # the device's own times, as sent (the timestamp is derived from them)
+        if name in params:
+            event[name] = params[name]
+    agent = params.get("ua")
+    return Mapped(
+        drop_none(event), _site(params.get("aid"), url), ip=address(params.get("ip")),
+        user_agent=agent if type(agent) is str and agent else None,
+    )  # fmt: skip
+
+
+def _site(app_id: Any, url: Any) -> str | None:
+    """`aid` as a host name; without one, the page's host. An `aid` that is not a host name names no site."""
+    if app_id is None or app_id == "":
+        return host_of_url(url)
+    domain = normalize_domain(app_id) if type(app_id) is str else None
+    if domain is None:
+        raise MappingRejected("`aid` (the app id) must be the site's domain, e.g. shop.example.com")
+    return domain
+
+
+def _self_describing(params: dict[str, Any]) -> tuple[str, Any, str]:
+    """A `ue` event's name (from its schema URI), data and schema."""
+    wrapper = _json_param(params, "ue_pr", "ue_px")
+    inner = wrapper.get("data") if type(wrapper) is dict else None
+    schema = inner.get("schema") if type(inner) is dict else None
+    if type(schema) is not str or not schema.startswith("iglu:"):
+        raise MappingRejected("`ue_pr`/`ue_px` must hold a self-describing event {schema: iglu:..., data: {...}}")
+    parts = schema[5:].split("/")
+    if len(parts) != 4 or not parts[1]:
+        raise MappingRejected(f"the schema {schema[:200]!r} is not iglu:vendor/name/format/version")
+    assert type(inner) is dict
+    return parts[1], inner.get("data"), schema
+
+
+def _contexts(params: dict[str, Any]) -> Any:
+    """The entities of `co` (or base64 `cx`): the payload's `data` array, kept in `extra` as `contexts`."""
+    if "co" not in params and "cx" not in params:
+        return None
+    wrapper = _json_param(params, "co", "cx")
+    return wrapper.get("data", wrapper) if type(wrapper) is dict else wrapper
+
+
+def _json_param(params: dict[str, Any], plain: str, encoded: str) -> Any:
+    """A JSON parameter, plain or URL-safe base64 (padding optional, as the trackers send it)."""
+    value = params.get(plain)
+    try:
+        if value is None:
+            raw = params.get(encoded)
+            if type(raw) is not str:
+                raise MappingRejected(f"`{plain}` or `{encoded}` is required")
+            value = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        elif type(value) is not str:
+            return value  # already JSON (a POST payload may carry it as an object)
+        return orjson.loads(value)
+    except (binascii.Error, ValueError) as exc:
+        raise MappingRejected(f"`{plain}`/`{encoded}` is not valid (base64) JSON: {str(exc)[:100]}") from None

@@ -1,0 +1,159 @@
+"""The front doors' cost beside /collect's, in the same run: the same events sent as a /collect batch and as each
+protocol's request, through the real endpoints (CollectEndpoint, SegmentDoor, SnowplowDoor, PlausibleDoor), Ingest,
+a real DomainAuthorizer and WriteKeys over a domains file, and a WriteBehindBuffer never started (put() only
+queues), so no database and no network: the per-event CPU cost of each door's parsing and mapping, which is all that
+differs from /collect (everything after it is the same Ingest).
+
+    .venv/bin/python deploy/bench/protocols.py [N] [ROUNDS]
+
+Prints µs per request and per event for each cell, best of ROUNDS x N requests, and each door's ratio to /collect's
+cell with the same events. (Issue 18 asks for a door within 15 % of /collect per event.) Like micro_collect.py,
+wall-clock figures are noisy on a shared machine: compare ratios of one run, not runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collector.edge.collect import CollectEndpoint
+from collector.edge.protocols import open_doors
+from collector.ingest.auth import DomainAuthorizer
+from collector.ingest.directories import make_directory
+from collector.ingest.service import Ingest
+from collector.settings import Settings
+from collector.storage.accounting import Accounting
+from collector.storage.buffer import WriteBehindBuffer
+
+KEY = "wkBenchWriteKey01"
+EVENTS = 20
+IDS = [str(uuid.uuid4()) for _ in range(EVENTS)]
+PAGE = "http://localhost/pricing"
+JSON = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"), (b"user-agent", b"bench/1.0")]
+SEGMENT_HEADERS = [*JSON, (b"authorization", b"Basic " + base64.b64encode(KEY.encode() + b":"))]
+
+COLLECT_BATCH = orjson.dumps({
+    "eventType": "batch", "siteId": "localhost", "visitorId": "anon-1", "url": PAGE, "path": "/pricing",
+    "events": [{"eventType": "click", "eventId": IDS[i], "eventData": {"element": f"b{i}"}} for i in range(EVENTS)],
+})  # fmt: skip
+SEGMENT_BATCH = orjson.dumps({
+    "batch": [
+        {"type": "track", "event": "click", "messageId": IDS[i], "anonymousId": "anon-1",
+         "properties": {"element": f"b{i}"}, "context": {"page": {"url": PAGE, "path": "/pricing"}},
+         "timestamp": "2026-01-01T00:00:00.000Z"}
+        for i in range(EVENTS)
+    ],
+    "sentAt": "2026-01-01T00:00:01.000Z",
+})  # fmt: skip
+SNOWPLOW_BATCH = orjson.dumps({
+    "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+    "data": [
+        {"e": "se", "eid": IDS[i], "aid": "localhost", "url": PAGE, "duid": "anon-1", "se_ca": "ui", "se_ac": "click",
+         "se_la": f"b{i}", "dtm": "1767225600000", "stm": "1767225601000", "p": "web", "tv": "py-1.1.0"}
+        for i in range(EVENTS)
+    ],
+})  # fmt: skip
+
+
+def _same_rows() -> bytes:
+    """The /collect batch the Segment door builds for SEGMENT_BATCH: the same rows, sent to /collect."""
+    from datetime import UTC, datetime
+
+    from collector.ingest.mapping.common import group
+    from collector.ingest.mapping.segment import map_message, messages_of
+
+    messages = messages_of(orjson.loads(SEGMENT_BATCH), None, 500)
+    received = datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC)
+    [batch] = group([(i, map_message(m, received, None)) for i, m in enumerate(messages)])
+    return orjson.dumps(batch.payload())
+
+
+COLLECT_SAME_ROWS = _same_rows()
+COLLECT_SINGLE = orjson.dumps({"eventType": "pageview", "siteId": "localhost", "url": PAGE, "path": "/pricing"})
+PLAUSIBLE_SINGLE = orjson.dumps({"name": "pageview", "url": PAGE, "domain": "localhost"})
+
+# (cell, path, body, headers, events per request, the /collect cells it is compared with). collect-batch20 is
+# /collect's best case (the events' shared fields on the wrapper); collect-segment-rows20 is the batch the Segment
+# door builds, sent to /collect: the same rows, so that its ratio is the mapping's own cost.
+CELLS: tuple[tuple[str, str, bytes, list[tuple[bytes, bytes]], int, tuple[str, ...]], ...] = (
+    ("collect-batch20", "/collect", COLLECT_BATCH, JSON, EVENTS, ()),
+    ("collect-segment-rows20", "/collect", COLLECT_SAME_ROWS, JSON, EVENTS, ()),
+    ("segment-batch20", "/v1/batch", SEGMENT_BATCH, SEGMENT_HEADERS, EVENTS,
+     ("collect-batch20", "collect-segment-rows20")),
+    ("snowplow-tp2-batch20", "/com.snowplowanalytics.snowplow/tp2", SNOWPLOW_BATCH, JSON, EVENTS,
+     ("collect-batch20",)),
+    ("collect-single", "/collect", COLLECT_SINGLE, JSON, 1, ()),
+    ("plausible-single", "/api/event", PLAUSIBLE_SINGLE, JSON, 1, ("collect-single",)),
+)  # fmt: skip
+
+
+async def run(n: int, rounds: int) -> dict[str, float]:
+    """µs per request of each cell, best of `rounds`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        domains = Path(tmp) / "domains.json"
+        domains.write_text(json.dumps({"localhost": {"client_id": "client_bench", "write_keys": [KEY]}}))
+        settings = Settings(
+            database_url="postgresql://unused", buffer_max_events=10_000_000, buffer_max_bytes=1 << 40,
+            authorized_domains_file=str(domains),
+        )  # fmt: skip
+        authorizer = DomainAuthorizer(
+            make_directory(settings), ip_hash_secret=settings.hash_secret, ttl_s=3600, negative_ttl_s=30,
+            stale_max_s=3600, max_entries=1000,
+        )  # fmt: skip
+    sink: Any = None  # never started: put() only queues
+    pool: Any = None  # never flushed
+    buffer = WriteBehindBuffer(
+        sink, max_events=10_000_000, max_bytes=1 << 40, flush_max_events=1000, flush_interval_s=1, drain_timeout_s=1
+    )
+    ingest = Ingest(settings, authorizer, buffer, Accounting(pool, redact=str))
+    handlers: dict[str, Any] = {"/collect": CollectEndpoint(settings, ingest, authorizer)}
+    handlers.update(open_doors(settings, ingest, authorizer))
+    results: dict[str, float] = {}
+    for cell, path, body, headers, _, _ in CELLS:
+        handler = handlers[path]
+        scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": headers,
+                 "client": ("203.0.113.7", 5000)}  # fmt: skip
+        message = {"type": "http.request", "body": body, "more_body": False}
+        statuses: set[int] = set()
+
+        async def receive(message: dict[str, Any] = message) -> dict[str, Any]:
+            return message
+
+        async def send(event: dict[str, Any], statuses: set[int] = statuses) -> None:
+            if event["type"] == "http.response.start":
+                statuses.add(event["status"])
+
+        best = float("inf")
+        for _ in range(rounds):
+            buffer._queue.clear()  # keep memory flat between rounds
+            start = time.perf_counter()
+            for _ in range(n):
+                await handler(scope, receive, send)
+            best = min(best, time.perf_counter() - start)
+        assert statuses <= {200, 202}, (cell, statuses)
+        results[cell] = best / n * 1e6
+    return results
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5_000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    results = asyncio.run(run(n, rounds))
+    print(f"{'cell':24} {'µs/request':>11} {'µs/event':>9}  ratio to /collect per event (same events, same run)")
+    for cell, _, _, _, events, baselines in CELLS:
+        per_event = results[cell] / events
+        ratios = ", ".join(f"{results[cell] / results[b]:.2f} x {b}" for b in baselines)
+        print(f"{cell:24} {results[cell]:11.1f} {per_event:9.2f}  {ratios}")
+
+
+if __name__ == "__main__":
+    main()
