@@ -5,6 +5,7 @@ across a crash before or after the catalog commit and across re-runs."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,15 +22,17 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
 from collector.settings import BucketSettings, Settings, SettingsError
+from pipeline import offload
 from pipeline.arrow import SCHEMA
 from pipeline.export import Exporter
 from pipeline.iceberg import IcebergTable
 from pipeline.iceberg_target import CATALOG_NAME, CLIENTS_PROPERTY, RAW_KEY_PROPERTY, IcebergTarget
-from pipeline.objects import ObjectStore
+from pipeline.objects import LocalStore, ObjectStore
 from pipeline.process import Processor
 from tests.pipeline.conftest import REGION, MakeProcessor, MakeStore, insert_events, keys_of, read_events
 
 CATALOG_DATABASE = "iceberg_catalog"
+COMMIT_TIME = re.compile(r"appended in ([0-9.]+) s")
 
 
 class SimulatedCrash(Exception):
@@ -255,3 +258,40 @@ def test_pyiceberg_is_imported_only_in_the_worker_process() -> None:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(os.environ.get("PIPELINE_BENCH") != "1", reason="long variant: PIPELINE_BENCH=1")
+@pytest.mark.parametrize("fmt", ["parquet", "ndjson.gz"])
+async def test_processing_throughput_with_and_without_the_iceberg_commit(
+    db: asyncpg.Connection, conn: asyncpg.Connection, make_processor: MakeProcessor, catalog_uri: str,
+    table_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, fmt: str,
+) -> None:  # fmt: skip
+    """A backlog (two clients) processed to `fmt` without, then again with, the table; the time per commit and
+    rows/s printed, never asserted."""
+    rows = int(os.environ.get("PIPELINE_BENCH_ROWS", "100000"))
+    for start in range(0, rows, 20_000):
+        half = min(20_000, rows - start) // 2
+        await insert_events(db, half, data={"button": "buy", "n": 3}, ip="198.51.100.7", url="https://acme.com/p?q=1")
+        await insert_events(db, min(20_000, rows - start) - half, client_id="client_eu_shop", site_id="eu-shop.com",
+                            data={"button": "buy"}, ip="198.51.100.8")  # fmt: skip
+    raw = LocalStore(tmp_path / "raw")
+    await Exporter(raw, fmt="parquet", batch_size=10_000).run(conn)
+    await offload.run(len, b"")  # the worker process started before timing, as in a running pipeline
+    figures = []
+    for table in (None, IcebergTable(IcebergTarget(catalog_uri, (tmp_path / "lake").as_uri(), table_name))):
+        processor = await make_processor(raw, LocalStore(tmp_path / f"processed-{table is None}"), fmt=fmt)
+        processor.table = table
+        await conn.execute("UPDATE raw_objects SET processed_at = NULL")
+        await conn.execute("TRUNCATE processed_event_ids, processed_objects")
+        caplog.clear()
+        started, done = time.perf_counter(), 0
+        with caplog.at_level("INFO", logger="pipeline.iceberg"):
+            while (result := await processor.run(conn)).raw_objects:
+                done += result.rows
+        seconds = time.perf_counter() - started
+        commits = [float(m.group(1)) for r in caplog.records if (m := COMMIT_TIME.search(r.getMessage()))]
+        per_commit = f", {len(commits)} commits, {sum(commits) / len(commits):.3f} s each" if commits else ""
+        figures.append(f"{fmt}, {'with' if table else 'without'} Iceberg: {done} rows in {seconds:.2f} s = "
+                       f"{done / seconds:,.0f} rows/s{per_commit}")  # fmt: skip
+    print("\n" + "\n".join(figures))
