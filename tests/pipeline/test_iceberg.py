@@ -25,7 +25,9 @@ from collector.settings import BucketSettings, Settings, SettingsError
 from pipeline import offload
 from pipeline.arrow import SCHEMA
 from pipeline.export import Exporter
+from pipeline.formats import encode
 from pipeline.iceberg import IcebergTable
+from pipeline.iceberg_commit import commit
 from pipeline.iceberg_target import CATALOG_NAME, CLIENTS_PROPERTY, RAW_KEY_PROPERTY, IcebergTarget
 from pipeline.objects import LocalStore, ObjectStore
 from pipeline.process import Processor
@@ -227,6 +229,49 @@ async def test_processing_the_same_raw_object_twice_commits_its_rows_once(
     assert Counter(scanned(target).column("event_id").to_pylist()) == await processed_event_ids(processed)
     assert scanned(target).num_rows == 30
     print(f"\nfirst processing run with the Iceberg commit (table created): {first:.2f} s")
+
+
+def test_a_client_retried_alone_is_committed_in_a_snapshot_of_its_own_and_then_never_again(
+    catalog_uri: str, table_name: str, tmp_path: Path
+) -> None:
+    """Clients of one raw object committed in two snapshots (one retried later) are both found by the marker check:
+    committing all of them again appends nothing (pyiceberg in this process, as the worker runs it)."""
+    target = IcebergTarget(catalog_uri, (tmp_path / "lake").as_uri(), table_name)
+    key = "raw-events/2026/11/29/raw_export_20261129_120000_1-3.json"
+
+    def body(client_id: str, n: int) -> bytes:
+        events = [{"id": n, "event_id": str(uuid.uuid4()), "client_id": client_id, "event_data": {"n": n},
+                   "received_at": "2026-11-29T12:00:00.000000Z"}]  # fmt: skip
+        return encode("ndjson.gz", "process_metadata", {}, events)
+
+    objects = {"client_a": [body("client_a", 1), body("client_a", 2)], "client_b": [body("client_b", 3)]}
+    assert commit(target, key, "ndjson.gz", {"client_a": objects["client_a"]}, None).rows == 2
+    assert commit(target, key, "ndjson.gz", objects, None).rows == 1  # only client_b, the retried one
+    again = commit(target, key, "ndjson.gz", objects, None)
+
+    assert (again.rows, again.skipped) == (0, ["client_a", "client_b"])
+    assert marked(target) == [(key, "client_a"), (key, "client_b")]
+    rows = scanned(target)
+    assert sorted(rows.column("id").to_pylist()) == [1, 2, 3]
+    assert rows.column("event_data").to_pylist()[0].startswith("{")  # JSON text, as in the parquet objects
+
+
+def test_a_column_added_to_the_schema_is_added_to_an_existing_table(
+    catalog_uri: str, table_name: str, tmp_path: Path
+) -> None:
+    """A table created before a column existed (here: without `extra`) gains it on the next commit, its old rows
+    reading it as null, so a column added to pipeline.parquet.COLUMNS flows into the table."""
+    target = IcebergTarget(catalog_uri, (tmp_path / "lake").as_uri(), table_name)
+    older = SCHEMA.remove(SCHEMA.get_field_index("extra"))
+    with SqlCatalog(CATALOG_NAME, uri=catalog_uri, warehouse=target.warehouse) as catalog:
+        catalog.create_namespace_if_not_exists(table_name.split(".")[0])
+        catalog.create_table(table_name, schema=older).append(pa.Table.from_pylist([{"id": 1}], schema=older))
+    event = {"id": 2, "event_id": str(uuid.uuid4()), "client_id": "client_a", "extra": {"plan": "pro"}}
+
+    commit(target, "raw-events/k.json", "json", {"client_a": [encode("json", "process_metadata", {}, [event])]}, None)
+
+    rows = sorted(scanned(target).select(["id", "extra"]).to_pylist(), key=lambda row: row["id"])
+    assert rows == [{"id": 1, "extra": None}, {"id": 2, "extra": '{"plan":"pro"}'}]
 
 
 def test_settings_refuse_an_iceberg_catalog_without_a_warehouse_or_with_a_postgres_scheme() -> None:
