@@ -16,9 +16,10 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol, TypeVar
 
+from collector.logsafe import for_log
 from pipeline import offload
 from pipeline.iceberg_target import Checkpoint, CommitOutcome, IcebergCommitError, IcebergTarget
-from pipeline.render import ClientRender
+from pipeline.render import MAX_ERROR_CHARS, ClientRender
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class IcebergTable:
         try:
             await self.commit(raw_key, fmt, objects)
         except Exception as exc:  # the catalog, the warehouse, or the worker process: all of this commit failed
-            logger.warning("Iceberg table %s: commit of %s failed: %s", self.target.table, raw_key, exc)
+            error = for_log(str(exc), MAX_ERROR_CHARS)  # SQLAlchemy's texts run to many lines
+            logger.warning("Iceberg table %s: commit of %s failed: %s", self.target.table, raw_key, error)
             failed.extend((client_id, exc) for client_id in sorted(objects))
             return []
         return written
