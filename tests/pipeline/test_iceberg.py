@@ -31,6 +31,7 @@ from pipeline.iceberg_commit import commit
 from pipeline.iceberg_target import CATALOG_NAME, CLIENTS_PROPERTY, RAW_KEY_PROPERTY, IcebergTarget
 from pipeline.objects import LocalStore, ObjectStore
 from pipeline.process import Processor
+from tests.conftest import MakeApp, wait_for_rows
 from tests.pipeline.conftest import REGION, MakeProcessor, MakeStore, insert_events, keys_of, read_events
 
 CATALOG_DATABASE = "iceberg_catalog"
@@ -272,6 +273,27 @@ def test_a_column_added_to_the_schema_is_added_to_an_existing_table(
 
     rows = sorted(scanned(target).select(["id", "extra"]).to_pylist(), key=lambda row: row["id"])
     assert rows == [{"id": 1, "extra": None}, {"id": 2, "extra": '{"plan":"pro"}'}]
+
+
+async def test_a_pipeline_role_configured_with_a_catalog_fills_the_table_from_collect(
+    running_admin: MakeApp, db: asyncpg.Connection, catalog_uri: str, table_name: str, tmp_path: Path
+) -> None:
+    """Settings to table: events sent to /collect, exported and processed by the app's own pipeline (ROLE=all, local
+    stores), are in the Iceberg table the ICEBERG_* settings name, once each."""
+    lake = tmp_path / "lake"
+    app = await running_admin(iceberg_catalog_uri=catalog_uri, iceberg_warehouse=str(lake), iceberg_table=table_name)
+    for n in range(5):
+        answer = await app.post({"eventType": "iceberg", "siteId": "acme.com", "eventData": {"n": n}})
+        assert answer.status_code == 200, answer.text
+    await app.services.buffer.drain()
+    await wait_for_rows(db, 5)
+    assert (await app.client.post("/export/run")).status_code == 200
+    processed = await app.client.post("/process/run")
+    assert processed.status_code == 200, processed.text
+
+    rows = scanned(IcebergTarget(catalog_uri, lake.as_uri(), table_name))
+    assert sorted(rows.column("event_type").to_pylist()) == ["iceberg"] * 5
+    assert len(set(rows.column("event_id").to_pylist())) == 5
 
 
 def test_settings_refuse_an_iceberg_catalog_without_a_warehouse_or_with_a_postgres_scheme() -> None:
