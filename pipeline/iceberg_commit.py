@@ -31,7 +31,8 @@ from pipeline.iceberg_target import (
 )
 from pipeline.parquet import row_of
 
-# One catalog (a SQLAlchemy engine and its connection pool) per target for the worker process's life.
+# One catalog (a SQLAlchemy engine and its connection pool: one idle connection to the catalog's database between
+# commits) per target for the worker process's life.
 _catalogs: dict[IcebergTarget, Catalog] = {}
 
 
@@ -76,8 +77,10 @@ def _table(target: IcebergTarget) -> Table:
     """The table as the catalog has it now (created if missing; new columns of SCHEMA added to it)."""
     catalog = _catalogs.get(target)
     if catalog is None:
+        # pool_pre_ping: the pooled connection is checked before use, so a PostgreSQL restart since the last commit
+        # costs a reconnect, not a failed commit and a client's backoff.
         catalog = _catalogs[target] = SqlCatalog(
-            CATALOG_NAME, uri=target.catalog_uri, warehouse=target.warehouse, **dict(target.io)
+            CATALOG_NAME, uri=target.catalog_uri, warehouse=target.warehouse, pool_pre_ping="true", **dict(target.io)
         )
     try:
         table = catalog.load_table(target.table)
