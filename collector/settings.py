@@ -197,7 +197,7 @@ class Settings:
     # export and processing hold in memory is bounded by one object, however large the backlog or its rows.
     export_max_object_bytes: int = 16 * 1024 * 1024
     # Optional Apache Iceberg table (docs/pipeline.md#iceberg): a SQLAlchemy URI of the SQL catalog
-    # (postgresql://user:pass@host/db, psycopg2 being SQLAlchemy's default driver, e.g. DATABASE_URL's database).
+    # (postgresql://user:pass@host/db: psycopg 3 with SQLAlchemy 2.1+, so DATABASE_URL's form works as it is).
     # Set, processing also commits each client's processed rows to ICEBERG_TABLE, with files under ICEBERG_WAREHOUSE:
     # s3://bucket/prefix (reached with the processed bucket's keys, region and endpoint) or a local folder.
     iceberg_catalog_uri: str | None = field(default=None, repr=False)  # holds the catalog database's password
@@ -342,8 +342,10 @@ def _check_iceberg(settings: Settings) -> None:
         raise SettingsError("ICEBERG_WAREHOUSE: ICEBERG_CATALOG_URI needs an s3://bucket/prefix, file:/// or /path")
     if not ICEBERG_TABLE_NAME.fullmatch(settings.iceberg_table):
         raise SettingsError("ICEBERG_TABLE: must be namespace.table (letters, digits, underscores)")
-    if settings.role != "ingest" and find_spec("pyiceberg") is None:
-        raise SettingsError("ICEBERG_CATALOG_URI needs pyiceberg: pip install 'collection-api[iceberg]'")
+    needed = ("pyiceberg", "sqlalchemy", *(("psycopg",) if scheme in ("postgresql", "postgresql+psycopg") else ()))
+    missing = [name for name in needed if find_spec(name) is None]
+    if settings.role != "ingest" and missing:
+        raise SettingsError(f"ICEBERG_CATALOG_URI needs {', '.join(missing)}: pip install 'collection-api[iceberg]'")
 
 
 def _check_protocols(protocols: tuple[str, ...], own_paths: tuple[str, ...]) -> None:
