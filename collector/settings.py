@@ -1,5 +1,5 @@
 """Settings: one frozen dataclass read once from the environment; no I/O here (only a lookup of whether pyarrow is
-installed, when a format asks for parquet).
+installed, when a format asks for parquet, and pyiceberg, when an Iceberg catalog is set).
 
 A field's variable is its name upper-cased (a group's: its prefix and the name), and its caster follows from its
 type (collector/casters.py): the type hints are the one list of what is read and how.
@@ -7,6 +7,7 @@ type (collector/casters.py): the type hints are the one list of what is read and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib.util import find_spec
@@ -195,6 +196,13 @@ class Settings:
     # A raw object ends at EXPORT_BATCH_SIZE rows or this many bytes of encoded events, whichever comes first: what
     # export and processing hold in memory is bounded by one object, however large the backlog or its rows.
     export_max_object_bytes: int = 16 * 1024 * 1024
+    # Optional Apache Iceberg table (docs/pipeline.md#iceberg): a SQLAlchemy URI of the SQL catalog
+    # (postgresql://user:pass@host/db: psycopg 3 with SQLAlchemy 2.1+, so DATABASE_URL's form works as it is).
+    # Set, processing also commits each client's processed rows to ICEBERG_TABLE, with files under ICEBERG_WAREHOUSE:
+    # s3://bucket/prefix (reached with the processed bucket's keys, region and endpoint) or a local folder.
+    iceberg_catalog_uri: str | None = field(default=None, repr=False)  # holds the catalog database's password
+    iceberg_warehouse: str | None = None
+    iceberg_table: str = "collector.events"  # namespace.table, in the SQL catalog named `collector`
 
     def __post_init__(self) -> None:
         # S3_ENDPOINT_URL is the shared fallback, resolved here once: whoever opens a bucket uses its endpoint_url.
@@ -288,6 +296,7 @@ class Settings:
         if self.flush_max_events > self.buffer_max_events:
             raise SettingsError("FLUSH_MAX_EVENTS: must not exceed BUFFER_MAX_EVENTS")
         _check_parquet(self)
+        _check_iceberg(self)
         if self.environment == "production":
             missing = [
                 name
@@ -315,6 +324,28 @@ def _check_parquet(settings: Settings) -> None:
             raise SettingsError(
                 f"{name.upper()}=parquet needs pyarrow: pip install 'collection-api[parquet]' (the image has it)"
             )
+
+
+ICEBERG_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\.[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def _check_iceberg(settings: Settings) -> None:
+    """ICEBERG_CATALOG_URI needs a warehouse, a namespace.table name and pyiceberg (collection-api[iceberg]), in
+    the roles that process; said at start, not at the first commit."""
+    if settings.iceberg_catalog_uri is None:
+        return
+    scheme = settings.iceberg_catalog_uri.partition("://")[0]
+    if scheme.split("+")[0] not in ("postgresql", "sqlite"):
+        raise SettingsError("ICEBERG_CATALOG_URI: must be a SQLAlchemy URI, postgresql://... (not postgres://)")
+    warehouse = settings.iceberg_warehouse or ""
+    if not (warehouse.startswith(("s3://", "file:///")) or warehouse.startswith("/")):
+        raise SettingsError("ICEBERG_WAREHOUSE: ICEBERG_CATALOG_URI needs an s3://bucket/prefix, file:/// or /path")
+    if not ICEBERG_TABLE_NAME.fullmatch(settings.iceberg_table):
+        raise SettingsError("ICEBERG_TABLE: must be namespace.table (letters, digits, underscores)")
+    needed = ("pyiceberg", "sqlalchemy", *(("psycopg",) if scheme in ("postgresql", "postgresql+psycopg") else ()))
+    missing = [name for name in needed if find_spec(name) is None]
+    if settings.role != "ingest" and missing:
+        raise SettingsError(f"ICEBERG_CATALOG_URI needs {', '.join(missing)}: pip install 'collection-api[iceberg]'")
 
 
 def _check_protocols(protocols: tuple[str, ...], own_paths: tuple[str, ...]) -> None:

@@ -110,3 +110,8 @@ def read_metadata(body: bytes, metadata_field: str) -> dict[str, Any] | None:
     stored = pq.ParquetFile(pa.BufferReader(body)).schema_arrow.metadata or {}
     value = stored.get(metadata_field.encode())
     return None if value is None else dict(orjson.loads(value))
+
+
+def record_batch(rows: list[Row]) -> pa.RecordBatch:
+    """The rows (row_of tuples or export's encoded events) as one batch of SCHEMA (the Iceberg table's rows)."""
+    return _batch(rows, SCHEMA)

@@ -26,6 +26,7 @@ from collector.logsafe import for_log
 from pipeline import offload
 from pipeline.clients import ClientConfigError, ClientSettings, ClientSettingsSource
 from pipeline.formats import CONTENT_TYPES, FORMATS, UnreadableObject, format_of
+from pipeline.iceberg import IcebergTable
 from pipeline.layout import PROCESSED_PREFIX as PROCESSED_PREFIX
 from pipeline.layout import SEED_LAYOUT_FORMATS, NotAKey, processed_key, raw_day
 from pipeline.objects import ObjectStore, ObjectStoreError
@@ -105,6 +106,7 @@ class Processor:
         retry_base_s: float = RETRY_BASE_S,
         retry_max_s: float = RETRY_MAX_S,
         max_attempts: int = 10,
+        table: IcebergTable | None = None,  # ICEBERG_CATALOG_URI: the processed rows into an Iceberg table too
     ) -> None:
         self.raw = raw
         self.clients = clients
@@ -116,6 +118,7 @@ class Processor:
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
         self.max_attempts = max_attempts  # failed attempts before an object is quarantined (PROCESS_MAX_ATTEMPTS)
+        self.table = table
 
     @property
     def default_store_name(self) -> str:
@@ -237,6 +240,9 @@ class Processor:
             except Exception as exc:  # a render that failed on this client's events, or its bucket
                 failed.append((client_id, exc))
                 waiting.add(client_id)
+        if self.table is not None and written:  # one commit, before the manifest records them; else all retried
+            written = await self.table.add(raw_key, self.fmt, written, rendered, failed)
+            waiting.update(client_id for client_id, _ in failed)
         await self._record(conn, raw_key, only, written, failed, postponed, result)
 
     async def _record(

@@ -20,6 +20,8 @@ from collector.settings import Settings
 from pipeline import offload
 from pipeline.clients import ClientDirectory, ClientSettingsSource, load_destinations
 from pipeline.export import Exporter, ExportResult
+from pipeline.iceberg import IcebergTable
+from pipeline.iceberg_target import IcebergTarget
 from pipeline.process import Processor, ProcessResult
 from pipeline.retention import RetentionResult, drop_expired
 from pipeline.status import (
@@ -266,6 +268,7 @@ async def open_pipeline(settings: Settings, dsn: str, directory: ClientDirectory
             ip_hash_secret=settings.hash_secret,
             fmt=settings.processed_format,
             max_attempts=settings.process_max_attempts,
+            table=IcebergTable(target) if (target := IcebergTarget.from_settings(settings)) else None,
         ),
         retention_days=settings.retention_days,
         export_interval_s=settings.export_interval_s,
