@@ -72,7 +72,7 @@ lock: check-python | $(BIN)/python
 	$(PIP) --quiet 'uv==$(UV_VERSION)'
 	$(UV_COMPILE) --universal --extra embedded --extra dev -o $(DEV_LOCK)
 	$(UV_COMPILE) --universal --extra embedded -c $(DEV_LOCK) -o $(RUN_LOCK)
-	$(UV_COMPILE) --python-platform linux --extra parquet -c $(DEV_LOCK) -o $(IMAGE_LOCK)
+	$(UV_COMPILE) --python-platform linux --extra parquet --extra iceberg -c $(DEV_LOCK) -o $(IMAGE_LOCK)
 
 # A CycloneDX SBOM (JSON) of the image's Python packages, from IMAGE_LOCK alone: offline, nothing installed or
 # downloaded for it. The root component (name, version) comes from pyproject.toml. A requirements file carries no

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Each lock and the extras of pyproject.toml it is made for (the Makefile's IMAGE_LOCK, RUN_LOCK and DEV_LOCK).
 LOCKS: dict[str, tuple[str, ...]] = {
-    "requirements/runtime.txt": ("parquet",),
+    "requirements/runtime.txt": ("parquet", "iceberg"),
     "requirements/run.txt": ("embedded",),
     "requirements/dev.txt": ("embedded", "dev"),
 }
