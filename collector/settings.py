@@ -1,5 +1,5 @@
 """Settings: one frozen dataclass read once from the environment; no I/O here (only a lookup of whether pyarrow is
-installed, when a format asks for parquet).
+installed, when a format asks for parquet, and whether GEOIP_DATABASE names a file).
 
 A field's variable is its name upper-cased (a group's: its prefix and the name), and its caster follows from its
 type (collector/casters.py): the type hints are the one list of what is read and how.
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from collector.casters import EnvPrefix, HttpUrl, LogLevel, PostgresUrl, UrlPath, Variable, variables_of
@@ -184,6 +185,9 @@ class Settings:
     # A raw object ends at EXPORT_BATCH_SIZE rows or this many bytes of encoded events, whichever comes first: what
     # export and processing hold in memory is bounded by one object, however large the backlog or its rows.
     export_max_object_bytes: int = 16 * 1024 * 1024
+    # A MaxMind-format City (or Country) database (GeoLite2, DB-IP lite) the operator supplies; unset: no geography
+    # (docs/enrichment.md). Opened at start (memory-mapped), so a wrong path stops the collector then.
+    geoip_database: str | None = None
 
     def __post_init__(self) -> None:
         # S3_ENDPOINT_URL is the shared fallback, resolved here once: whoever opens a bucket uses its endpoint_url.
@@ -276,6 +280,7 @@ class Settings:
         if self.flush_max_events > self.buffer_max_events:
             raise SettingsError("FLUSH_MAX_EVENTS: must not exceed BUFFER_MAX_EVENTS")
         _check_parquet(self)
+        _check_geoip(self)
         if self.environment == "production":
             missing = [
                 name
@@ -303,6 +308,16 @@ def _check_parquet(settings: Settings) -> None:
             raise SettingsError(
                 f"{name.upper()}=parquet needs pyarrow: pip install 'collection-api[parquet]' (the image has it)"
             )
+
+
+def _check_geoip(settings: Settings) -> None:
+    """A GEOIP_DATABASE that is not there: say so at start, not with every row's geography missing."""
+    if (
+        settings.geoip_database is not None
+        and settings.role != "pipeline"
+        and not Path(settings.geoip_database).is_file()
+    ):
+        raise SettingsError(f"GEOIP_DATABASE: {settings.geoip_database} is not a file")
 
 
 def _check_success_status(status: int) -> None:

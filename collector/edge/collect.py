@@ -28,6 +28,7 @@ from collector.errors import (
 )
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.origins import host_of, origin_allowed
+from collector.ingest.proxies import SIGNAL_HEADERS
 from collector.ingest.service import Accepted, Ingest
 from collector.settings import Settings
 
@@ -66,7 +67,7 @@ class CollectEndpoint:
         function cost 2,500 instructions per request more (callgrind, as docs/performance.md measures)."""
         origin = None
         try:
-            content_type = content_length = user_agent = forwarded_for = encoding = referer = fetch_site = None
+            content_type = content_length = user_agent = forwarded_for = encoding = referer = fetch_site = hints = None
             for name, value in scope["headers"]:
                 if name == b"content-type":
                     content_type = value
@@ -84,6 +85,8 @@ class CollectEndpoint:
                     encoding = value
                 elif name == b"sec-fetch-site":
                     fetch_site = value
+                elif name in SIGNAL_HEADERS:  # Sec-GPC and a CDN's country: ingest reads them (proxies.py)
+                    hints = (*(hints or ()), (name, value))
             # Browsers send Origin on every cross-origin POST; an <img> pixel sends only (maybe) a Referer.
             site_host = host_of(origin) if origin is not None else None if referer is None else host_of(referer)
             # A page can hide both (referrerpolicy), not that a browser sent the request (Fetch Metadata): such a
@@ -105,7 +108,7 @@ class CollectEndpoint:
             client = scope.get("client")
             accepted = await ingest.collect(
                 body, peer=client[0] if client else None, forwarded_for=forwarded_for, user_agent=user_agent,
-                origin=site_host,
+                origin=site_host, signals=hints,
             )  # fmt: skip
             body, cors = self._success(accepted, origin)
             await _send_json(send, self.success_status, body, cors)

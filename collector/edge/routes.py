@@ -211,11 +211,17 @@ async def events_count(request: Request) -> JSONResponse:
             metric: str = r["metric"]
             if metric.startswith("rejected:"):
                 day["rejected"][metric.removeprefix("rejected:")] = r["count"]
+            elif metric.startswith(("bot:", "dropped:bot:")):  # the enricher's (docs/enrichment.md)
+                kind = "bots" if metric.startswith("bot:") else "bots_dropped"
+                day.setdefault(kind, {})[metric.rsplit(":", 1)[1]] = r["count"]
             else:
                 day[metric] = r["count"]
         for day in days.values():
             day["received"] = day.get("accepted", 0) + sum(day["rejected"].values())
+            day["humans"] = day.get("stored", 0) - sum(day.setdefault("bots", {}).values())
         body["days"] = list(days.values())
+        body["humans"] = sum(day["humans"] for day in days.values())
+        body["bots"] = sum(sum(day["bots"].values()) for day in days.values())
     return JSONResponse(body)
 
 
