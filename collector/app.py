@@ -76,7 +76,7 @@ async def open_services(
     stack.push_async_callback(_logged("authorizer", authorizer.close))
     # Built in every role (the routes and the snapshot read them); started only where /collect is served.
     accounting = Accounting(store.pool, redact=redact_sample)
-    storage, buffer = _storage_and_buffer(settings, store, metrics, accounting, stack)
+    storage, buffer, enricher = _storage_and_buffer(settings, store, metrics, accounting, stack)
     if settings.role != "pipeline":
         await storage.start()
         await buffer.start()
@@ -95,7 +95,7 @@ async def open_services(
     collect = CollectEndpoint(settings, ingest, authorizer)
     services = Services(
         settings, store, authorizer, buffer, storage, accounting, ingest, metrics_sync, pipeline,
-        Edge.from_settings(settings), collect,
+        Edge.from_settings(settings), collect, enricher,
     )  # fmt: skip
 
     async def ready() -> bool:
@@ -154,7 +154,7 @@ def _enricher(settings: Settings, accounting: Accounting, stack: AsyncExitStack)
 
 def _storage_and_buffer(
     settings: Settings, store: EventStore, metrics: Metrics, accounting: Accounting, stack: AsyncExitStack
-) -> tuple[Storage, WriteBehindBuffer]:
+) -> tuple[Storage, WriteBehindBuffer, Enricher | None]:
     enricher = _enricher(settings, accounting, stack) if settings.role != "pipeline" else None
     storage = Storage(
         store.copy_writer(timeout_s=settings.copy_timeout_s),
@@ -176,7 +176,7 @@ def _storage_and_buffer(
         on_flush=metrics.observe_flush,
         flow=storage.flow,
     )
-    return storage, buffer
+    return storage, buffer, enricher
 
 
 async def _close_buffer(buffer: WriteBehindBuffer, storage: Storage, drain_s: float) -> None:

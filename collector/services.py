@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from collector.edge.collect import CollectEndpoint
 from collector.edge.protocol import Edge
+from collector.enrich.enricher import Enricher
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.service import Ingest
 from collector.ops.metrics import MetricsSync
@@ -35,3 +36,4 @@ class Services:
     pipeline: Pipeline | None  # None in ROLE=ingest
     edge: Edge
     collect: CollectEndpoint
+    enricher: Enricher | None = None  # None in ROLE=pipeline (storage's thread enriches rows: collector.enrich)

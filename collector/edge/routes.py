@@ -112,6 +112,7 @@ async def health(request: Request) -> JSONResponse:
             **(vars_of(services.storage.journal.stats) if services.storage.journal is not None else {}),
         },
         "authorization": {"source": services.authorizer.directory.describe(), **vars_of(services.authorizer.stats)},
+        "enrichment": vars_of(services.enricher.stats) if services.enricher is not None else {},
         "events": accounting(services),
         "edge": {
             "preflights": dict(services.collect.preflights),
@@ -128,6 +129,8 @@ def accounting(services: Services) -> dict[str, Any]:
     ingest, storage, buffer = services.ingest, services.storage.stats, services.buffer
     rejected = dict(ingest.rejected)
     dropped = {"lost_on_close": buffer.stats.lost_on_close, "unstorable": storage.dropped_unstorable}
+    if services.enricher is not None:  # bot events their client's policy drops (docs/enrichment.md)
+        dropped["bot"] = services.enricher.stats.bots_dropped
     return {
         "received": ingest.accepted + sum(rejected.values()),
         "accepted": ingest.accepted,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from cachetools import LRUCache
 
@@ -38,8 +38,8 @@ class EnricherStats:
     requests: int = 0  # requests enriched
     agent_misses: int = 0  # user agents parsed (not found in the cache)
     place_misses: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)  # rows dropped by a client's `bots: drop`, per reason
-    flagged: Counter[str] = field(default_factory=Counter)  # bot rows kept (flagged), per reason
+    bots_flagged: int = 0  # bot rows kept, flagged (per client and reason: the accounting's `bot:<reason>`)
+    bots_dropped: int = 0  # bot rows a client's `bots: drop` left out (`dropped:bot:<reason>`)
 
 
 class Enricher:
@@ -73,11 +73,11 @@ class Enricher:
                 client = request[0].client_id
                 if request[0].drop_bots:
                     counts[(client, f"dropped:bot:{reason}")] += n
-                    self.stats.dropped[reason] += n
+                    self.stats.bots_dropped += n
                     clients[client] = clients.get(client, n) - n
                     continue
                 counts[(client, f"bot:{reason}")] += n
-                self.stats.flagged[reason] += n
+                self.stats.bots_flagged += n
             out.extend([row[:_CUT] + fields if row.endswith(_NULLS) else row for row in part])
         out.extend(rows[position:])
         if counts and self._on_count is not None:

@@ -67,7 +67,7 @@ async def test_an_opt_in_client_keeps_nothing_identifying_until_consent_is_given
 
 
 async def test_a_malformed_consent_is_refused_with_a_clear_error(make_app: MakeApp, db: asyncpg.Connection) -> None:
-    """A consent that is not {analytics: bool, ...} answers 422 invalid_event, and a batch sub-event may not set its own."""
+    """A consent that is not {analytics: bool, ...} is refused (422 invalid_event), and so is a sub-event's own."""
     running = await make_app()
     for consent in ("yes", {"analytics": "yes"}, {"analytics": True, "marketing": 1}):
         response = await running.post({"eventType": "a", "siteId": "acme.com", "consent": consent})
