@@ -71,6 +71,7 @@ class RequestContext:
     # site_id, client_id, user_agent, ip, ip_hash, received_at and consent, encoded once for all the request's rows,
     # then the enrichment columns as NULLs (filled on storage's thread: collector.enrich).
     tail: bytes
+    user_agent: str | None  # cut to MAX_USER_AGENT_CHARS: what the enricher reads (the header may be 32 KiB)
 
     @classmethod
     def build(
@@ -87,7 +88,7 @@ class RequestContext:
         if user_agent is not None and len(user_agent) > MAX_USER_AGENT_CHARS:
             user_agent = user_agent[:MAX_USER_AGENT_CHARS]  # real agents are ~100-300 characters
         tail = _request_fields(site_id, client_id, user_agent, ip, ip_hash) + received + _CONSENT_TAILS[consent]
-        return cls(site_id, client_id, received_ns, received, tail)
+        return cls(site_id, client_id, received_ns, received, tail, user_agent)
 
 
 # The consent field and the enrichment columns' NULLs, one constant per consent state (collector.ingest.consent).

@@ -9,7 +9,7 @@ from collector.errors import CollectorError, InvalidEvent, OriginMismatch, RateL
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.consent import UNKNOWN, cookieless_id, scrub
 from collector.ingest.consent import state_of as consent_state
-from collector.ingest.events import MAX_USER_AGENT_CHARS, EventParser, Rejection, RequestContext
+from collector.ingest.events import EventParser, Rejection, RequestContext
 from collector.ingest.origins import within
 from collector.ingest.payload import parse_body
 from collector.ingest.proxies import Signals, client_ip, read_signals
@@ -122,7 +122,7 @@ class Ingest:
         try:
             events = self.parser.events_of(payload)
             domain = self.parser.domain_of(payload, events)
-            state = consent_state(payload, hints[0])
+            state = consent_state(payload, hints[0]) if hints[0] or "consent" in payload else UNKNOWN
             site = await self.authorizer.authorize(domain)
         except CollectorError as exc:
             self.rejected[exc.error] += 1
@@ -153,7 +153,7 @@ class Ingest:
                 extra={"events_rejected": rejected},
             )
         # What storage's enricher needs (collector.enrich.policy.EnrichRequest); the address is looked up, never stored.
-        enrich = (site.enrich, _bounded(user_agent), ip, hints[1], payload.get("webdriver") is True)
+        enrich = (site.enrich, ctx.user_agent, ip, hints[1], payload.get("webdriver") is True)
         try:
             if self.durable:
                 stored = self.buffer.put_waiting(rows, site.client_id, size, enrich)
@@ -215,9 +215,3 @@ class Ingest:
             self.accounting.count(client_id, "rejected:rate_limited", n)
             raise RateLimited(f"too many requests for {domain}; retry in {wait} s", retry_after_s=wait)
 
-
-def _bounded(user_agent: str | None) -> str | None:
-    """The user agent as it waits in the buffer for the enricher: cut like the stored one (the header may be 32 KiB)."""
-    if user_agent is not None and len(user_agent) > MAX_USER_AGENT_CHARS:
-        return user_agent[:MAX_USER_AGENT_CHARS]
-    return user_agent
