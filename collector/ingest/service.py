@@ -214,4 +214,3 @@ class Ingest:
             self.rejected["rate_limited"] += n
             self.accounting.count(client_id, "rejected:rate_limited", n)
             raise RateLimited(f"too many requests for {domain}; retry in {wait} s", retry_after_s=wait)
-
