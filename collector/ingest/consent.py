@@ -66,11 +66,13 @@ def state_of(payload: dict[str, Any], gpc: bool) -> str:
         return UNKNOWN
     if type(consent) is not dict:
         raise InvalidEvent('`consent` must be an object such as {"analytics": true, "marketing": false}')
-    analytics = consent.get("analytics")
+    analytics, marketing = consent.get("analytics"), consent.get("marketing")
+    if (analytics is not None and type(analytics) is not bool) or (
+        marketing is not None and type(marketing) is not bool
+    ):
+        raise InvalidEvent("`consent.analytics` and `consent.marketing` must be true or false")
     if analytics is None:
         return UNKNOWN
-    if type(analytics) is not bool or not all(type(v) is bool for v in consent.values()):
-        raise InvalidEvent("`consent` values (analytics, marketing) must be true or false")
     return GRANTED if analytics else DENIED
 
 
