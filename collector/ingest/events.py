@@ -18,7 +18,7 @@ from collector.errors import InvalidEvent, InvalidSite, RequestRowsTooLarge
 from collector.ingest.payload import MAX_JSON_DEPTH, check_depth
 from collector.ingest.sites import normalize_domain
 from collector.storage import copyformat
-from collector.storage.copyformat import ROW_IDS, row_head
+from collector.storage.copyformat import CONSENT_TAILS, ROW_IDS, row_head
 
 ROW_START_AND_UUID_LENGTH = copyformat.ROW_START_AND_UUID_LENGTH
 JSONB_VERSION = copyformat.JSONB_VERSION
@@ -87,14 +87,8 @@ class RequestContext:
         received = copyformat.timestamp_ns(received_ns)
         if user_agent is not None and len(user_agent) > MAX_USER_AGENT_CHARS:
             user_agent = user_agent[:MAX_USER_AGENT_CHARS]  # real agents are ~100-300 characters
-        tail = _request_fields(site_id, client_id, user_agent, ip, ip_hash) + received + _CONSENT_TAILS[consent]
+        tail = _request_fields(site_id, client_id, user_agent, ip, ip_hash) + received + CONSENT_TAILS[consent]
         return cls(site_id, client_id, received_ns, received, tail, user_agent)
-
-
-# The consent field and the enrichment columns' NULLs, one constant per consent state (collector.ingest.consent).
-_CONSENT_TAILS = {
-    state: copyformat.text(state) + copyformat.ENRICH_NULLS for state in ("granted", "denied", "unknown", "gpc")
-}
 
 
 # Keyed by (site, client, agent, ip, ip hash), each bounded (253, 128, MAX_USER_AGENT_CHARS, 45, 64 characters):

@@ -118,14 +118,14 @@ class WriteBehindBuffer:
         """Queue a request's rows (`size`: their bytes, when the caller has counted them already; `enrich`: what
         storage's enricher needs of the request); raise BufferFull or ShuttingDown (both 503) when they cannot be
         kept."""
-        self._enqueue(rows, client_id, None, size, enrich=enrich)
+        self._enqueue(rows, client_id, None, size, enrich)
 
     def put_waiting(
         self, rows: Sequence[Row], client_id: str | None, size: int | None = None, enrich: object = None
     ) -> asyncio.Future[None]:
         """Queue rows (or raise, like put) and return a future set once they are committed or journaled."""
         done = asyncio.get_running_loop().create_future()
-        self._enqueue(rows, client_id, done, size, enrich=enrich)
+        self._enqueue(rows, client_id, done, size, enrich)
         return done
 
     async def drain(self) -> None:
@@ -140,8 +140,8 @@ class WriteBehindBuffer:
         client_id: str | None,
         done: asyncio.Future[None] | None,
         size: int | None,
-        force: bool = False,
         enrich: object = None,
+        force: bool = False,
     ) -> None:
         n = len(rows)
         if size is None:

@@ -65,6 +65,10 @@ def text(value: str | None) -> bytes:
     return _length(len(data)) + data
 
 
+# What ends every row ingest encodes, one constant per consent state (collector.ingest.consent): the consent field
+# and the enrichment columns' NULLs.
+CONSENT_TAILS = {state: text(state) + ENRICH_NULLS for state in ("granted", "denied", "unknown", "gpc")}
+
 # Event types, session and visitor ids and paths repeat endlessly: encoding each distinct one once saves most
 # of the encoding work of a row (a cache hit costs a dict lookup; the str caches its own hash). Callers pass only
 # values of at most MAX_CACHED_TEXT_CHARS (and event types, at most 100), so an entry is at most ~0.9 KB (4-byte
