@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import asyncpg
 
+from collector.storage import copyformat
+from collector.storage.batch import Batch
+from collector.storage.journal import Journal
 from tests.collector.enrich.geodb import write_city_database
-from tests.conftest import MakeApp
+from tests.collector.storage.test_durability import records
+from tests.conftest import MakeApp, wait_for_rows
 from tests.pixel_management import PixelManagement, site_config
 
 CHROME = (
@@ -111,3 +116,19 @@ async def test_geography_comes_from_the_database_and_a_trusted_cdn_only(
         "gdpr": ("US", "CA", None),
         "proxied": ("NL", None, None),  # the trusted CDN's country; the database's finer places disagree with it
     }
+
+
+async def test_a_journal_written_before_enrichment_replays_into_todays_columns(
+    make_app: MakeApp, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Rows of the 16 columns an earlier release journaled are stored at startup, their new columns NULL."""
+    tail = copyformat.CONSENT_TAILS["unknown"]
+    old_rows = [(16).to_bytes(2, "big") + row[2 : -len(tail)] for row in records(3, "before-0009")]
+    dead = Journal(tmp_path / "data" / "journal", max_bytes=1 << 20, segment_bytes=1 << 16)
+    dead.append(Batch(os.urandom(16), old_rows, {"client_acme_corp": 3}))
+    dead._close_active()
+    os.close(dead._lock_fd)  # what a SIGKILL leaves: the files, and the lock released
+    await make_app()
+    await wait_for_rows(db, 3)
+    rows = await db.fetch("SELECT session_id, consent, bot, browser_family, country FROM events_log")
+    assert {tuple(r.values()) for r in rows} == {("before-0009", None, None, None, None)}
