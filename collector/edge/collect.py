@@ -28,7 +28,7 @@ from collector.errors import (
 )
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.origins import host_of, origin_allowed
-from collector.ingest.proxies import SIGNAL_HEADERS
+from collector.ingest.proxies import SIGNAL_HEADERS, Signals
 from collector.ingest.service import Accepted, Ingest
 from collector.settings import Settings
 
@@ -96,7 +96,7 @@ class CollectEndpoint:
                 site_host = ""
             if (method := scope["method"]) != "POST":
                 return await self._not_post(method, scope, send, user_agent=user_agent, forwarded_for=forwarded_for,
-                                            site_host=site_host, origin=origin)  # fmt: skip
+                                            site_host=site_host, origin=origin, signals=hints)  # fmt: skip
             ingest = self.ingest
             try:
                 if content_type is not None and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES:
@@ -132,11 +132,12 @@ class CollectEndpoint:
         forwarded_for: str | None,
         site_host: str | None,
         origin: bytes | None,
+        signals: Signals | None = None,
     ) -> int:
         """GET (the pixel), OPTIONS (the preflight), or 405: the header values the scan found, by name."""
         if method == "GET":
             return await self._pixel(
-                scope, send, user_agent=user_agent, forwarded_for=forwarded_for, site_host=site_host
+                scope, send, user_agent=user_agent, forwarded_for=forwarded_for, site_host=site_host, signals=signals
             )
         if method == "OPTIONS":
             return await self._preflight(origin, send)
@@ -177,7 +178,14 @@ class CollectEndpoint:
         return exc.status
 
     async def _pixel(
-        self, scope: Scope, send: Send, *, user_agent: str | None, forwarded_for: str | None, site_host: str | None
+        self,
+        scope: Scope,
+        send: Send,
+        *,
+        user_agent: str | None,
+        forwarded_for: str | None,
+        site_host: str | None,
+        signals: Signals | None = None,
     ) -> int:
         """GET /collect: always the GIF (an <img> cannot retry); a rejection is counted and named in a header."""
         query: bytes = scope.get("query_string", b"")
@@ -190,7 +198,7 @@ class CollectEndpoint:
                 raise
             await self.ingest.collect_payload(
                 payload, query, peer=client[0] if client else None, forwarded_for=forwarded_for,
-                user_agent=user_agent, origin=site_host,
+                user_agent=user_agent, origin=site_host, signals=signals,
             )  # fmt: skip
             outcome = (b"x-collector-status", b"accepted")
         except CollectorError as exc:

@@ -90,10 +90,13 @@ class Ingest:
         forwarded_for: str | None,
         user_agent: str | None,
         origin: str | None = None,
+        signals: Signals | None = None,
     ) -> Accepted:
         """collect() for a payload already built (the GET pixel's query); `sample` goes to dead letters."""
         ip = self._admit(peer, forwarded_for)
-        return await self._ingest(payload, sample, ip, user_agent, origin)
+        if signals is None:
+            return await self._ingest(payload, sample, ip, user_agent, origin)
+        return await self._ingest(payload, sample, ip, user_agent, origin, read_signals(signals, peer, self._trusted))
 
     def refused(self, exc: CollectorError, sample: Any) -> None:
         """Count a request refused before its events were known (and keep a sample of the sender's mistakes)."""

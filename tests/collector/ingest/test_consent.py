@@ -129,3 +129,14 @@ async def test_salts_rotate_daily_and_old_ones_are_deleted(db: asyncpg.Connectio
     assert cookieless_id(days[today], "a.com", "203.0.113.7", "x") != cookieless_id(
         days[today + timedelta(days=1)], "a.com", "203.0.113.7", "x"
     )
+
+
+async def test_the_pixel_honours_global_privacy_control_too(make_app: MakeApp, db: asyncpg.Connection) -> None:
+    """A GET /collect pixel sent with Sec-GPC: 1 keeps no session id and no address."""
+    running = await make_app()
+    params = {"eventType": "pixel", "siteId": "acme.com", "sessionId": "s9"}
+    response = await running.client.get("/collect", params=params, headers={"sec-gpc": "1"})
+    assert response.headers["x-collector-status"] == "accepted"
+    await running.services.buffer.drain()
+    row = (await stored(db))["pixel"]
+    assert (row["consent"], row["session_id"], row["ip"], row["ip_hash"]) == ("gpc", None, None, None)
