@@ -143,7 +143,10 @@ def _enricher(settings: Settings, accounting: Accounting, stack: AsyncExitStack)
     loop = asyncio.get_running_loop()
 
     def counted(counts: Counter[tuple[str, str]]) -> None:
-        loop.call_soon_threadsafe(accounting.add_counts, counts)
+        try:
+            loop.call_soon_threadsafe(accounting.add_counts, counts)
+        except RuntimeError:  # the request loop has closed (a stop that outlived it): counts, not rows, are lost
+            logger.warning("Bot counts of a batch enriched after the request loop closed were not recorded: %s", counts)
 
     geo = None
     if settings.geoip_database is not None:
