@@ -332,7 +332,20 @@ class Policy:
                 out["ip_hash"] = hash_address(ip)
             out["ip"] = None
             out["user_agent"] = event_family(event)
+            # Enrichment reduced these at ingest by the level then; a client whose level has since become stricter
+            # gets today's detail (docs/enrichment.md).
+            for name in _FINER_THAN[self.level]:
+                if out.get(name) is not None:
+                    out[name] = None
         return out
+
+
+# Enrichment columns a level does not keep (collector.enrich.enricher reduces them the same way at ingest).
+_FINER_THAN = {
+    "standard": (),
+    "gdpr": ("city",),
+    "hipaa": ("city", "region", "browser_version", "os_version"),
+}
 
 
 def address_hasher(secret: str, salt: str | None) -> Callable[[str], str]:
