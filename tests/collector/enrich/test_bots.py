@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from importlib.resources import files
+from pathlib import Path
 
 import crawleruseragents
 import pytest
@@ -82,3 +83,14 @@ def test_a_hostile_agent_is_classified_without_backtracking(classifier: BotClass
     """A long, repetitive agent (the kind that drives a backtracking engine quadratic) is judged like any other."""
     assert classifier.classify("Mozilla/5.0 " + "(a" * 20_000) is None
     assert classifier.classify("(a" * 20_000 + " Googlebot/2.1") == bots.CRAWLER
+
+
+# In-app browsers and Android agents with build ids, which lists have flagged before (MetaIAB, FB_IAB, `Build/...`):
+# one real user agent a line.
+IN_APP = (Path(__file__).parent / "in_app_agents.txt").read_text().splitlines()
+
+
+@pytest.mark.parametrize("agent", IN_APP)
+def test_in_app_browsers_are_not_bots(classifier: BotClassifier, agent: str) -> None:
+    """Facebook, Instagram, TikTok, Snapchat, LinkedIn, Line and Google app webviews are people's browsers."""
+    assert classifier.classify(agent) is None
