@@ -3,8 +3,9 @@
 Why there and not on the request loop: parsing a user agent costs ~17 µs and a bot verdict 1-3 µs uncached, work the
 request that brought the event need not wait for; and not in processing, because geography needs the full address,
 which ingest hashes or drops before the row is encoded. Ingest hands each request's raw user agent and address to
-the buffer beside its rows (an EnrichRequest, never stored); rows end in a fixed run of NULLs
-(copyformat.ENRICH_NULLS) that is replaced here, before the batch is committed or journaled.
+the buffer beside its rows (an EnrichRequest, never stored); each row holds a fixed run of NULLs
+(copyformat.ENRICH_NULLS) just before its last field, received_at, that is replaced here, before the batch is
+committed or journaled.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from collector.storage import copyformat
 from collector.storage.batch import Batch
 
 _NULLS = copyformat.ENRICH_NULLS
-_CUT = -len(_NULLS)
+_END = copyformat.RECEIVED_BYTES  # received_at: the fixed 12 bytes after the NULLs
+_CUT = -len(_NULLS) - _END
 # Bounded caches (keys are at most 512 + 45 characters): ~8,192 x 1.5 KB = 12 MB, 16,384 x 0.3 KB = 5 MB.
 AGENT_CACHE = 8192
 PLACE_CACHE = 16384
@@ -78,7 +80,7 @@ class Enricher:
                     continue
                 counts[(client, f"bot:{reason}")] += n
                 self.stats.bots_flagged += n
-            out.extend([row[:_CUT] + fields if row.endswith(_NULLS) else row for row in part])
+            out.extend([row[:_CUT] + fields + row[-_END:] if row.startswith(_NULLS, _CUT) else row for row in part])
         out.extend(rows[position:])
         if counts and self._on_count is not None:
             self._on_count(counts)

@@ -18,7 +18,7 @@ from collector.errors import InvalidEvent, InvalidSite, RequestRowsTooLarge
 from collector.ingest.payload import MAX_JSON_DEPTH, check_depth
 from collector.ingest.sites import normalize_domain
 from collector.storage import copyformat
-from collector.storage.copyformat import CONSENT_TAILS, ROW_IDS, row_head
+from collector.storage.copyformat import ROW_IDS, row_head
 
 ROW_START_AND_UUID_LENGTH = copyformat.ROW_START_AND_UUID_LENGTH
 JSONB_VERSION = copyformat.JSONB_VERSION
@@ -68,8 +68,8 @@ class RequestContext:
     client_id: str
     received_ns: int  # time.time_ns() when the request was read
     received: bytes  # the same, as an encoded timestamptz field
-    # site_id, client_id, user_agent, ip, ip_hash, received_at and consent, encoded once for all the request's rows,
-    # then the enrichment columns as NULLs (filled on storage's thread: collector.enrich).
+    # site_id, client_id, user_agent, ip, ip_hash, consent, the enrichment columns as NULLs (filled on storage's
+    # thread: collector.enrich) and received_at, encoded once for all the request's rows.
     tail: bytes
     user_agent: str | None  # cut to MAX_USER_AGENT_CHARS: what the enricher reads (the header may be 32 KiB)
 
@@ -87,14 +87,16 @@ class RequestContext:
         received = copyformat.timestamp_ns(received_ns)
         if user_agent is not None and len(user_agent) > MAX_USER_AGENT_CHARS:
             user_agent = user_agent[:MAX_USER_AGENT_CHARS]  # real agents are ~100-300 characters
-        tail = _request_fields(site_id, client_id, user_agent, ip, ip_hash) + received + CONSENT_TAILS[consent]
+        tail = _request_fields(site_id, client_id, user_agent, ip, ip_hash, consent) + received
         return cls(site_id, client_id, received_ns, received, tail, user_agent)
 
 
-# Keyed by (site, client, agent, ip, ip hash), each bounded (253, 128, MAX_USER_AGENT_CHARS, 45, 64 characters):
-# with the encoded value, at most ~4,096 x 3 KB = 12 MB.
+# Keyed by (site, client, agent, ip, ip hash, consent), each bounded (253, 128, MAX_USER_AGENT_CHARS, 45, 64, 7
+# characters): with the encoded value, at most ~4,096 x 3 KB = 12 MB.
 @lru_cache(maxsize=4096)
-def _request_fields(site_id: str, client_id: str, user_agent: str | None, ip: str | None, ip_hash: str | None) -> bytes:
+def _request_fields(
+    site_id: str, client_id: str, user_agent: str | None, ip: str | None, ip_hash: str | None, consent: str
+) -> bytes:
     """The per-request columns but the receive time, encoded; the same client sends many requests."""
     try:
         agent = copyformat.text(user_agent)
@@ -103,6 +105,7 @@ def _request_fields(site_id: str, client_id: str, user_agent: str | None, ip: st
     return b"".join((
         copyformat.text(site_id), copyformat.text(client_id), agent,
         copyformat.NULL if ip is None else copyformat.inet(ip), copyformat.text(ip_hash),
+        copyformat.text(consent), copyformat.ENRICH_NULLS,
     ))  # fmt: skip
 
 

@@ -21,14 +21,16 @@ from functools import lru_cache
 # Column order of every record; chosen so that per-event fields come first and the per-request ones last.
 EVENT_COLUMNS = ("event_id", "event_type", "event_data")
 INHERITED_COLUMNS = ("session_id", "visitor_id", "url", "path", "referrer", "event_timestamp", "extra")
-REQUEST_COLUMNS = ("site_id", "client_id", "user_agent", "ip", "ip_hash", "received_at", "consent")
-# Filled off the request loop, on storage's thread (collector.enrich): ingest encodes them as NULLs, and the enricher
-# replaces that fixed run of NULLs at the end of each row (ENRICH_NULLS) with the request's values.
+REQUEST_COLUMNS = ("site_id", "client_id", "user_agent", "ip", "ip_hash", "consent")
+# Filled off the request loop, on storage's thread (collector.enrich): ingest encodes them as NULLs (ENRICH_NULLS),
+# and the enricher replaces that fixed run of NULLs, which ends just before received_at, with the request's values.
 ENRICH_COLUMNS = (
     "bot", "bot_reason", "browser_family", "browser_version", "os_family", "os_version", "device_type",
     "country", "region", "city",
 )  # fmt: skip
-COLUMNS = EVENT_COLUMNS + INHERITED_COLUMNS + REQUEST_COLUMNS + ENRICH_COLUMNS
+# received_at last: it is never NULL, so every row ends in its fixed 12 bytes (RECEIVED_BYTES), and the per-request
+# columns before it are one cached piece (the receive time changes with every request).
+COLUMNS = EVENT_COLUMNS + INHERITED_COLUMNS + REQUEST_COLUMNS + ENRICH_COLUMNS + ("received_at",)
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
@@ -39,6 +41,7 @@ UUID_LENGTH = struct.pack(">i", 16)
 # What starts every row: its field count, then the event id's length (the id itself follows).
 ROW_START_AND_UUID_LENGTH = ROW_START + UUID_LENGTH
 TIMESTAMP_LENGTH = struct.pack(">i", 8)
+RECEIVED_BYTES = len(TIMESTAMP_LENGTH) + 8
 JSONB_VERSION = b"\x01"
 
 _length = struct.Struct(">i").pack
@@ -65,10 +68,6 @@ def text(value: str | None) -> bytes:
     return _length(len(data)) + data
 
 
-# What ends every row ingest encodes, one constant per consent state (collector.ingest.consent): the consent field
-# and the enrichment columns' NULLs.
-CONSENT_TAILS = {state: text(state) + ENRICH_NULLS for state in ("granted", "denied", "unknown", "gpc")}
-
 # Event types, session and visitor ids and paths repeat endlessly: encoding each distinct one once saves most
 # of the encoding work of a row (a cache hit costs a dict lookup; the str caches its own hash). Callers pass only
 # values of at most MAX_CACHED_TEXT_CHARS (and event types, at most 100), so an entry is at most ~0.9 KB (4-byte
@@ -86,11 +85,12 @@ def boolean(value: bool | None) -> bytes:
 
 def upgrade(row: bytes) -> bytes:
     """A record of an older release (fewer columns: a journal written before an upgrade) with NULLs for the columns
-    it lacks, so that it replays into today's COPY column list. Columns are only ever appended."""
+    it lacks, so that it replays into today's COPY column list. New columns only ever go before received_at, which
+    ends every record."""
     count: int = struct.unpack_from(">h", row)[0]
     if count >= len(COLUMNS):
         return row
-    return ROW_START + row[2:] + NULL * (len(COLUMNS) - count)
+    return ROW_START + row[2:-RECEIVED_BYTES] + NULL * (len(COLUMNS) - count) + row[-RECEIVED_BYTES:]
 
 
 def timestamp(value: datetime) -> bytes:

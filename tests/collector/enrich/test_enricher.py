@@ -123,9 +123,12 @@ def test_lookups_are_cached_by_agent_and_address(geo: GeoLookup) -> None:
     assert (enricher.stats.agent_misses, enricher.stats.place_misses) == (1, 1)
 
 
+RECEIVED = copyformat.timestamp_ns(1_700_000_000_000_000_000)
+
+
 def rows_of(n: int) -> list[bytes]:
-    """`n` rows as ingest encodes them: ending in the enrichment columns' NULLs."""
-    return [copyformat.ROW_START + bytes([i]) * 7 + copyformat.ENRICH_NULLS for i in range(n)]
+    """`n` rows as ingest encodes them: the enrichment columns' NULLs, then received_at."""
+    return [copyformat.ROW_START + bytes([i]) * 7 + copyformat.ENRICH_NULLS + RECEIVED for i in range(n)]
 
 
 def test_a_batch_is_enriched_per_request_and_dropped_bots_are_counted() -> None:
@@ -142,7 +145,7 @@ def test_a_batch_is_enriched_per_request_and_dropped_bots_are_counted() -> None:
     )  # fmt: skip
     out = enricher.apply(batch)
     assert len(out.rows) == 3 and out.clients == {"client_a": 3} and out.requests == ()
-    assert all(not row.endswith(copyformat.ENRICH_NULLS) for row in out.rows)
+    assert all(copyformat.ENRICH_NULLS not in row and row.endswith(RECEIVED) for row in out.rows)
     assert [row[:9] for row in out.rows] == [row[:9] for row in rows[:3]]
     assert counted == [{("client_a", "bot:crawler"): 1, ("client_b", "dropped:bot:crawler"): 3}]
     assert (enricher.stats.bots_dropped, enricher.stats.bots_flagged) == (3, 1)
@@ -165,9 +168,10 @@ def test_an_unusable_bot_policy_is_refused(features: object) -> None:
 
 
 def test_an_old_journal_row_is_padded_to_todays_columns(tmp_path: Path) -> None:
-    """A record with the 16 columns of an earlier release gets NULLs for the ones it lacks (journal replay)."""
-    old = (16).to_bytes(2, "big") + b"payload"
+    """A record with the 16 columns of an earlier release gets NULLs for the ones it lacks, before its receive time
+    (journal replay)."""
+    old = (16).to_bytes(2, "big") + b"payload" + RECEIVED
     upgraded = copyformat.upgrade(old)
-    assert upgraded[:2] == copyformat.ROW_START
-    assert upgraded == copyformat.ROW_START + b"payload" + copyformat.NULL * (len(copyformat.COLUMNS) - 16)
+    new_columns = len(copyformat.COLUMNS) - 16
+    assert upgraded == copyformat.ROW_START + b"payload" + copyformat.NULL * new_columns + RECEIVED
     assert copyformat.upgrade(upgraded) == upgraded

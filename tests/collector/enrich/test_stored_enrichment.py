@@ -122,8 +122,12 @@ async def test_a_journal_written_before_enrichment_replays_into_todays_columns(
     make_app: MakeApp, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     """Rows of the 16 columns an earlier release journaled are stored at startup, their new columns NULL."""
-    tail = copyformat.CONSENT_TAILS["unknown"]
-    old_rows = [(16).to_bytes(2, "big") + row[2 : -len(tail)] for row in records(3, "before-0009")]
+    # Today's rows without the consent field ("unknown": 4 + 7 bytes) and the enrichment NULLs before received_at.
+    new_fields = len(copyformat.text("unknown")) + len(copyformat.ENRICH_NULLS) + copyformat.RECEIVED_BYTES
+    old_rows = [
+        (16).to_bytes(2, "big") + row[2:-new_fields] + row[-copyformat.RECEIVED_BYTES :]
+        for row in records(3, "before-0009")
+    ]
     dead = Journal(tmp_path / "data" / "journal", max_bytes=1 << 20, segment_bytes=1 << 16)
     dead.append(Batch(os.urandom(16), old_rows, {"client_acme_corp": 3}))
     dead._close_active()
