@@ -185,7 +185,7 @@ class Ingest:
         """The request's encoded columns, after removing what its consent state does not allow (and deriving a
         cookieless visitor id where the client asks for one): the address is stored only with consent."""
         policy = site.consent
-        if state is not UNKNOWN or not policy.plain:
+        if state != UNKNOWN or not policy.plain:
             allowed = policy.allows(state)
             if derive := policy.derives(allowed):
                 salt = self.salts.today() if self.salts is not None else None
