@@ -136,3 +136,18 @@ async def test_a_journal_written_before_enrichment_replays_into_todays_columns(
     await wait_for_rows(db, 3)
     rows = await db.fetch("SELECT session_id, consent, bot, browser_family, country FROM events_log")
     assert {tuple(r.values()) for r in rows} == {("before-0009", None, None, None, None)}
+
+
+async def test_the_trackers_webdriver_flag_makes_an_automation_bot_and_is_not_stored(
+    make_app: MakeApp, db: asyncpg.Connection
+) -> None:
+    """`webdriver: true` from a browser's agent is an automation bot; it and `consent` never land in `extra`."""
+    running = await make_app()
+    await running.post(
+        {"eventType": "batch", "siteId": "acme.com", "webdriver": True, "consent": {"analytics": True}, "note": "x",
+         "events": [{"eventType": "a"}]},
+        headers={"user-agent": CHROME},
+    )  # fmt: skip
+    await running.services.buffer.drain()
+    row = await db.fetchrow("SELECT bot, bot_reason, extra FROM events_log")
+    assert (row["bot"], row["bot_reason"], row["extra"]) == (True, "automation", {"note": "x"})
