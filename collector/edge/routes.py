@@ -112,7 +112,7 @@ async def health(request: Request) -> JSONResponse:
             **(vars_of(services.storage.journal.stats) if services.storage.journal is not None else {}),
         },
         "authorization": {"source": services.authorizer.directory.describe(), **vars_of(services.authorizer.stats)},
-        "enrichment": vars_of(services.enricher.stats) if services.enricher is not None else {},
+        "enrichment": {} if (e := services.enricher) is None else {**vars_of(e.stats), "bots": vars_of(e.bot_stats)},
         "events": accounting(services),
         "edge": {
             "preflights": dict(services.collect.preflights),
@@ -130,7 +130,7 @@ def accounting(services: Services) -> dict[str, Any]:
     rejected = dict(ingest.rejected)
     dropped = {"lost_on_close": buffer.stats.lost_on_close, "unstorable": storage.dropped_unstorable}
     if services.enricher is not None:  # bot events their client's policy drops (docs/enrichment.md)
-        dropped["bot"] = services.enricher.stats.bots_dropped
+        dropped["bot"] = services.enricher.bot_stats.dropped
     return {
         "received": ingest.accepted + sum(rejected.values()),
         "accepted": ingest.accepted,

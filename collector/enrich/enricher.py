@@ -40,8 +40,33 @@ class EnricherStats:
     requests: int = 0  # requests enriched
     agent_misses: int = 0  # user agents parsed (not found in the cache)
     place_misses: int = 0
-    bots_flagged: int = 0  # bot rows kept, flagged (per client and reason: the accounting's `bot:<reason>`)
-    bots_dropped: int = 0  # bot rows a client's `bots: drop` left out (`dropped:bot:<reason>`)
+
+
+@dataclass(slots=True)
+class BotStats:
+    """Bot events by what their client's `features.bots` did with them (flagged and stored, or dropped) and why they
+    are bots (bots.REASONS); per client, the accounting has the same as `bot:<reason>` and `dropped:bot:<reason>`."""
+
+    flagged_crawler: int = 0
+    flagged_headless: int = 0
+    flagged_automation: int = 0
+    flagged_library: int = 0
+    flagged_no_user_agent: int = 0
+    flagged_ip_excluded: int = 0
+    dropped_crawler: int = 0
+    dropped_headless: int = 0
+    dropped_automation: int = 0
+    dropped_library: int = 0
+    dropped_no_user_agent: int = 0
+    dropped_ip_excluded: int = 0
+
+    def add(self, action: str, reason: str, n: int) -> None:
+        name = f"{action}_{reason}"
+        setattr(self, name, getattr(self, name) + n)
+
+    @property
+    def dropped(self) -> int:
+        return sum(getattr(self, name) for name in self.__slots__ if name.startswith("dropped_"))
 
 
 class Enricher:
@@ -55,6 +80,7 @@ class Enricher:
         self._by_agent: LRUCache[tuple[str | None, str], tuple[str | None, bytes]] = LRUCache(AGENT_CACHE)
         self._by_address: LRUCache[tuple[str | None, str | None, str], bytes] = LRUCache(PLACE_CACHE)
         self.stats = EnricherStats()
+        self.bot_stats = BotStats()
 
     def apply(self, batch: Batch) -> Batch:
         """The batch with each request's rows enriched, or left out (and counted) when their client drops bots."""
@@ -75,11 +101,11 @@ class Enricher:
                 client = request[0].client_id
                 if request[0].drop_bots:
                     counts[(client, f"dropped:bot:{reason}")] += n
-                    self.stats.bots_dropped += n
+                    self.bot_stats.add("dropped", reason, n)
                     clients[client] = clients.get(client, n) - n
                     continue
                 counts[(client, f"bot:{reason}")] += n
-                self.stats.bots_flagged += n
+                self.bot_stats.add("flagged", reason, n)
             out.extend([row[:_CUT] + fields + row[-_END:] if row.startswith(_NULLS, _CUT) else row for row in part])
         out.extend(rows[position:])
         if counts and self._on_count is not None:

@@ -144,8 +144,8 @@ class Metrics:
             ),
             "bot_events": counter(
                 "collector_bot_events_total",
-                "Bot events stored flagged, or dropped by their client's policy",
-                ("action",),
+                "Bot events stored flagged, or dropped by their client's policy, by reason",
+                ("action", "reason"),
             ),
             "preflights": counter("collector_cors_preflights_total", "CORS preflights answered", ("result",)),
             "auth_hits": counter("collector_auth_cache_hits_total", "Authorizations answered from a fresh cache entry"),

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from collector.edge.protocol import EdgeStats
-from collector.enrich.enricher import EnricherStats
+from collector.enrich.enricher import BotStats, EnricherStats
 from collector.ingest.auth import AuthStats
 from collector.ops.metrics import Snapshot
 from collector.storage.buffer import BufferStats
@@ -44,9 +44,10 @@ STATS_COUNTERS: dict[type[Any], dict[str, tuple[str, tuple[str, ...]]]] = {
     EdgeStats: {reason: ("edge_refused", (reason,)) for reason in EdgeStats.__slots__},
     EnricherStats: {
         "requests": ("enriched_requests", ()), "agent_misses": ("enrich_misses", ("agent",)),
-        "place_misses": ("enrich_misses", ("place",)), "bots_flagged": ("bot_events", ("flagged",)),
-        "bots_dropped": ("bot_events", ("dropped",)),
+        "place_misses": ("enrich_misses", ("place",)),
     },
+    # flagged_crawler → collector_bot_events_total{action="flagged", reason="crawler"}
+    BotStats: {name: ("bot_events", tuple(name.split("_", 1))) for name in BotStats.__slots__},
 }  # fmt: skip
 
 
@@ -134,5 +135,5 @@ def stats_objects(services: Services) -> list[Any]:
     if services.storage.journal is not None:
         found.append(services.storage.journal.stats)
     if services.enricher is not None:
-        found.append(services.enricher.stats)
+        found += [services.enricher.stats, services.enricher.bot_stats]
     return found

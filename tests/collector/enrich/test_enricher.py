@@ -148,7 +148,8 @@ def test_a_batch_is_enriched_per_request_and_dropped_bots_are_counted() -> None:
     assert all(copyformat.ENRICH_NULLS not in row and row.endswith(RECEIVED) for row in out.rows)
     assert [row[:9] for row in out.rows] == [row[:9] for row in rows[:3]]
     assert counted == [{("client_a", "bot:crawler"): 1, ("client_b", "dropped:bot:crawler"): 3}]
-    assert (enricher.stats.bots_dropped, enricher.stats.bots_flagged) == (3, 1)
+    assert (enricher.bot_stats.dropped_crawler, enricher.bot_stats.flagged_crawler) == (3, 1)
+    assert enricher.bot_stats.dropped == 3
 
 
 def test_a_batch_without_requests_is_left_as_it_is() -> None:

@@ -64,6 +64,12 @@ async def test_a_client_that_drops_bots_stores_none_and_counts_them_by_reason(
     assert (body["total_events"], body["humans"], body["bots"]) == (1, 1, 0)
     assert body["days"][0]["bots_dropped"] == {"crawler": 2}
     assert running.services.storage.stats.stored == 1
+    health = (await running.client.get("/health")).json()
+    assert health["events"]["dropped"]["bot"] == 2 and health["enrichment"]["bots"]["dropped_crawler"] == 2
+    events = health["events"]  # the accounting still adds up, the dropped bots counted as dropped
+    assert events["accepted"] == events["stored"] + events["journaled"] + events["buffered"] + sum(
+        events["dropped"].values()
+    )
 
 
 async def test_events_count_separates_humans_from_flagged_bots(running_admin: MakeApp, db: asyncpg.Connection) -> None:
