@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -23,6 +25,8 @@ from collector.edge.collect import CollectEndpoint
 from collector.edge.protocol import EDGE_STATE, Edge
 from collector.edge.protocols import door_paths, open_doors
 from collector.edge.tracker import TrackerScript
+from collector.enrich.enricher import Enricher
+from collector.enrich.geo import GeoLookup
 from collector.errors import CollectorError, HttpError, InternalError
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.directories import make_directory
@@ -36,6 +40,7 @@ from collector.storage.accounting import Accounting
 from collector.storage.buffer import WriteBehindBuffer
 from collector.storage.database import EventStore
 from collector.storage.partitions import PartitionMaintainer
+from collector.storage.salts import VisitorSalts
 from collector.storage.spill import Storage
 from pipeline.samples import redact_sample
 
@@ -72,15 +77,15 @@ async def open_services(
     authorizer = _authorizer(settings, metrics)
     stack.push_async_callback(_logged("authorizer", authorizer.close))
     # Built in every role (the routes and the snapshot read them); started only where /collect is served.
-    storage, buffer = _storage_and_buffer(settings, store, metrics)
     accounting = Accounting(store.pool, redact=redact_sample)
+    storage, buffer, enricher = _storage_and_buffer(settings, store, metrics, accounting, stack)
     if settings.role != "pipeline":
         await storage.start()
         await buffer.start()
         stack.push_async_callback(_logged("buffer", lambda: _close_buffer(buffer, storage, settings.buffer_drain_s)))
         accounting.start()
         stack.push_async_callback(_logged("accounting", accounting.close))
-    ingest = Ingest(settings, authorizer, buffer, accounting)
+    ingest = Ingest(settings, authorizer, buffer, accounting, await _salts(settings, store, stack))
     pipeline = None
     if settings.role != "ingest":
         # Imported here: an ingest-only worker never loads the stages (aioboto3 and botocore alone cost ~10 MB).
@@ -92,7 +97,7 @@ async def open_services(
     collect = CollectEndpoint(settings, ingest, authorizer)
     services = Services(
         settings, store, authorizer, buffer, storage, accounting, ingest, metrics_sync, pipeline,
-        Edge.from_settings(settings), collect, open_doors(settings, ingest, authorizer),
+        Edge.from_settings(settings), collect, open_doors(settings, ingest, authorizer), enricher,
     )  # fmt: skip
 
     async def ready() -> bool:
@@ -126,7 +131,36 @@ def _authorizer(settings: Settings, metrics: Metrics) -> DomainAuthorizer:
     )
 
 
-def _storage_and_buffer(settings: Settings, store: EventStore, metrics: Metrics) -> tuple[Storage, WriteBehindBuffer]:
+async def _salts(settings: Settings, store: EventStore, stack: AsyncExitStack) -> VisitorSalts:
+    """The daily salts of cookieless visitor ids, kept current where /collect is served."""
+    salts = VisitorSalts(store.pool)
+    if settings.role != "pipeline":
+        await salts.start()
+        stack.push_async_callback(_logged("visitor salts", salts.close))
+    return salts
+
+
+def _enricher(settings: Settings, accounting: Accounting, stack: AsyncExitStack) -> Enricher:
+    """The enricher storage's thread runs; its per-batch bot counts go to the accounting on this (the request) loop."""
+    loop = asyncio.get_running_loop()
+
+    def counted(counts: Counter[tuple[str, str]]) -> None:
+        try:
+            loop.call_soon_threadsafe(accounting.add_counts, counts)
+        except RuntimeError:  # the request loop has closed (a stop that outlived it): counts, not rows, are lost
+            logger.warning("Bot counts of a batch enriched after the request loop closed were not recorded: %s", counts)
+
+    geo = None
+    if settings.geoip_database is not None:
+        geo = GeoLookup(Path(settings.geoip_database))
+        stack.callback(geo.close)
+    return Enricher(geo, counted)
+
+
+def _storage_and_buffer(
+    settings: Settings, store: EventStore, metrics: Metrics, accounting: Accounting, stack: AsyncExitStack
+) -> tuple[Storage, WriteBehindBuffer, Enricher | None]:
+    enricher = _enricher(settings, accounting, stack) if settings.role != "pipeline" else None
     storage = Storage(
         [store.copy_writer(timeout_s=settings.copy_timeout_s) for _ in range(settings.flush_concurrency)],
         Path(settings.data_dir) / "journal",
@@ -134,6 +168,7 @@ def _storage_and_buffer(settings: Settings, store: EventStore, metrics: Metrics)
         journal_segment_bytes=settings.journal_segment_bytes,
         retry_initial_s=0.05,
         retry_max_s=5.0,
+        enrich=None if enricher is None else enricher.apply,
     )
     # Storage runs on its own thread; the buffer hands it batches and, through `flow`, when to spill them.
     buffer = WriteBehindBuffer(
@@ -147,7 +182,7 @@ def _storage_and_buffer(settings: Settings, store: EventStore, metrics: Metrics)
         flow=storage.flow,
         concurrency=settings.flush_concurrency,
     )
-    return storage, buffer
+    return storage, buffer, enricher
 
 
 async def _close_buffer(buffer: WriteBehindBuffer, storage: Storage, drain_s: float) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from collector.edge.collect import CollectEndpoint
 from collector.edge.protocol import Edge
 from collector.edge.protocols.front import FrontDoor
+from collector.enrich.enricher import Enricher
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.service import Ingest
 from collector.ops.metrics import MetricsSync
@@ -39,3 +40,4 @@ class Services:
     collect: CollectEndpoint
     # The other protocols' front doors by path (PROTOCOLS; docs/protocols.md).
     doors: Mapping[str, FrontDoor] = field(default_factory=dict)
+    enricher: Enricher | None = None  # None in ROLE=pipeline (storage's thread enriches rows: collector.enrich)

@@ -1,5 +1,6 @@
 """Settings: one frozen dataclass read once from the environment; no I/O here (only a lookup of whether pyarrow is
-installed, when a format asks for parquet, and pyiceberg, when an Iceberg catalog is set).
+installed, when a format asks for parquet, pyiceberg, when an Iceberg catalog is set, and whether GEOIP_DATABASE
+names a file).
 
 A field's variable is its name upper-cased (a group's: its prefix and the name), and its caster follows from its
 type (collector/casters.py): the type hints are the one list of what is read and how.
@@ -11,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from collector.casters import EnvPrefix, HttpUrl, LogLevel, PostgresUrl, UrlPath, Variable, variables_of
@@ -203,6 +205,9 @@ class Settings:
     iceberg_catalog_uri: str | None = field(default=None, repr=False)  # holds the catalog database's password
     iceberg_warehouse: str | None = None
     iceberg_table: str = "collector.events"  # namespace.table, in the SQL catalog named `collector`
+    # A MaxMind-format City (or Country) database (GeoLite2, DB-IP lite) the operator supplies; unset: no geography
+    # (docs/enrichment.md). Opened at start (memory-mapped), so a wrong path stops the collector then.
+    geoip_database: str | None = None
 
     def __post_init__(self) -> None:
         # S3_ENDPOINT_URL is the shared fallback, resolved here once: whoever opens a bucket uses its endpoint_url.
@@ -297,6 +302,7 @@ class Settings:
             raise SettingsError("FLUSH_MAX_EVENTS: must not exceed BUFFER_MAX_EVENTS")
         _check_parquet(self)
         _check_iceberg(self)
+        _check_geoip(self)
         if self.environment == "production":
             missing = [
                 name
@@ -354,6 +360,16 @@ def _check_protocols(protocols: tuple[str, ...], own_paths: tuple[str, ...]) -> 
         raise SettingsError(f"PROTOCOLS: must be a comma list of {', '.join(PROTOCOLS)} (at least one)")
     if any(p.startswith("/v1/") or p in PROTOCOL_PATHS for p in own_paths):
         raise SettingsError("COLLECT_ALIAS_PATH, TRACKER_PATH: must not be a front door's path (/v1/..., /i, ...)")
+
+
+def _check_geoip(settings: Settings) -> None:
+    """A GEOIP_DATABASE that is not there: say so at start, not with every row's geography missing."""
+    if (
+        settings.geoip_database is not None
+        and settings.role != "pipeline"
+        and not Path(settings.geoip_database).is_file()
+    ):
+        raise SettingsError(f"GEOIP_DATABASE: {settings.geoip_database} is not a file")
 
 
 def _check_success_status(status: int) -> None:

@@ -23,7 +23,9 @@ import pyarrow.parquet as pq
 from pipeline.parquet import COLUMNS, JSON_COLUMNS, READ_BATCH_ROWS, ROW_GROUP_ROWS, ZSTD_LEVEL, Row, row_of
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-_TYPES = {"int64": pa.int64(), "string": pa.string(), "json": pa.string(), "timestamp": TIMESTAMP}
+_TYPES = {
+    "int64": pa.int64(), "string": pa.string(), "json": pa.string(), "timestamp": TIMESTAMP, "bool": pa.bool_(),
+}  # fmt: skip
 SCHEMA = pa.schema([(name, _TYPES[kind]) for name, kind in COLUMNS])
 # Text as export renders timestamps (to_char ... 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'): %S prints microseconds here.
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
@@ -52,6 +54,8 @@ def _batch(rows: list[Row], schema: pa.Schema) -> pa.RecordBatch:
             columns.append(_timestamps(values))
         elif field.type == pa.int64():
             columns.append(pa.array([v if type(v) is int else None for v in values], pa.int64()))
+        elif field.type == pa.bool_():
+            columns.append(pa.array([v if type(v) is bool else None for v in values], pa.bool_()))
         else:
             columns.append(pa.array([_text(v) for v in values], pa.string()))
     return pa.RecordBatch.from_arrays(columns, schema=schema)

@@ -38,7 +38,9 @@ _COLUMNS = """
     id, event_id::text AS event_id, event_type, session_id, visitor_id, site_id, client_id,
     to_char(event_timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS event_timestamp,
     url, path, referrer, user_agent, host(ip) AS ip, ip_hash, event_data::text AS event_data, extra::text AS extra,
-    to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS received_at
+    to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS received_at,
+    consent, bot, bot_reason, browser_family, browser_version, os_family, os_version, device_type,
+    country, region, city
 """
 _ROWS_AFTER = f"SELECT {_COLUMNS} FROM events_log WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
 

@@ -36,6 +36,18 @@ COLUMNS = (
     ("event_data", "json"),  # JSON text: its keys are the sender's, no schema fits them all
     ("extra", "json"),  # JSON text
     ("received_at", "timestamp"),
+    # Enrichment (docs/enrichment.md); NULL in rows stored before it.
+    ("consent", "string"),
+    ("bot", "bool"),
+    ("bot_reason", "string"),
+    ("browser_family", "string"),
+    ("browser_version", "string"),
+    ("os_family", "string"),
+    ("os_version", "string"),
+    ("device_type", "string"),
+    ("country", "string"),
+    ("region", "string"),
+    ("city", "string"),
 )
 NAMES = tuple(name for name, _ in COLUMNS)
 JSON_COLUMNS = frozenset(name for name, kind in COLUMNS if kind == "json")

@@ -11,11 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from collector.ingest.sites import hash_ip
 from pipeline.personal import path_phone_spans, personal_spans, replace_spans
+
+if TYPE_CHECKING:
+    from collector.enrich.agents import UserAgents
+    from collector.enrich.bots import BotClassifier
 
 # Recorded in every processed object: bump it whenever a rule below changes what is redacted.
 POLICY_VERSION = "2026-11-29.1"
@@ -75,17 +79,6 @@ HEALTH_TOKENS = frozenset({
 
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _SEPARATORS = re.compile(r"[_\-.\s]+")
-
-BROWSERS = (  # order matters: Edge and Opera also say Chrome, Chrome also says Safari
-    ("bot", re.compile(r"bot|crawl|spider|slurp|headless|lighthouse", re.I)),
-    ("Edge", re.compile(r"Edg(?:e|A|iOS)?/")),
-    ("Opera", re.compile(r"OPR/|Opera")),
-    ("Samsung Internet", re.compile(r"SamsungBrowser/")),
-    ("Firefox", re.compile(r"Firefox/|FxiOS/")),
-    ("Chrome", re.compile(r"Chrome/|CriOS/|Chromium/")),
-    ("Safari", re.compile(r"Safari/")),
-    ("curl", re.compile(r"^curl/")),
-)
 
 
 def key_tokens(key: str) -> list[str]:
@@ -148,14 +141,38 @@ def redact_text(text: str, *, contact: bool, health: bool) -> str:
 
 
 def user_agent_family(user_agent: str | None) -> str | None:
-    """A browser family label (`Chrome`, `Firefox`, `bot`, ...) instead of the full, fingerprintable string."""
+    """A browser family label (`Chrome`, `Firefox`, `bot`, ...) instead of the full, fingerprintable string, from the
+    maintained bot list and uap-core rules the collector enriches rows with (for rows stored before enrichment)."""
     if not user_agent:
         return None
-    head = user_agent[:MAX_STRING_CHARS]  # a family's mark comes early; a megabyte-long agent costs no more
-    for family, pattern in BROWSERS:
-        if pattern.search(head):
-            return family
-    return "other"
+    return _family(user_agent[:MAX_STRING_CHARS])  # a family's mark comes early; a megabyte-long agent costs no more
+
+
+@lru_cache(maxsize=4096)
+def _family(user_agent: str) -> str:
+    agents, bots = _classifiers()
+    if bots.classify(user_agent) is not None:
+        return "bot"
+    return agents.parse(user_agent).browser_family or "other"
+
+
+@lru_cache(maxsize=1)
+def _classifiers() -> tuple[UserAgents, BotClassifier]:
+    # Imported on first use: the rules take ~30 MB, which a worker processing only enriched rows never loads.
+    from collector.enrich.agents import UserAgents
+    from collector.enrich.bots import BotClassifier
+
+    return UserAgents(), BotClassifier()
+
+
+def event_family(event: dict[str, Any]) -> str | None:
+    """The event's browser family: its enrichment columns' when it has them, else read from its user agent."""
+    if event.get("bot") is True:
+        return "bot"
+    family = event.get("browser_family")
+    if family is not None or event.get("bot") is False:
+        return family if family is not None else ("other" if event.get("user_agent") else None)
+    return user_agent_family(event.get("user_agent"))
 
 
 _AUTHORITY = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]{0,30}:)?//")
@@ -314,8 +331,21 @@ class Policy:
             if ip and not out.get("ip_hash"):
                 out["ip_hash"] = hash_address(ip)
             out["ip"] = None
-            out["user_agent"] = user_agent_family(event.get("user_agent"))
+            out["user_agent"] = event_family(event)
+            # Enrichment reduced these at ingest by the level then; a client whose level has since become stricter
+            # gets today's detail (docs/enrichment.md).
+            for name in _FINER_THAN[self.level]:
+                if out.get(name) is not None:
+                    out[name] = None
         return out
+
+
+# Enrichment columns a level does not keep (collector.enrich.enricher reduces them the same way at ingest).
+_FINER_THAN = {
+    "standard": (),
+    "gdpr": ("city",),
+    "hipaa": ("city", "region", "browser_version", "os_version"),
+}
 
 
 def address_hasher(secret: str, salt: str | None) -> Callable[[str], str]:

@@ -9,9 +9,21 @@ from typing import Any
 from aiohttp import web
 
 
-def site_config(client_id: str, privacy_level: str = "standard", *, ip_enabled: bool = True) -> dict[str, Any]:
-    """A config body shaped like pixel-management's, with the per-privacy-level defaults it documents."""
+def site_config(
+    client_id: str,
+    privacy_level: str = "standard",
+    *,
+    ip_enabled: bool = True,
+    features: dict[str, Any] | None = None,
+    consent: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A config body shaped like pixel-management's, with the per-privacy-level defaults it documents.
+
+    `features` the collector reads (docs/enrichment.md): `bots` ("flag" | "drop"), `bot_ip_exclusions` (CIDRs),
+    `cookieless` (bool); `consent` replaces the level's default {"required", "default_behavior"}.
+    """
     hashing = privacy_level in ("gdpr", "hipaa")
+    consent = consent or {"required": hashing, "default_behavior": "opt_out" if privacy_level == "gdpr" else "allow"}
     return {
         "client_id": client_id,
         "privacy_level": privacy_level,
@@ -20,8 +32,8 @@ def site_config(client_id: str, privacy_level: str = "standard", *, ip_enabled: 
             "hash_required": hashing,
             "salt": f"salt-{client_id}" if hashing else None,
         },
-        "consent": {"required": hashing, "default_behavior": "opt_out" if privacy_level == "gdpr" else "allow"},
-        "features": {},
+        "consent": consent,
+        "features": features or {},
         "deployment": {"type": "shared", "hostname": None},
     }
 

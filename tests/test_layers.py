@@ -15,6 +15,8 @@ UPWARD: dict[str, tuple[str, ...]] = {
     # Below the edge: nothing imports the HTTP layer or the composition root.
     "collector.ingest": (*TOP, *OPS, "pipeline"),
     "collector.storage": (*TOP, *OPS, "collector.ingest", "pipeline"),
+    # Enrichment sits between ingest (which hands it each request's policy) and storage (whose thread runs it).
+    "collector.enrich": (*TOP, *OPS, "collector.ingest", "pipeline"),
     "collector.ops": (*TOP, "pipeline"),
     # ...but the snapshot, which reads the whole running service (Services, the edge's stats included) for /metrics.
     "collector.ops.snapshot": ("collector.app", "collector.__main__"),

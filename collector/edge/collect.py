@@ -28,6 +28,7 @@ from collector.errors import (
 )
 from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.origins import host_of, origin_allowed
+from collector.ingest.proxies import SIGNAL_HEADERS, Signals
 from collector.ingest.service import Accepted, Ingest
 from collector.settings import Settings
 
@@ -66,7 +67,7 @@ class CollectEndpoint:
         function cost 2,500 instructions per request more (callgrind, as docs/performance.md measures)."""
         origin = None
         try:
-            content_type = content_length = user_agent = forwarded_for = encoding = referer = fetch_site = None
+            content_type = content_length = user_agent = forwarded_for = encoding = referer = fetch_site = hints = None
             for name, value in scope["headers"]:
                 if name == b"content-type":
                     content_type = value
@@ -84,6 +85,8 @@ class CollectEndpoint:
                     encoding = value
                 elif name == b"sec-fetch-site":
                     fetch_site = value
+                elif name in SIGNAL_HEADERS:  # Sec-GPC and a CDN's country: ingest reads them (proxies.py)
+                    hints = (*(hints or ()), (name, value))
             # Browsers send Origin on every cross-origin POST; an <img> pixel sends only (maybe) a Referer.
             site_host = host_of(origin) if origin is not None else None if referer is None else host_of(referer)
             # A page can hide both (referrerpolicy), not that a browser sent the request (Fetch Metadata): such a
@@ -93,7 +96,7 @@ class CollectEndpoint:
                 site_host = ""
             if (method := scope["method"]) != "POST":
                 return await self._not_post(method, scope, send, user_agent=user_agent, forwarded_for=forwarded_for,
-                                            site_host=site_host, origin=origin)  # fmt: skip
+                                            site_host=site_host, origin=origin, signals=hints)  # fmt: skip
             ingest = self.ingest
             try:
                 if content_type is not None and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES:
@@ -105,7 +108,7 @@ class CollectEndpoint:
             client = scope.get("client")
             accepted = await ingest.collect(
                 body, peer=client[0] if client else None, forwarded_for=forwarded_for, user_agent=user_agent,
-                origin=site_host,
+                origin=site_host, signals=hints,
             )  # fmt: skip
             body, cors = self._success(accepted, origin)
             await _send_json(send, self.success_status, body, cors)
@@ -129,11 +132,12 @@ class CollectEndpoint:
         forwarded_for: str | None,
         site_host: str | None,
         origin: bytes | None,
+        signals: Signals | None = None,
     ) -> int:
         """GET (the pixel), OPTIONS (the preflight), or 405: the header values the scan found, by name."""
         if method == "GET":
             return await self._pixel(
-                scope, send, user_agent=user_agent, forwarded_for=forwarded_for, site_host=site_host
+                scope, send, user_agent=user_agent, forwarded_for=forwarded_for, site_host=site_host, signals=signals
             )
         if method == "OPTIONS":
             return await self._preflight(origin, send)
@@ -174,7 +178,14 @@ class CollectEndpoint:
         return exc.status
 
     async def _pixel(
-        self, scope: Scope, send: Send, *, user_agent: str | None, forwarded_for: str | None, site_host: str | None
+        self,
+        scope: Scope,
+        send: Send,
+        *,
+        user_agent: str | None,
+        forwarded_for: str | None,
+        site_host: str | None,
+        signals: Signals | None = None,
     ) -> int:
         """GET /collect: always the GIF (an <img> cannot retry); a rejection is counted and named in a header."""
         query: bytes = scope.get("query_string", b"")
@@ -187,7 +198,7 @@ class CollectEndpoint:
                 raise
             await self.ingest.collect_payload(
                 payload, query, peer=client[0] if client else None, forwarded_for=forwarded_for,
-                user_agent=user_agent, origin=site_host,
+                user_agent=user_agent, origin=site_host, signals=signals,
             )  # fmt: skip
             outcome = (b"x-collector-status", b"accepted")
         except CollectorError as exc:

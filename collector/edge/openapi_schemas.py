@@ -54,7 +54,18 @@ SCHEMAS: dict[str, Any] = {
         "description": "One event, or `eventType: batch` with `events` (sub-events inherit the wrapper's fields)",
         "allOf": [
             ref("Event"),
-            {"type": "object", "properties": {"events": {"type": "array", "items": ref("Event"), "maxItems": 500}}},
+            {
+                "type": "object",
+                "properties": {
+                    "events": {"type": "array", "items": ref("Event"), "maxItems": 500},
+                    "consent": {
+                        "type": "object",
+                        "description": "The request's consent (docs/enrichment.md#consent); not on sub-events",
+                        "properties": {"analytics": {"type": "boolean"}, "marketing": {"type": "boolean"}},
+                    },
+                    "webdriver": {"type": "boolean", "description": "The browser is automated (the tracker sends it)"},
+                },
+            },
         ],
     },
     "Accepted": {

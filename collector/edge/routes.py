@@ -112,6 +112,7 @@ async def health(request: Request) -> JSONResponse:
             **(vars_of(services.storage.journal.stats) if services.storage.journal is not None else {}),
         },
         "authorization": {"source": services.authorizer.directory.describe(), **vars_of(services.authorizer.stats)},
+        "enrichment": {} if (e := services.enricher) is None else {**vars_of(e.stats), "bots": vars_of(e.bot_stats)},
         "events": accounting(services),
         "edge": {
             "preflights": dict(services.collect.preflights),
@@ -128,6 +129,8 @@ def accounting(services: Services) -> dict[str, Any]:
     ingest, storage, buffer = services.ingest, services.storage.stats, services.buffer
     rejected = dict(ingest.rejected)
     dropped = {"lost_on_close": buffer.stats.lost_on_close, "unstorable": storage.dropped_unstorable}
+    if services.enricher is not None:  # bot events their client's policy drops (docs/enrichment.md)
+        dropped["bot"] = services.enricher.bot_stats.dropped
     return {
         "received": ingest.accepted + sum(rejected.values()),
         "accepted": ingest.accepted,
@@ -211,11 +214,17 @@ async def events_count(request: Request) -> JSONResponse:
             metric: str = r["metric"]
             if metric.startswith("rejected:"):
                 day["rejected"][metric.removeprefix("rejected:")] = r["count"]
+            elif metric.startswith(("bot:", "dropped:bot:")):  # the enricher's (docs/enrichment.md)
+                kind = "bots" if metric.startswith("bot:") else "bots_dropped"
+                day.setdefault(kind, {})[metric.rsplit(":", 1)[1]] = r["count"]
             else:
                 day[metric] = r["count"]
         for day in days.values():
             day["received"] = day.get("accepted", 0) + sum(day["rejected"].values())
+            day["humans"] = day.get("stored", 0) - sum(day.setdefault("bots", {}).values())
         body["days"] = list(days.values())
+        body["humans"] = sum(day["humans"] for day in days.values())
+        body["bots"] = sum(sum(day["bots"].values()) for day in days.values())
     return JSONResponse(body)
 
 

@@ -2,7 +2,10 @@
  * URL comes from this script's own src, the site from data-site (default: the page's hostname). Events are queued,
  * sent in batches as text/plain (no CORS preflight) with fetch keepalive, or sendBeacon when the page is hidden;
  * failed fetches are retried with backoff (honouring Retry-After), each event carrying an eventId so that a
- * retry is deduplicated. API: window.collector.track(eventType, eventData), window.collector.flush(). */
+ * retry is deduplicated. API: window.collector.track(eventType, eventData), window.collector.flush(),
+ * window.collector.consent({analytics: true|false}). With data-consent="required" on the script tag nothing is written
+ * to localStorage or sessionStorage, and events carry no visitor or session id, until consent({analytics: true});
+ * until then they are sent as not consented, and counted without identifiers (docs/enrichment.md#consent). */
 (function (w, d) {
   "use strict";
   var script = d.currentScript;
@@ -25,7 +28,15 @@
     try { var v = store.getItem(key); if (!v) { v = uuid(); store.setItem(key, v); } return v; }
     catch (e) { return uuid(); } // storage blocked: ids last for this page only
   }
-  var visitorId = stored(w.localStorage, "_ca_vid"), sessionId = stored(w.sessionStorage, "_ca_sid");
+  // null: not decided (ids only outside data-consent="required"), true / false: what the visitor chose.
+  var required = script.getAttribute("data-consent") === "required", consented = null;
+  var visitorId, sessionId;
+  function identify() { visitorId = stored(w.localStorage, "_ca_vid"); sessionId = stored(w.sessionStorage, "_ca_sid"); }
+  function forget() {
+    visitorId = sessionId = undefined;
+    try { w.localStorage.removeItem("_ca_vid"); w.sessionStorage.removeItem("_ca_sid"); } catch (e) { /* blocked */ }
+  }
+  if (!required) identify();
   var size = function (s) { return new Blob([s]).size; };
 
   function track(eventType, eventData) {
@@ -39,7 +50,7 @@
 
   // The queued events as request bodies in the seed's batch shape, each under LIMIT bytes.
   function bodies(events) {
-    var out = [], part = [], used = 0, wrapper = 120 + site.length + visitorId.length + sessionId.length;
+    var out = [], part = [], used = 0, wrapper = 200 + site.length;
     events.forEach(function (e) {
       var n = size(JSON.stringify(e)) + 1;
       if (n + wrapper > LIMIT) return; // one event alone over the limit: the collector would refuse it anyway
@@ -47,8 +58,12 @@
       part.push(e); used += n;
     });
     if (part.length) out.push(part);
+    // The consent the events were tracked under: consent() flushes the queue before it changes.
+    var consent = consented === null ? (required ? { analytics: false } : undefined) : { analytics: consented };
+    var webdriver = navigator.webdriver === true || undefined; // automation (docs/enrichment.md#bots)
     return out.map(function (p) {
-      return JSON.stringify({ eventType: "batch", siteId: site, sessionId: sessionId, visitorId: visitorId, events: p });
+      return JSON.stringify({ eventType: "batch", siteId: site, sessionId: sessionId, visitorId: visitorId,
+                              consent: consent, webdriver: webdriver, events: p });
     });
   }
 
@@ -97,6 +112,14 @@
   d.addEventListener("visibilitychange", function () { if (d.visibilityState === "hidden") flush(true); });
   w.addEventListener("pagehide", function () { flush(true); });
 
-  w.collector = { track: track, flush: function () { flush(false); } };
+  // The visitor's choice from the site's consent banner: events queued so far go out under the previous state.
+  function consent(choice) {
+    var analytics = !!(choice && choice.analytics === true);
+    flush(false);
+    consented = analytics;
+    if (analytics) identify(); else forget();
+  }
+
+  w.collector = { track: track, flush: function () { flush(false); }, consent: consent };
   pageview();
 })(window, document);

@@ -28,7 +28,10 @@ EXTRA_FIELD = copyformat.INHERITED_COLUMNS.index("extra")
 
 MAX_EVENT_TYPE_CHARS = 100
 INHERITED = ("sessionId", "visitorId", "siteId", "url", "path", "referrer", "timestamp")
-KNOWN_FIELDS = frozenset(("eventType", "eventId", "eventData", "events", *INHERITED))
+# `consent` and `webdriver` are the request's (read by ingest: collector.ingest.consent, and the automation flag the
+# tracker sends), never stored as unknown fields.
+REQUEST_FIELDS = ("consent", "webdriver")
+KNOWN_FIELDS = frozenset(("eventType", "eventId", "eventData", "events", *INHERITED, *REQUEST_FIELDS))
 SIMPLE_FIELDS = frozenset(("eventType", "eventId", "eventData"))
 BATCH_FAST_FIELDS = frozenset(("eventType", "eventData"))
 # Longest accepted value per text field; longer ones reject the event rather than truncating it silently.
@@ -65,25 +68,35 @@ class RequestContext:
     client_id: str
     received_ns: int  # time.time_ns() when the request was read
     received: bytes  # the same, as an encoded timestamptz field
-    # site_id, client_id, user_agent, ip, ip_hash and received_at, encoded once for all the request's rows.
+    # site_id, client_id, user_agent, ip, ip_hash, consent, the enrichment columns as NULLs (filled on storage's
+    # thread: collector.enrich) and received_at, encoded once for all the request's rows.
     tail: bytes
+    user_agent: str | None  # cut to MAX_USER_AGENT_CHARS: what the enricher reads (the header may be 32 KiB)
 
     @classmethod
     def build(
-        cls, site_id: str, client_id: str, user_agent: str | None, ip: str | None, ip_hash: str | None
+        cls,
+        site_id: str,
+        client_id: str,
+        user_agent: str | None,
+        ip: str | None,
+        ip_hash: str | None,
+        consent: str = "unknown",
     ) -> RequestContext:
         received_ns = time.time_ns()
         received = copyformat.timestamp_ns(received_ns)
         if user_agent is not None and len(user_agent) > MAX_USER_AGENT_CHARS:
             user_agent = user_agent[:MAX_USER_AGENT_CHARS]  # real agents are ~100-300 characters
-        tail = _request_fields(site_id, client_id, user_agent, ip, ip_hash) + received
-        return cls(site_id, client_id, received_ns, received, tail)
+        tail = _request_fields(site_id, client_id, user_agent, ip, ip_hash, consent) + received
+        return cls(site_id, client_id, received_ns, received, tail, user_agent)
 
 
-# Keyed by (site, client, agent, ip, ip hash), each bounded (253, 128, MAX_USER_AGENT_CHARS, 45, 64 characters):
-# with the encoded value, at most ~4,096 x 3 KB = 12 MB.
+# Keyed by (site, client, agent, ip, ip hash, consent), each bounded (253, 128, MAX_USER_AGENT_CHARS, 45, 64, 7
+# characters): with the encoded value, at most ~4,096 x 3 KB = 12 MB.
 @lru_cache(maxsize=4096)
-def _request_fields(site_id: str, client_id: str, user_agent: str | None, ip: str | None, ip_hash: str | None) -> bytes:
+def _request_fields(
+    site_id: str, client_id: str, user_agent: str | None, ip: str | None, ip_hash: str | None, consent: str
+) -> bytes:
     """The per-request columns but the receive time, encoded; the same client sends many requests."""
     try:
         agent = copyformat.text(user_agent)
@@ -92,6 +105,7 @@ def _request_fields(site_id: str, client_id: str, user_agent: str | None, ip: st
     return b"".join((
         copyformat.text(site_id), copyformat.text(client_id), agent,
         copyformat.NULL if ip is None else copyformat.inet(ip), copyformat.text(ip_hash),
+        copyformat.text(consent), copyformat.ENRICH_NULLS,
     ))  # fmt: skip
 
 
@@ -252,6 +266,8 @@ class EventParser:
             middle = self._middle(event, is_batch, d, ctx)
         if is_batch and event_type == "batch":
             raise EventRejected("a batch may not contain another batch")
+        if is_batch and "consent" in event:
+            raise EventRejected("`consent` is the request's: set it once, on the batch wrapper")
         data = event.get("eventData")
         if data is None:
             data_head, data_json = copyformat.NULL, b""

@@ -14,14 +14,18 @@ from collector.errors import (
     WriteKeyMismatch,
 )
 from collector.ingest.auth import DomainAuthorizer
+from collector.ingest.consent import UNKNOWN, cookieless_id, scrub
+from collector.ingest.consent import state_of as consent_state
 from collector.ingest.events import EventParser, Rejection, RequestContext
 from collector.ingest.origins import within
 from collector.ingest.payload import parse_body
-from collector.ingest.proxies import client_ip
+from collector.ingest.proxies import Signals, client_ip, read_signals
 from collector.ingest.ratelimit import address_key, limiter
+from collector.ingest.sites import SiteConfig
 from collector.settings import Settings
 from collector.storage.accounting import Accounting
 from collector.storage.buffer import WriteBehindBuffer
+from collector.storage.salts import VisitorSalts
 
 # What one request's events came to: how many were accepted, for which client, when (Unix ns), and the
 # {"index", "error"} of each invalid one. A plain tuple: a NamedTuple cost 190 ns more per request.
@@ -33,7 +37,12 @@ class Ingest:
     bytes or a payload in, an Accepted result (or a counted CollectorError) out."""
 
     def __init__(
-        self, settings: Settings, authorizer: DomainAuthorizer, buffer: WriteBehindBuffer, accounting: Accounting
+        self,
+        settings: Settings,
+        authorizer: DomainAuthorizer,
+        buffer: WriteBehindBuffer,
+        accounting: Accounting,
+        salts: VisitorSalts | None = None,
     ) -> None:
         self.parser = EventParser(
             max_events_per_request=settings.max_events_per_request,
@@ -45,6 +54,7 @@ class Ingest:
         self.authorizer = authorizer
         self.buffer = buffer
         self.accounting = accounting
+        self.salts = salts  # the daily salts of cookieless visitor ids (None: no ids are derived)
         self.durable = settings.ack_mode == "durable"
         self._trusted = settings.trusted_proxies
         self.ip_limiter = limiter(settings.rate_limit_ip_per_s, settings.rate_limit_ip_burst)
@@ -60,11 +70,13 @@ class Ingest:
         forwarded_for: str | None,
         user_agent: str | None,
         origin: str | None = None,
+        signals: Signals | None = None,
     ) -> Accepted:
         """Store (or queue) the valid events of one request and say what was accepted; or raise a CollectorError.
 
         `origin` is the normalized host of the request's Origin (else Referer) header, "" when that header is
-        unusable, None when there is neither (a server-side sender, judged by siteId alone).
+        unusable, None when there is neither (a server-side sender, judged by siteId alone). `signals`: the
+        request's SIGNAL_HEADERS (Sec-GPC, a CDN's country), if it had any.
         """
         ip = self._admit(peer, forwarded_for)
         try:
@@ -72,7 +84,9 @@ class Ingest:
         except CollectorError as exc:
             self.refused(exc, body)
             raise
-        return await self._ingest(payload, body, ip, user_agent, origin)
+        if signals is None:
+            return await self._ingest(payload, body, ip, user_agent, origin)
+        return await self._ingest(payload, body, ip, user_agent, origin, read_signals(signals, peer, self._trusted))
 
     async def collect_payload(
         self,
@@ -85,13 +99,15 @@ class Ingest:
         origin: str | None = None,
         client_id: str | None = None,
         event_ip: str | None = None,
+        signals: Signals | None = None,
     ) -> Accepted:
         """collect() for a payload already built (the GET pixel's query, a protocol's mapped events); `sample` goes
         to dead letters. A front door with write keys names the key's `client_id`, which the site's must be; one
         whose messages name their user's address passes it as `event_ip` (stored under the site's IP rule; the
         rate limit still keys on the sender's)."""
         ip = self._admit(peer, forwarded_for)
-        return await self._ingest(payload, sample, event_ip or ip, user_agent, origin, client_id)
+        hints = (False, None) if signals is None else read_signals(signals, peer, self._trusted)
+        return await self._ingest(payload, sample, event_ip or ip, user_agent, origin, hints, client_id)
 
     def refused(self, exc: CollectorError, sample: Any) -> None:
         """Count a request refused before its events were known (and keep a sample of the sender's mistakes)."""
@@ -114,12 +130,14 @@ class Ingest:
         ip: str | None,
         user_agent: str | None,
         origin: str | None,
+        hints: tuple[bool, str | None] = (False, None),  # (Sec-GPC asked, a trusted CDN's country)
         client_id: str | None = None,
     ) -> Accepted:
         domain = None
         try:
             events = self.parser.events_of(payload)
             domain = self.parser.domain_of(payload, events)
+            state = consent_state(payload, hints[0]) if hints[0] or "consent" in payload else UNKNOWN
             site = await self.authorizer.authorize(domain)
             if client_id is not None and site.client_id != client_id:
                 raise WriteKeyMismatch(f"the write key is not one of the client that {domain} belongs to")
@@ -130,8 +148,7 @@ class Ingest:
             raise
         if origin is not None or self.site_limiter is not None:
             self._check_sender(origin, domain, site.client_id, len(events), sample)
-        ip, ip_hash = site.ip_columns(ip)
-        ctx = RequestContext.build(domain, site.client_id, user_agent, ip, ip_hash)
+        ctx = self._context(site, state, payload, events, domain, ip, user_agent)
         try:
             rows, rejections = self.parser.rows(payload, events, ctx)
         except CollectorError as exc:  # JSON nested too deep or a wrapper too big, found only while encoding
@@ -152,11 +169,13 @@ class Ingest:
                 "no event in the request is valid" if len(rejections) > 1 else rejections[0].error,
                 extra={"events_rejected": rejected},
             )
+        # What storage's enricher needs (collector.enrich.policy.EnrichRequest); the address is looked up, never stored.
+        enrich = (site.enrich, ctx.user_agent, ip, hints[1], payload.get("webdriver") is True)
         try:
             if self.durable:
-                stored = self.buffer.put_waiting(rows, site.client_id, size)
+                stored = self.buffer.put_waiting(rows, site.client_id, size, enrich)
             else:
-                self.buffer.put(rows, site.client_id, size)  # counted once, for the per-request bound above
+                self.buffer.put(rows, site.client_id, size, enrich)  # counted once, for the per-request bound above
         except CollectorError as exc:
             self.rejected[exc.error] += len(rows)
             self.accounting.count(site.client_id, f"rejected:{exc.error}", len(rows))
@@ -166,6 +185,31 @@ class Ingest:
         if self.durable:
             await stored  # a failure here was counted by the buffer as lost, and answers 503
         return len(rows), site.client_id, ctx.received_ns, rejected
+
+    def _context(
+        self,
+        site: SiteConfig,
+        state: str,
+        payload: dict[str, Any],
+        events: list[Any],
+        domain: str,
+        ip: str | None,
+        user_agent: str | None,
+    ) -> RequestContext:
+        """The request's encoded columns, after removing what its consent state does not allow (and deriving a
+        cookieless visitor id where the client asks for one): the address is stored only with consent."""
+        policy = site.consent
+        if state != UNKNOWN or not policy.plain:
+            allowed = policy.allows(state)
+            if derive := policy.derives(allowed):
+                salt = self.salts.today() if self.salts is not None else None
+                visitor = cookieless_id(salt, domain, ip, user_agent) if salt is not None and ip is not None else None
+            if not allowed or derive:
+                scrub(payload, events, keep_session=allowed, visitor=visitor if derive else None)
+            if not allowed:
+                ip = None
+        ip_column, ip_hash = site.ip_columns(ip)
+        return RequestContext.build(domain, site.client_id, user_agent, ip_column, ip_hash, state)
 
     def _count_rejections(
         self, rejections: list[Rejection], events: list[Any], client_id: str, domain: str

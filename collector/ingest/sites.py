@@ -10,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from collector.enrich.policy import EnrichPolicy, InvalidPolicy
+from collector.ingest.consent import ConsentPolicy, InvalidConsentConfig
+
 # Re-exported for whoever imported it here; Settings owns it (Settings.hash_secret falls back to it).
 from collector.settings import DEV_IP_HASH_SECRET as DEV_IP_HASH_SECRET
 
@@ -92,6 +95,8 @@ class SiteConfig:
     ip_mode: IpMode
     hash_key: bytes | None
     config: dict[str, Any]
+    enrich: EnrichPolicy  # features.bots, features.bot_ip_exclusions (collector.enrich.policy)
+    consent: ConsentPolicy  # consent.default_behavior, features.cookieless (collector.ingest.consent)
 
     @classmethod
     def from_config(cls, config: Any, ip_hash_secret: str) -> SiteConfig:
@@ -119,7 +124,12 @@ class SiteConfig:
         if not isinstance(salt, str):
             raise InvalidSiteConfig("ip_collection.salt is not a string")
         key = (ip_hash_secret + salt).encode() if mode == "hash" else None
-        return cls(client_id, privacy, mode, key, config)
+        try:
+            enrich = EnrichPolicy.from_config(client_id, privacy, config.get("features"))
+            consent = ConsentPolicy.from_config(config, privacy)
+        except (InvalidPolicy, InvalidConsentConfig) as exc:
+            raise InvalidSiteConfig(str(exc)) from None
+        return cls(client_id, privacy, mode, key, config, enrich, consent)
 
     def ip_columns(self, ip: str | None) -> tuple[str | None, str | None]:
         """The (ip, ip_hash) pair to store for a client address under this client's policy."""

@@ -115,6 +115,20 @@ class Metrics:
             "journal_adopted": counter(
                 "collector_journal_adopted_segments_total", "Journal segments taken over from dead workers"
             ),
+            "enriched_requests": counter(
+                "collector_enriched_requests_total",
+                "Requests whose rows storage's thread enriched (docs/enrichment.md)",
+            ),
+            "enrich_misses": counter(
+                "collector_enrich_cache_misses_total",
+                "User agents parsed and addresses looked up (cache misses)",
+                ("cache",),
+            ),
+            "bot_events": counter(
+                "collector_bot_events_total",
+                "Bot events stored flagged, or dropped by their client's policy, by reason",
+                ("action", "reason"),
+            ),
             "preflights": counter("collector_cors_preflights_total", "CORS preflights answered", ("result",)),
             "auth_hits": counter("collector_auth_cache_hits_total", "Authorizations answered from a fresh cache entry"),
             "auth_misses": counter("collector_auth_cache_misses_total", "Authorizations that needed a lookup"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from collector.edge.protocol import EdgeStats
+from collector.enrich.enricher import BotStats, EnricherStats
 from collector.ingest.auth import AuthStats
 from collector.ops.metrics import Snapshot
 from collector.storage.buffer import BufferStats
@@ -41,6 +42,12 @@ STATS_COUNTERS: dict[type[Any], dict[str, tuple[str, tuple[str, ...]]]] = {
         "adopted_segments": ("journal_adopted", ()),
     },
     EdgeStats: {reason: ("edge_refused", (reason,)) for reason in EdgeStats.__slots__},
+    EnricherStats: {
+        "requests": ("enriched_requests", ()), "agent_misses": ("enrich_misses", ("agent",)),
+        "place_misses": ("enrich_misses", ("place",)),
+    },
+    # flagged_crawler → collector_bot_events_total{action="flagged", reason="crawler"}
+    BotStats: {name: ("bot_events", tuple(name.split("_", 1))) for name in BotStats.__slots__},
 }  # fmt: skip
 
 
@@ -127,4 +134,6 @@ def stats_objects(services: Services) -> list[Any]:
     found: list[Any] = [services.authorizer.stats, services.storage.stats, services.buffer.stats, services.edge.stats]
     if services.storage.journal is not None:
         found.append(services.storage.journal.stats)
+    if services.enricher is not None:
+        found += [services.enricher.stats, services.enricher.bot_stats]
     return found

@@ -83,6 +83,12 @@ class Accounting:
     def count(self, client_id: str, metric: str, n: int) -> None:
         self.counts[(datetime.now(UTC).date(), client_id, metric)] += n
 
+    def add_counts(self, counts: Counter[tuple[str, str]]) -> None:
+        """Add rows per (client, metric) counted elsewhere (the enricher's bot counts, once per batch)."""
+        today = datetime.now(UTC).date()
+        for (client_id, metric), n in counts.items():
+            self.counts[(today, client_id, metric)] += n
+
     def reject(
         self, reason: str, client_id: str | None, domain: str | None, detail: str, payload: Any, n: int = 1
     ) -> None:

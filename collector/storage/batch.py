@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,10 @@ class Batch:
     # A durable request waits on it: while PostgreSQL fails, journal it at once rather than hold it in memory.
     # Not part of the journal record: a replayed batch has no one waiting.
     urgent: bool = False
+    # (rows, what enrichment needs) per request, in row order (collector.enrich): the raw user agent and address,
+    # used on storage's thread before the rows are committed or journaled, then dropped. Not part of the journal
+    # record either: journaled rows are already enriched. Typed Any here: storage's floor does not know its shape.
+    requests: Sequence[tuple[int, Any]] = ()
 
 
 @dataclass(slots=True)

@@ -37,6 +37,7 @@ class _Item:
     size: int  # bytes of the rows
     client_id: str | None
     done: asyncio.Future[None] | None  # set once the rows are stored
+    enrich: object = None  # what storage's enricher needs of the request (collector.enrich.policy.EnrichRequest)
 
 
 @dataclass(slots=True)
@@ -116,15 +117,18 @@ class WriteBehindBuffer:
         """Start the flush task (on the running loop)."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="flusher")
 
-    def put(self, rows: Sequence[Row], client_id: str | None, size: int | None = None) -> None:
-        """Queue a request's rows (`size`: their bytes, when the caller has counted them already); raise BufferFull
-        or ShuttingDown (both 503) when they cannot be kept."""
-        self._enqueue(rows, client_id, None, size)
+    def put(self, rows: Sequence[Row], client_id: str | None, size: int | None = None, enrich: object = None) -> None:
+        """Queue a request's rows (`size`: their bytes, when the caller has counted them already; `enrich`: what
+        storage's enricher needs of the request); raise BufferFull or ShuttingDown (both 503) when they cannot be
+        kept."""
+        self._enqueue(rows, client_id, None, size, enrich)
 
-    def put_waiting(self, rows: Sequence[Row], client_id: str | None, size: int | None = None) -> asyncio.Future[None]:
+    def put_waiting(
+        self, rows: Sequence[Row], client_id: str | None, size: int | None = None, enrich: object = None
+    ) -> asyncio.Future[None]:
         """Queue rows (or raise, like put) and return a future set once they are committed or journaled."""
         done = asyncio.get_running_loop().create_future()
-        self._enqueue(rows, client_id, done, size)
+        self._enqueue(rows, client_id, done, size, enrich)
         return done
 
     async def drain(self) -> None:
@@ -142,6 +146,7 @@ class WriteBehindBuffer:
         client_id: str | None,
         done: asyncio.Future[None] | None,
         size: int | None,
+        enrich: object = None,
         force: bool = False,
     ) -> None:
         n = len(rows)
@@ -157,7 +162,7 @@ class WriteBehindBuffer:
                 f" ({self.max_bytes} bytes); send again shortly"
             )
         queue = self._queue
-        queue.append(_Item(rows, size, client_id, done))
+        queue.append(_Item(rows, size, client_id, done, enrich))
         self._depth = depth
         self._bytes = held
         self._queued += n
@@ -284,16 +289,18 @@ class WriteBehindBuffer:
     async def _write(self, items: list[_Item]) -> None:
         rows: list[Row] = []
         clients: dict[str, int] = {}
+        requests: list[tuple[int, object]] = []
         urgent = False
         for item in items:
             rows.extend(item.rows)
+            requests.append((len(item.rows), item.enrich))
             if item.rows and item.client_id is not None:
                 clients[item.client_id] = clients.get(item.client_id, 0) + len(item.rows)
             urgent = urgent or item.done is not None
         self._publish_spill()
         if rows:
             started = time.perf_counter()
-            await self._sink.write(Batch(os.urandom(16), rows, clients, urgent))
+            await self._sink.write(Batch(os.urandom(16), rows, clients, urgent, requests))
             elapsed = time.perf_counter() - started
             self.stats.batches += 1
             self.stats.rows += len(rows)

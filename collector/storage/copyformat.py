@@ -21,17 +21,27 @@ from functools import lru_cache
 # Column order of every record; chosen so that per-event fields come first and the per-request ones last.
 EVENT_COLUMNS = ("event_id", "event_type", "event_data")
 INHERITED_COLUMNS = ("session_id", "visitor_id", "url", "path", "referrer", "event_timestamp", "extra")
-REQUEST_COLUMNS = ("site_id", "client_id", "user_agent", "ip", "ip_hash", "received_at")
-COLUMNS = EVENT_COLUMNS + INHERITED_COLUMNS + REQUEST_COLUMNS
+REQUEST_COLUMNS = ("site_id", "client_id", "user_agent", "ip", "ip_hash", "consent")
+# Filled off the request loop, on storage's thread (collector.enrich): ingest encodes them as NULLs (ENRICH_NULLS),
+# and the enricher replaces that fixed run of NULLs, which ends just before received_at, with the request's values.
+ENRICH_COLUMNS = (
+    "bot", "bot_reason", "browser_family", "browser_version", "os_family", "os_version", "device_type",
+    "country", "region", "city",
+)  # fmt: skip
+# received_at last: it is never NULL, so every row ends in its fixed 12 bytes (RECEIVED_BYTES), and the per-request
+# columns before it are one cached piece (the receive time changes with every request).
+COLUMNS = EVENT_COLUMNS + INHERITED_COLUMNS + REQUEST_COLUMNS + ENRICH_COLUMNS + ("received_at",)
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 ROW_START = struct.pack(">h", len(COLUMNS))
 NULL = struct.pack(">i", -1)
+ENRICH_NULLS = NULL * len(ENRICH_COLUMNS)
 UUID_LENGTH = struct.pack(">i", 16)
 # What starts every row: its field count, then the event id's length (the id itself follows).
 ROW_START_AND_UUID_LENGTH = ROW_START + UUID_LENGTH
 TIMESTAMP_LENGTH = struct.pack(">i", 8)
+RECEIVED_BYTES = len(TIMESTAMP_LENGTH) + 8
 JSONB_VERSION = b"\x01"
 
 _length = struct.Struct(">i").pack
@@ -64,6 +74,23 @@ def text(value: str | None) -> bytes:
 # characters, key and encoded value) and the cache ~14 MB (~4 MB for ASCII text). Longer ones are rarely repeated.
 MAX_CACHED_TEXT_CHARS = 64
 cached_text = lru_cache(maxsize=16384)(text)
+
+
+def boolean(value: bool | None) -> bytes:
+    """A boolean field."""
+    if value is None:
+        return NULL
+    return b"\x00\x00\x00\x01\x01" if value else b"\x00\x00\x00\x01\x00"
+
+
+def upgrade(row: bytes) -> bytes:
+    """A record of an older release (fewer columns: a journal written before an upgrade) with NULLs for the columns
+    it lacks, so that it replays into today's COPY column list. New columns only ever go before received_at, which
+    ends every record."""
+    count: int = struct.unpack_from(">h", row)[0]
+    if count >= len(COLUMNS):
+        return row
+    return ROW_START + row[2:-RECEIVED_BYTES] + NULL * (len(COLUMNS) - count) + row[-RECEIVED_BYTES:]
 
 
 def timestamp(value: datetime) -> bytes:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import orjson
 
+from collector.storage import copyformat
 from collector.storage.batch import Batch
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def _decode_body(body: bytes) -> Batch:
     rows = []
     offset += 4 + 4 * count
     for length in lengths:
-        rows.append(body[offset : offset + length])
+        # A segment an older release wrote replays into today's columns (NULL for those it did not have).
+        rows.append(copyformat.upgrade(body[offset : offset + length]))
         offset += length
     if offset != len(body):
         raise ValueError("row lengths do not add up to the record")

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -68,10 +68,13 @@ class Storage:
         retry_initial_s: float,
         retry_max_s: float,
         flow: Flow | None = None,
+        enrich: Callable[[Batch], Batch] | None = None,
     ) -> None:
         if not writers:
             raise ValueError("Storage needs at least one writer")
         self._writers = tuple(writers)
+        # Fills each batch's enrichment columns on this thread before it is stored (collector.enrich.Enricher.apply).
+        self._enrich = enrich
         self._journal_args = (journal_dir, journal_max_bytes, journal_segment_bytes)
         self.journal: Journal | None = None
         self.flow = Flow() if flow is None else flow
@@ -142,6 +145,13 @@ class Storage:
             self._free.put_nowait(writer)
 
     async def _write(self, batch: Batch) -> None:
+        if self._enrich is not None:
+            try:
+                batch = self._enrich(batch)
+            except Exception:  # a bug: the rows are kept without enrichment rather than lost
+                logger.exception("Enrichment failed; storing %d events without it", len(batch.rows))
+            if not batch.rows:  # every row was a bot's that its client drops (counted by the enricher)
+                return
         async with self._turn() as writer:
             await self.store(batch, writer)
 

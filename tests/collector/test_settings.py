@@ -289,3 +289,14 @@ def test_parquet_without_pyarrow_stops_the_start_with_the_extra_to_install(monke
         Settings.from_env({"EXPORT_FORMAT": "parquet"})
     assert Settings.from_env({"EXPORT_FORMAT": "parquet", "ROLE": "ingest"}).role == "ingest"
     assert Settings.from_env({"EXPORT_FORMAT": "json"}).export_format == "json"
+
+
+def test_a_geoip_database_that_is_not_a_file_stops_the_start(tmp_path: Any) -> None:
+    """GEOIP_DATABASE must name a file where /collect is served; a pipeline-only process does not open it."""
+    with pytest.raises(SettingsError, match="GEOIP_DATABASE"):
+        Settings.from_env({"GEOIP_DATABASE": str(tmp_path / "missing.mmdb")})
+    assert Settings.from_env({"GEOIP_DATABASE": str(tmp_path / "missing.mmdb"), "ROLE": "pipeline"}).role == "pipeline"
+    (tmp_path / "city.mmdb").write_bytes(b"")
+    assert Settings.from_env({"GEOIP_DATABASE": str(tmp_path / "city.mmdb")}).geoip_database == str(
+        tmp_path / "city.mmdb"
+    )

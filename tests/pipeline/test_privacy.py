@@ -179,3 +179,22 @@ def test_strings_stay_bounded_when_markers_outgrow_what_they_replace() -> None:
     """A value of many short matches (`hiv hiv ...`) is still cut to MAX_STRING_CHARS after redaction."""
     out = Policy.for_level("hipaa").clean_text("hiv " * 300)
     assert "hiv" not in out and len(out) <= MAX_STRING_CHARS + len(TRUNCATED)
+
+
+@pytest.mark.parametrize(
+    ("level", "kept"),
+    [
+        ("standard", {"city": "Berlin", "region": "BE", "browser_version": "131", "os_version": "10"}),
+        ("gdpr", {"city": None, "region": "BE", "browser_version": "131", "os_version": "10"}),
+        ("hipaa", {"city": None, "region": None, "browser_version": None, "os_version": None}),
+    ],
+)
+def test_processing_keeps_the_enrichment_detail_of_todays_level(level: str, kept: dict[str, Any]) -> None:
+    """A row enriched under a laxer level loses what the client's level now leaves out; the family stays."""
+    event = {
+        "user_agent": "Mozilla/5.0 Chrome/131.0", "bot": False, "browser_family": "Chrome", "country": "DE",
+        **{"city": "Berlin", "region": "BE", "browser_version": "131", "os_version": "10"},
+    }  # fmt: skip
+    out = Policy.for_level(level).apply(event, address_hasher("secret", "salt"))
+    assert {name: out[name] for name in kept} == kept and out["country"] == "DE"
+    assert out["user_agent"] == ("Chrome" if level != "standard" else event["user_agent"])
