@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, NoReturn
 
 from collector.errors import (
     CollectorError,
@@ -156,13 +156,7 @@ class Ingest:
             self.accounting.reject(exc.error, site.client_id, domain, exc.detail, sample)
             raise
         if (size := sum(map(len, rows))) > self.max_request_row_bytes:
-            too_large = RequestRowsTooLarge(
-                f"the request's {len(rows)} event(s) would add {size} bytes to storage;"
-                f" at most {self.max_request_row_bytes} are accepted per request"
-            )
-            self.rejected[too_large.error] += len(events)
-            self.accounting.reject(too_large.error, site.client_id, domain, too_large.detail, sample, n=len(events))
-            raise too_large
+            self._too_large(size, len(rows), len(events), site.client_id, domain, sample)
         rejected = self._count_rejections(rejections, events, site.client_id, domain) if rejections else []
         if not rows:
             raise InvalidEvent(
@@ -185,6 +179,16 @@ class Ingest:
         if self.durable:
             await stored  # a failure here was counted by the buffer as lost, and answers 503
         return len(rows), site.client_id, ctx.received_ns, rejected
+
+    def _too_large(self, size: int, rows: int, events: int, client_id: str, domain: str, sample: Any) -> NoReturn:
+        """Refuse (and count) a request whose rows would take more than MAX_REQUEST_ROW_BYTES of storage."""
+        too_large = RequestRowsTooLarge(
+            f"the request's {rows} event(s) would add {size} bytes to storage;"
+            f" at most {self.max_request_row_bytes} are accepted per request"
+        )
+        self.rejected[too_large.error] += events
+        self.accounting.reject(too_large.error, client_id, domain, too_large.detail, sample, n=events)
+        raise too_large
 
     def _context(
         self,
