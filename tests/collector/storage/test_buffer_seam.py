@@ -362,23 +362,43 @@ async def test_with_concurrency_two_a_backlog_starts_a_second_flush_while_the_fi
     assert buffer.depth == 0 and buffer.bytes == 0 and buffer.stats.rows == 6
 
 
-async def test_durable_requests_behind_a_commit_share_the_next_one(make_buffer: MakeBuffer) -> None:
-    """Without a backlog a second connection is not used: durable requests wait for the commit in flight and all
-    go in the next one (group commit), however many connections there are."""
+async def test_durable_requests_take_a_free_connection_then_share_the_next_commit(make_buffer: MakeBuffer) -> None:
+    """Concurrency two: a durable request beside a commit in flight goes out at once on the free connection; once
+    both are busy, the durable requests that come meanwhile all share the next commit (group commit)."""
     sink = SlotSink()
     buffer = make_buffer(sink, concurrency=2)
     await buffer.start()
     first = buffer.put_waiting([b"a"], "client_a")
     await settle()
-    later = [buffer.put_waiting([tag], "client_a") for tag in (b"b", b"c")]
+    second = buffer.put_waiting([b"b"], "client_a")
     await settle()
-    assert [list(b.rows) for b in sink.started] == [[b"a"]]
+    later = [buffer.put_waiting([tag], "client_a") for tag in (b"c", b"d")]
+    await settle()
+    assert [list(b.rows) for b in sink.started] == [[b"a"], [b"b"]]
     sink.open(b"a")
     await first
     await settle()
-    assert [list(b.rows) for b in sink.started][1:] == [[b"b", b"c"]], "one commit for both"
+    assert [list(b.rows) for b in sink.started][2:] == [[b"c", b"d"]], "one commit for both"
     sink.open(b"b")
-    await asyncio.gather(*later)
+    sink.open(b"c")
+    await asyncio.gather(second, *later)
+
+
+async def test_a_buffered_trickle_beside_a_flush_waits_for_the_interval(make_buffer: MakeBuffer) -> None:
+    """Concurrency two: buffered events below FLUSH_MAX_EVENTS beside a flush in flight do not take the second
+    connection; they wait, and go in one COPY once the flush in flight has ended and drain asks for them."""
+    sink = SlotSink()
+    buffer = make_buffer(sink, concurrency=2, flush_max_events=2)
+    await buffer.start()
+    buffer.put(rows(2, b"a"), "client_a")
+    await settle()
+    buffer.put([b"t0"], "client_a")
+    await settle()
+    assert [b.rows[0] for b in sink.started] == [b"a0"], "one event is no backlog"
+    sink.open(b"a0")
+    sink.open(b"t0")
+    await buffer.drain()
+    assert [list(b.rows) for b in sink.batches] == [[b"a0", b"a1"], [b"t0"]]
 
 
 async def test_drain_waits_for_flushes_already_in_flight(make_buffer: MakeBuffer) -> None:
