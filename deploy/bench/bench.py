@@ -19,6 +19,7 @@ and bytes of WAL PostgreSQL wrote per event (pg_current_wal_lsn before and after
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import math
@@ -71,6 +72,8 @@ TARGET_DURABLE = 0.80
 TARGET_P99_C8_MS = 10.0
 TARGET_IDLE_RSS_MB = 200.0
 TARGET_STALLED_RSS_MB = 300.0
+# A front door's events/s against /collect's for the same events (issue 18: a per-event cost within 15 %).
+TARGET_DOOR = 1 / 1.15
 
 
 class BenchError(Exception):
@@ -90,10 +93,20 @@ class Scenario:
     workers: int = 1
     connections: int = 64
     stalled: bool = False  # events_log locked during the load
+    door: str = ""  # a front door's cell (segment, snowplow, plausible: docs/protocols.md) instead of /collect
 
     @property
     def events_per_request(self) -> int:
         return self.batch_size if self.batch else 1
+
+    @property
+    def payload(self) -> str:
+        """The key of its body in Bench.payload_files."""
+        return f"{self.door or 'collect'}-{self.events_per_request}"
+
+    @property
+    def path(self) -> str:
+        return DOOR_PATHS[self.door]
 
     @property
     def server_cpus(self) -> str:
@@ -119,9 +132,48 @@ SCENARIOS = [
     Scenario("bare-batch100", bare=True, batch=True, batch_size=100),
     Scenario("batch100-buffered", batch=True, batch_size=100),
     Scenario("batch100-durable", batch=True, batch_size=100, ack_mode="durable"),
+    Scenario("segment-batch20", batch=True, door="segment"),
+    Scenario("snowplow-batch20", batch=True, door="snowplow"),
+    Scenario("plausible-single", door="plausible"),
     Scenario("latency-c8", connections=8),
     Scenario("stalled-storage", batch=True, stalled=True),
 ]
+
+
+# The front doors' cells (issue 18): the same events as batch20 / single, in each protocol's own shape, without
+# message ids (the collector makes them, as for /collect's cells: repeated ids would be deduplicated). Segment's
+# write key authorizes "localhost" through the domains file the bench writes (DOMAINS_FILE).
+WRITE_KEY = "wkBenchWriteKey01"
+DOOR_PATHS = {
+    "": "/collect", "segment": "/v1/batch", "snowplow": "/com.snowplowanalytics.snowplow/tp2",
+    "plausible": "/api/event",
+}  # fmt: skip
+DOOR_HEADERS = {"segment": "Authorization: Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
+PAGE = "https://localhost/products/42"
+
+
+def door_payloads() -> dict[str, dict[str, object]]:
+    kinds = [("click", "element"), ("scroll", "depth"), ("form_focus", "field")]
+    segment = {
+        "batch": [
+            {"type": "track", "event": kinds[i % 3][0], "anonymousId": "vis_xyz789",
+             "properties": {kinds[i % 3][1]: f"v{i}"}, "context": {"page": {"url": PAGE, "path": "/products/42"}},
+             "timestamp": "2025-07-11T12:00:00.000Z"}
+            for i in range(BATCH_SIZE)
+        ],
+        "sentAt": "2025-07-11T12:00:00.100Z",
+    }  # fmt: skip
+    snowplow = {
+        "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+        "data": [
+            {"e": "se", "aid": "localhost", "url": PAGE, "duid": "vis_xyz789", "se_ca": "ui",
+             "se_ac": kinds[i % 3][0], "se_la": f"v{i}", "dtm": "1752235200000", "stm": "1752235200100", "p": "web",
+             "tv": "py-1.1.0"}
+            for i in range(BATCH_SIZE)
+        ],
+    }  # fmt: skip
+    plausible = {"name": "pageview", "url": PAGE, "domain": "localhost", "referrer": "https://google.com/"}
+    return {f"segment-{BATCH_SIZE}": segment, f"snowplow-{BATCH_SIZE}": snowplow, "plausible-1": plausible}
 
 
 def single_payload() -> dict[str, object]:
@@ -448,7 +500,7 @@ class Bench:
     config: Config
     database_url: str | None
     processes: Processes
-    payload_files: dict[int, Path]  # by events per request
+    payload_files: dict[str, Path]  # by Scenario.payload
     log_dir: Path
 
     def server_command(self, scenario: Scenario) -> tuple[list[str], dict[str, str]]:
@@ -464,6 +516,7 @@ class Bench:
             DATA_DIR=str(WORK_DIR),
             WORKERS=str(scenario.workers),
             ACK_MODE=scenario.ack_mode,
+            AUTHORIZED_DOMAINS_FILE=str(WORK_DIR / DOMAINS_FILE),
         )
         if scenario.stalled:
             env["BUFFER_MAX_EVENTS"] = "100000"  # the default, whatever the caller's environment says
@@ -513,8 +566,8 @@ class Bench:
         argv = [
             "taskset", "-c", scenario.wrk_cpus, "wrk", f"-t{min(WRK_THREADS, scenario.connections)}",
             f"-c{scenario.connections}", f"-d{wrk_seconds}s", f"--timeout={WRK_TIMEOUT}", "-s", str(LUA_SCRIPT),
-            f"http://127.0.0.1:{port}/collect", "--", str(self.payload_files[scenario.events_per_request]),
-            f"{window:.3f}",
+            f"http://127.0.0.1:{port}{scenario.path}", "--", str(self.payload_files[scenario.payload]),
+            f"{window:.3f}", DOOR_HEADERS.get(scenario.door, ""),
         ]  # fmt: skip
         wal_before = await self.wal_lsn() if not scenario.bare else None
         pg_before = postgres_ticks()
@@ -709,6 +762,12 @@ RATIOS = [
      "batch100-buffered", "events_per_s", "bare-batch100", "rps", 100, TARGET_BATCH),
     ("batch100-durable / batch100-buffered events/s",
      "batch100-durable", "events_per_s", "batch100-buffered", "events_per_s", 1, TARGET_DURABLE),
+    ("segment-batch20 / batch20-buffered events/s (the same events)",
+     "segment-batch20", "events_per_s", "batch20-buffered", "events_per_s", 1, TARGET_DOOR),
+    ("snowplow-batch20 / batch20-buffered events/s (the same events)",
+     "snowplow-batch20", "events_per_s", "batch20-buffered", "events_per_s", 1, TARGET_DOOR),
+    ("plausible-single / single-buffered events/s (the same events)",
+     "plausible-single", "events_per_s", "single-buffered", "events_per_s", 1, TARGET_DOOR),
     ("single-buffered-w2 req/s / bare-single req/s (w2 on 2 CPUs shared with wrk)",
      "single-buffered-w2", "rps", "bare-single", "rps", 1, TARGET_SINGLE),
     ("batch20-buffered-w2 events/s / (bare-batch20 req/s x 20) (w2 on 2 CPUs shared with wrk)",
@@ -759,6 +818,16 @@ def ratio_lines(cells: list[Cell], runs: list[list[Cell]]) -> list[str]:
             shown += f" (median of runs {', '.join(f'{v:.2f}' for v in present)}; spread {spread:.2f})"
         lines.append(f"- {label}: {shown} (target >= {target:.2f}) {verdict(value, target, at_least=True)}")
 
+    # A front door's CPU per event against /collect's for the same events: the issue's per-event cost.
+    for door, base in (("segment-batch20", "batch20-buffered"), ("snowplow-batch20", "batch20-buffered"),
+                       ("plausible-single", "single-buffered")):  # fmt: skip
+        per_run = [ratio(run, door, "cpu_s_per_m", base, "cpu_s_per_m", 1) for run in runs]
+        present = [value for value in per_run if not math.isnan(value)]
+        value = statistics.median(present) if present else math.nan
+        shown = "-" if math.isnan(value) else f"{value:.2f} ({', '.join(f'{v:.2f}' for v in present)})"
+        lines.append(
+            f"- {door} CPU per event / {base}'s: **{shown}** (target <= 1.15) {verdict(value, 1.15, at_least=False)}"
+        )
     lines.append(
         limit("p99 latency at 8 connections (latency-c8)", get("latency-c8", "p99_ms"), TARGET_P99_C8_MS, "ms")
     )
@@ -841,12 +910,20 @@ def wrk_version() -> str:
     return out.split()[1] if out.startswith("wrk ") else "?"
 
 
-def write_payloads(directory: Path) -> dict[int, Path]:
-    files = {1: directory / "single.json"}
-    files[1].write_bytes(orjson.dumps(single_payload()))
+DOMAINS_FILE = "domains.json"
+
+
+def write_payloads(directory: Path) -> dict[str, Path]:
+    bodies: dict[str, dict[str, object]] = {"collect-1": single_payload(), **door_payloads()}
     for size in (BATCH_SIZE, 100):
-        files[size] = directory / f"batch{size}.json"
-        files[size].write_bytes(orjson.dumps(batch_payload(size)))
+        bodies[f"collect-{size}"] = batch_payload(size)
+    files = {}
+    for key, body in bodies.items():
+        files[key] = directory / f"{key}.json"
+        files[key].write_bytes(orjson.dumps(body))
+    # "localhost" as the development defaults have it, plus the Segment cell's write key.
+    domains = {"localhost": {"client_id": "client_local_dev", "write_keys": [WRITE_KEY]}}
+    (directory / DOMAINS_FILE).write_bytes(orjson.dumps(domains))
     return files
 
 

@@ -1,7 +1,7 @@
 -- wrk script for `make bench`: POST one fixed JSON body over and over, count answers by status,
 -- and stop sending once the measured window is over.
 --
---   wrk ... -s collect.lua http://127.0.0.1:PORT/collect -- BODY_FILE WINDOW_SECONDS
+--   wrk ... -s collect.lua http://127.0.0.1:PORT/collect -- BODY_FILE WINDOW_SECONDS ["Header: value"]
 --
 -- Why the window: when wrk's -d runs out it drops the requests still in flight, so the server may
 -- have kept events whose 2xx wrk never read, and "acked == stored" could never be exact. Here every
@@ -46,6 +46,11 @@ function init(args)
   file:close()
   wrk.headers["Content-Type"] = "application/json"
   window = assert(tonumber(args[2]), "WINDOW_SECONDS missing")
+  -- An optional "Name: value" header (a front door's credentials, e.g. Segment's Basic write key).
+  local name, value = string.match(args[3] or "", "^([^:]+):%s*(.+)$")
+  if name then
+    wrk.headers[name] = value
+  end
   deadline = now() + window
 end
 
