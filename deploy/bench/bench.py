@@ -7,8 +7,10 @@ difference fails the run (exit status 1). The table (requests/s, events/s, p50/p
 stored, non-2xx) and the ratios against the ceiling are printed, and written as Markdown to BENCH_OUTPUT if set.
 
 Environment: BENCH_DURATION (10s), BENCH_SCENARIOS (comma-separated names, default all), BENCH_RUNS (1; with more,
-the median per cell is printed too), BENCH_OUTPUT (Markdown file), BENCH_DATABASE_URL or DATABASE_URL (an external
-PostgreSQL, e.g. the system's with stock settings; else one embedded PostgreSQL for the whole run). Other collector
+the median per cell is printed too), BENCH_OUTPUT (Markdown file), BENCH_RATE (requests/s offered per cell, paced
+by collect.lua; unset: as fast as the server answers, as the ratios are measured), BENCH_DATABASE_URL or
+DATABASE_URL (an external PostgreSQL, e.g. the system's with stock settings; else one embedded PostgreSQL for the
+whole run). Other collector
 settings in the environment (FLUSH_MAX_EVENTS, FLUSH_CONCURRENCY, ...) reach the collector unchanged.
 
 Besides throughput and latency (p50/p99/p99.9), each collector cell reports what few publish: CPU-seconds per
@@ -219,6 +221,7 @@ class Config:
     runs: int
     output: Path | None
     database_url: str | None
+    rate: float = 0.0  # BENCH_RATE: requests/s offered per cell (0: as fast as the server answers)
 
 
 def parse_duration(text: str) -> float:
@@ -252,6 +255,7 @@ def load_config(env: dict[str, str]) -> Config:
         runs=runs,
         output=Path(output) if output else None,
         database_url=env.get("BENCH_DATABASE_URL") or env.get("DATABASE_URL") or None,
+        rate=float(env.get("BENCH_RATE", "0") or 0),
     )
 
 
@@ -568,6 +572,7 @@ class Bench:
             f"-c{scenario.connections}", f"-d{wrk_seconds}s", f"--timeout={WRK_TIMEOUT}", "-s", str(LUA_SCRIPT),
             f"http://127.0.0.1:{port}{scenario.path}", "--", str(self.payload_files[scenario.payload]),
             f"{window:.3f}", DOOR_HEADERS.get(scenario.door, ""),
+            f"{self.config.rate / min(WRK_THREADS, scenario.connections):.3f}",
         ]  # fmt: skip
         wal_before = await self.wal_lsn() if not scenario.bare else None
         pg_before = postgres_ticks()
@@ -882,7 +887,8 @@ def header_lines(config: Config, database: str, about: str) -> list[str]:
         "",
         f"- {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {about}",
         f"- {len(config.scenarios)} cell(s) x {config.runs} run(s), {config.duration_s:g} s of wrk each "
-        f"({WRK_THREADS} threads, 64 connections unless named -cN; +{WRK_TAIL_S} s so the last answers arrive)",
+        f"({WRK_THREADS} threads, 64 connections unless named -cN; +{WRK_TAIL_S} s so the last answers arrive)"
+        + (f"; offered {config.rate:,.0f} requests/s (BENCH_RATE)" if config.rate else ""),
         "- CPU pinning (taskset): server on CPU 0 and wrk on CPU 1; the -w2 cells put the server's two workers "
         "and wrk on both CPUs 0,1. PostgreSQL is not pinned.",
         f"- database: {database}",

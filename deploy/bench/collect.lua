@@ -1,7 +1,7 @@
 -- wrk script for `make bench`: POST one fixed JSON body over and over, count answers by status,
 -- and stop sending once the measured window is over.
 --
---   wrk ... -s collect.lua http://127.0.0.1:PORT/collect -- BODY_FILE WINDOW_SECONDS ["Header: value"]
+--   wrk ... -s collect.lua http://127.0.0.1:PORT/collect -- BODY_FILE WINDOW_SECONDS ["Header: value"] [RATE]
 --
 -- Why the window: when wrk's -d runs out it drops the requests still in flight, so the server may
 -- have kept events whose 2xx wrk never read, and "acked == stored" could never be exact. Here every
@@ -51,17 +51,27 @@ function init(args)
   if name then
     wrk.headers[name] = value
   end
+  -- An optional pace, requests/s for this thread (BENCH_RATE / threads; 0: as fast as answers come back): each
+  -- request takes the next free slot of the thread's schedule, so the offered rate holds while the server keeps up.
+  spacing = (tonumber(args[4] or "0") or 0) > 0 and 1 / tonumber(args[4]) or 0
+  next_slot = now()
   deadline = now() + window
 end
 
 -- wrk calls delay() before every request of a connection (the first one too): it is where a request
 -- is counted as sent, and where connections stop once the window is over.
 function delay()
-  if now() < deadline then
-    sent = sent + 1
+  local t = now()
+  if t >= deadline then
+    return PARKED_MS
+  end
+  sent = sent + 1
+  if spacing == 0 then
     return 0
   end
-  return PARKED_MS
+  local slot = math.max(next_slot, t)
+  next_slot = slot + spacing
+  return math.floor((slot - t) * 1000)
 end
 
 function response(status, headers, body)
