@@ -40,7 +40,7 @@ def site_config(
 
 class PixelManagement:
     """Serves the domain, client and domain-list endpoints from `domains`; `status` forces an outage, `delay_s`
-    slows domain lookups."""
+    slows domain and write-key lookups."""
 
     def __init__(self) -> None:
         self.domains: dict[str, dict[str, Any]] = {}
@@ -79,6 +79,8 @@ class PixelManagement:
         """The documented extension (docs/protocols.md): a write key's client config, with its `domain`."""
         key = request.match_info["key"]
         self.lookups[f"write_key:{key}"] += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.status is not None:
             return web.json_response({"detail": "unavailable"}, status=self.status)
         domain = self.write_keys.get(key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -17,6 +16,7 @@ import orjson
 from cachetools import LRUCache
 
 from collector.errors import AuthorizationUnavailable, DomainNotAuthorized
+from collector.ingest.flights import SingleFlight
 from collector.ingest.sites import InvalidSiteConfig, SiteConfig, normalize_domain
 from collector.jsonfile import read_json_object
 from collector.logsafe import for_log
@@ -224,7 +224,7 @@ class DomainAuthorizer:
         # Keys are normalized host names (at most 253 bytes), so each entry is bounded: ~0.5 KB a negative one.
         self._cache: LRUCache[str, _Entry] = LRUCache(maxsize=max_entries)
         self._negative: LRUCache[str, _Entry] = LRUCache(maxsize=max(1, max_entries // NEGATIVE_SHARE))
-        self._inflight: dict[str, asyncio.Task[_Entry]] = {}
+        self._flights: SingleFlight[_Entry] = SingleFlight()
         self._clock = clock
         self.stats = AuthStats()
 
@@ -237,27 +237,13 @@ class DomainAuthorizer:
             return _decide(domain, entry)
         self.stats.misses += 1
         try:
-            entry = await self._lookup_once(domain)
+            entry = await self._flights.run(domain, lambda: self._fetch(domain))
         except DirectoryUnavailable as exc:
             if entry is not None and now - entry.fetched_at < self._stale_max:
                 self.stats.stale_served += 1
                 return _decide(domain, entry)
             raise AuthorizationUnavailable(f"cannot check domain {domain} right now: {exc}") from None
         return _decide(domain, entry)
-
-    async def _lookup_once(self, domain: str) -> _Entry:
-        task = self._inflight.get(domain)
-        if task is None:
-            task = asyncio.ensure_future(self._fetch(domain))
-            self._inflight[domain] = task
-            task.add_done_callback(lambda t: self._lookup_done(domain, t))
-        # Shielded: one caller giving up must not cancel the lookup the others wait on.
-        return await asyncio.shield(task)
-
-    def _lookup_done(self, domain: str, task: asyncio.Task[_Entry]) -> None:
-        self._inflight.pop(domain, None)
-        if not task.cancelled():
-            task.exception()  # retrieved here so an unawaited failure is not reported as lost
 
     async def _fetch(self, domain: str) -> _Entry:
         self.stats.lookups += 1
@@ -293,9 +279,7 @@ class DomainAuthorizer:
 
     async def close(self) -> None:
         """Cancel lookups in flight, then close the directory."""
-        for task in list(self._inflight.values()):
-            task.cancel()
-        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        await self._flights.cancel()
         await self.directory.close()
 
 

@@ -16,6 +16,7 @@ from cachetools import LRUCache
 
 from collector.errors import AuthorizationUnavailable, InvalidWriteKey
 from collector.ingest.auth import WRITE_KEY, DirectoryUnavailable, DomainDirectory
+from collector.ingest.flights import SingleFlight
 from collector.ingest.sites import InvalidSiteConfig, SiteConfig, normalize_domain
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ class _Entry:
 
 class WriteKeys:
     """Resolves write keys as DomainAuthorizer resolves domains: fresh answers from memory (`ttl_s`, wrong keys
-    `negative_ttl_s`), the last answer up to `stale_max_s` while the directory is down, else 503. Wrong keys live
-    in a cache of their own, so a flood of them never evicts a real key. Keys are never logged."""
+    `negative_ttl_s`), the last answer up to `stale_max_s` while the directory is down, else 503, and one lookup per
+    key at a time (SingleFlight, as for domains). Wrong keys live in a cache of their own, so a flood of them never
+    evicts a real key. Keys are never logged."""
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class WriteKeys:
         self._cache: LRUCache[str, _Entry] = LRUCache(maxsize=max(1, max_entries // 10))
         self._negative: LRUCache[str, _Entry] = LRUCache(maxsize=max(1, max_entries // 10))
         self._clock = clock
+        self._flights: SingleFlight[_Entry] = SingleFlight()
 
     async def resolve(self, key: str | None) -> WriteKey:
         """The key's client; InvalidWriteKey (401) for none or an unknown one, AuthorizationUnavailable (503)."""
@@ -66,7 +69,7 @@ class WriteKeys:
         now = self._clock()
         if entry is None or now - entry.fetched_at >= (self._ttl if entry.key else self._negative_ttl):
             try:
-                entry = await self._fetch(key)
+                entry = await self._flights.run(key, lambda: self._fetch(key))
             except DirectoryUnavailable as exc:
                 if entry is None or now - entry.fetched_at >= self._stale_max:
                     raise AuthorizationUnavailable(f"cannot check the write key right now: {exc}") from None
