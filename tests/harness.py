@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,3 +154,23 @@ async def stored_ids(database_url: str) -> set[uuid.UUID]:
         return {r["event_id"] for r in await conn.fetch("SELECT event_id FROM events_log WHERE event_type = 'load'")}
     finally:
         await conn.close()
+
+
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
+
+
+async def run_schemathesis(proc: subprocess.Popen[bytes], *arguments: str) -> None:
+    """`schemathesis run ARGUMENTS` (FUZZ_EXAMPLES examples, seed FUZZ_SEED) against a running collector: it must
+    find nothing, and the collector must still be up. The report is printed on failure or on a long run."""
+    cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    assert cli, "schemathesis is a dev dependency: make install-dev"
+    run = await asyncio.create_subprocess_exec(
+        cli, "run", *arguments, "--max-examples", str(FUZZ_EXAMPLES), "--seed", os.environ.get("FUZZ_SEED", "0"),
+        "--no-color", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await run.communicate()
+    report = output.decode(errors="replace")
+    if FUZZ_EXAMPLES > 5 or run.returncode:
+        print(report)
+    assert run.returncode == 0, report[-4000:]
+    assert proc.poll() is None, "the collector died under the fuzzer"

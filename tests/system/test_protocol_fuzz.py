@@ -7,23 +7,18 @@ sends what a client must not). The short run is part of `make test`; FUZZ_EXAMPL
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.harness import collector_process, wait_until_live
+from tests.harness import FUZZ_EXAMPLES, collector_process, run_schemathesis, wait_until_live
 from tests.pixel_management import site_config
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
 KEY = "wkFuzzWriteKey01"
-pytestmark = pytest.mark.timeout(120 + EXAMPLES * 10)
+pytestmark = pytest.mark.timeout(120 + FUZZ_EXAMPLES * 10)
 
 ANY: dict[str, Any] = {}  # any JSON value
 TEXT_OR_ANY = {"anyOf": [{"type": "string"}, ANY]}
@@ -105,19 +100,8 @@ async def test_schemathesis_finds_no_server_error_at_the_protocol_doors(
         url,
     ):
         await wait_until_live(proc, url)
-        cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
-        assert cli, "schemathesis is a dev dependency: make install-dev"
-        run = await asyncio.create_subprocess_exec(
-            cli, "run", str(tmp_path / "protocols.json"), "--url", url, "--checks", "not_a_server_error",
-            "--max-examples", str(EXAMPLES), "--seed", os.environ.get("FUZZ_SEED", "0"), "--no-color",
-            "--auth", f"{KEY}:",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        output, _ = await run.communicate()
-        report = output.decode(errors="replace")
-        if EXAMPLES > 5 or run.returncode:
-            print(report)
-        assert run.returncode == 0, report[-4000:]
-        assert proc.poll() is None, "the collector died under the fuzzer"
+        await run_schemathesis(
+            proc, str(tmp_path / "protocols.json"), "--url", url, "--checks", "not_a_server_error", "--auth", f"{KEY}:"
+        )
     log = (tmp_path / "collector.log").read_text()
     assert "Traceback" not in log, log[-4000:]
