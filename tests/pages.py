@@ -12,15 +12,22 @@ from tests.harness import free_port
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-async def serve_html(pages: dict[str, str]) -> tuple[web.AppRunner, int]:
-    """Serve `pages` (path → HTML) on a free loopback port; the caller cleans the runner up."""
+async def serve_html(pages: dict[str, str], scripts: dict[str, Path] | None = None) -> tuple[web.AppRunner, int]:
+    """Serve `pages` (path → HTML) and `scripts` (path → a JavaScript file, read at each request) on a free
+    loopback port; the caller cleans the runner up."""
+    scripts = scripts or {}
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=pages[request.path], content_type="text/html")
 
+    async def script(request: web.Request) -> web.Response:
+        return web.Response(body=scripts[request.path].read_bytes(), content_type="application/javascript")
+
     app = web.Application()
     for path in pages:
         app.router.add_get(path, page)
+    for path in scripts:
+        app.router.add_get(path, script)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port()

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.harness import collector_process, free_port, wait_until_live
-from tests.pages import CHROMIUM, launch_chromium
+from tests.harness import collector_process, wait_until_live
+from tests.pages import CHROMIUM, launch_chromium, serve_html
 from tests.pixel_management import PixelManagement
 
 BUNDLE = Path(__file__).with_name("browser_sdks") / "dist" / "sdks.js"
@@ -49,26 +49,8 @@ window.leave = () => { analytics.track("Left", {}); location.href = "/next.html"
 
 async def serve(collector: str) -> tuple[web.AppRunner, int]:
     """The shop's pages and the SDK bundle on a loopback port of their own (another origin than the collector's)."""
-    html = PAGE % {"collector": collector, "key": KEY}
-
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(text=html, content_type="text/html")
-
-    async def bundle(request: web.Request) -> web.Response:
-        return web.Response(body=BUNDLE.read_bytes(), content_type="application/javascript")
-
-    async def following(request: web.Request) -> web.Response:
-        return web.Response(text="<title>Next</title><p>next</p>", content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/index.html", index)
-    app.router.add_get("/sdks.js", bundle)
-    app.router.add_get("/next.html", following)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
+    pages = {"/index.html": PAGE % {"collector": collector, "key": KEY}, "/next.html": "<title>Next</title><p>next</p>"}
+    return await serve_html(pages, {"/sdks.js": BUNDLE})
 
 
 async def refused(url: str) -> int:
