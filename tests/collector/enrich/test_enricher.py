@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from collector.enrich import bots
 from collector.enrich.agents import UserAgents
-from collector.enrich.enricher import Enricher
+from collector.enrich.enricher import BotStats, Enricher
 from collector.enrich.geo import GeoLookup, Place
 from collector.enrich.policy import EnrichPolicy, InvalidPolicy
 from collector.storage import copyformat
@@ -176,3 +177,10 @@ def test_an_old_journal_row_is_padded_to_todays_columns(tmp_path: Path) -> None:
     new_columns = len(copyformat.COLUMNS) - 16
     assert upgraded == copyformat.ROW_START + b"payload" + copyformat.NULL * new_columns + RECEIVED
     assert copyformat.upgrade(upgraded) == upgraded
+
+
+def test_bot_stats_count_every_reason_the_classifier_gives_under_both_actions() -> None:
+    """BotStats' fields are exactly flagged_ and dropped_ for each of bots.REASONS: a new reason without its
+    counters would fail the enrichment of its events on storage's thread (stored unenriched), not count them."""
+    expected = {f"{action}_{reason}" for action in ("flagged", "dropped") for reason in bots.REASONS}
+    assert set(BotStats.__slots__) == expected
