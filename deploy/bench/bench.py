@@ -474,6 +474,25 @@ async def wait_live(process: asyncio.subprocess.Process, port: int, log: Path) -
             await asyncio.sleep(0.1)
 
 
+async def flush_figures(cell: Cell, port: int) -> None:
+    """Events and milliseconds per flush over the cell, from the collector's flush histograms (what a durable
+    request waits for, and how full each commit is)."""
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        try:
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        except httpx.HTTPError:
+            return
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith(("collector_flush_batch_size_events_", "collector_flush_duration_seconds_")):
+            values[name] = values.get(name, 0.0) + float(value)
+    flushes = values.get("collector_flush_batch_size_events_count", 0.0)
+    if flushes:
+        cell.events_per_flush = values.get("collector_flush_batch_size_events_sum", math.nan) / flushes
+        cell.ms_per_flush = values.get("collector_flush_duration_seconds_sum", math.nan) / flushes * 1000
+
+
 # --- one cell ------------------------------------------------------------------------------------------------------
 
 
@@ -489,6 +508,8 @@ class Cell:
     cpu_s_per_m: float = math.nan  # the collector's CPU-seconds per million stored (acknowledged) events
     pg_cpu_s_per_m: float = math.nan  # the same for every local postgres process
     wal_per_event: float = math.nan  # bytes of WAL per acknowledged event
+    events_per_flush: float = math.nan  # over the cell, from the collector's /metrics (flush histograms)
+    ms_per_flush: float = math.nan  # a flush's time, from hand-over to storage to its commit (or journal)
     peak_rss_mb: float = math.nan
     idle_rss_mb: float = math.nan
     acked: int | None = None
@@ -550,6 +571,8 @@ class Bench:
                 await self.execute("TRUNCATE events_log")
             async with self.stalled_storage(scenario.stalled):
                 await self.load(cell, port, monitor)
+            if not scenario.bare:
+                await flush_figures(cell, port)
         finally:
             await monitor.stop()
             cell.peak_rss_mb = monitor.peak_rss_mb
@@ -680,7 +703,8 @@ def parse_wrk(stdout: str, stderr: str, returncode: int | None) -> dict[str, obj
 
 COLUMNS = [
     "scenario", "cpus srv/wrk", "req/s", "events/s", "p50 ms", "p99 ms", "p99.9 ms", "server CPU %",
-    "CPU s/M ev", "PG CPU s/M ev", "WAL B/ev", "peak RSS MB", "idle RSS MB", "acked events", "stored rows",
+    "CPU s/M ev", "PG CPU s/M ev", "WAL B/ev", "ev/flush", "ms/flush", "peak RSS MB", "idle RSS MB", "acked events",
+    "stored rows",
     "non-2xx", "socket errors",
 ]  # fmt: skip
 
@@ -697,7 +721,8 @@ def cell_row(cell: Cell) -> list[str]:
     return [
         s.name, f"{s.server_cpus}/{s.wrk_cpus}", fmt(cell.rps), fmt(cell.events_per_s), fmt(cell.p50_ms, 2),
         fmt(cell.p99_ms, 2), fmt(cell.p999_ms, 2), fmt(cell.cpu_pct), fmt(cell.cpu_s_per_m, 1),
-        fmt(cell.pg_cpu_s_per_m, 1), fmt(cell.wal_per_event), fmt(cell.peak_rss_mb, 1), fmt(cell.idle_rss_mb, 1),
+        fmt(cell.pg_cpu_s_per_m, 1), fmt(cell.wal_per_event), fmt(cell.events_per_flush),
+        fmt(cell.ms_per_flush, 2), fmt(cell.peak_rss_mb, 1), fmt(cell.idle_rss_mb, 1),
         fmt(cell.acked), fmt(cell.stored), non2xx, fmt(sum(cell.socket_errors.values())),
     ]  # fmt: skip
 
@@ -737,7 +762,7 @@ def median_cells(runs: list[list[Cell]]) -> list[Cell]:
         cell = Cell(cells[0].scenario)
         for name in (
             "rps", "events_per_s", "p50_ms", "p99_ms", "p999_ms", "cpu_pct", "cpu_s_per_m", "pg_cpu_s_per_m",
-            "wal_per_event", "peak_rss_mb", "idle_rss_mb",
+            "wal_per_event", "events_per_flush", "ms_per_flush", "peak_rss_mb", "idle_rss_mb",
         ):  # fmt: skip
             setattr(cell, name, median([getattr(c, name) for c in cells]))
         cell.acked = sum(c.acked or 0 for c in cells) if all(c.acked is not None for c in cells) else None
@@ -898,6 +923,8 @@ def header_lines(config: Config, database: str, about: str) -> list[str]:
         "- CPU s/M ev = the collector's CPU-seconds per million events acknowledged in the window; PG CPU s/M ev the"
         " same for every local process named postgres (- when PostgreSQL is remote); WAL B/ev = bytes of WAL"
         " written over the window per acknowledged event",
+        "- ev/flush, ms/flush = events per flush and a flush's time from hand-over to commit (the collector's flush"
+        " histograms over the whole cell)",
     ]
 
 
