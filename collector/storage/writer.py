@@ -13,8 +13,8 @@ from collector.storage.batch import Batch
 
 def _claim_script(batch_id: bytes, rows: int, clients: dict[str, int]) -> str:
     """BEGIN, then claim the batch id (a unique violation if it was committed before: the caller rolls back) and
-    count the rows per client; the COPY and COMMIT follow. A simple-query script so that it is one round trip:
-    every value is ours (hex, integers, client ids validated at authorization), quoted all the same."""
+    count the rows per client; the COPY and COMMIT follow (_TRANSACTION). A simple-query script: every value is
+    ours (hex, integers, client ids validated at authorization), quoted all the same."""
     statements = [
         "BEGIN",
         f"INSERT INTO ingest_batches (batch_id, row_count) VALUES ('\\x{batch_id.hex()}'::bytea, {int(rows)})",
@@ -29,6 +29,18 @@ def _claim_script(batch_id: bytes, rows: int, clients: dict[str, int]) -> str:
             " ON CONFLICT (day, client_id, metric) DO UPDATE SET count = c.count + EXCLUDED.count"
         )
     return ";\n".join(statements)
+
+
+# The rest of one batch's transaction, after the claim: the rows, then the commit. PostgreSQL runs the statements
+# of a simple query one after the other, and a COPY FROM STDIN among them reads its data in turn; asyncpg sends the
+# data and CopyDone right behind the query without waiting for CopyInResponse. So the whole transaction (BEGIN, the
+# claim, the counts, the COPY, COMMIT) is one message and one round trip, where it was four (script, COPY's two,
+# COMMIT): a durable request waits for every one, each a wake of storage's thread on a busy machine. If a
+# statement fails, PostgreSQL runs none after it and ignores the copy data that follows (protocol: CopyData outside
+# COPY is dropped), and the transaction is left aborted for the caller's ROLLBACK.
+_COPY_AND_COMMIT = "COPY events_log ({}) FROM STDIN (FORMAT binary);\nCOMMIT".format(
+    ", ".join(f'"{column}"' for column in copyformat.COLUMNS)
+)
 
 
 # The same for several batches at once (journal replay): returns the ids that were new; only their rows are copied.
@@ -72,21 +84,22 @@ class CopyWriter:
         (within `timeout_s` seconds per statement: a hung server must not hang the flusher).
         """
         conn = await self._connection()
+        script = _claim_script(batch.batch_id, len(batch.rows), batch.clients) + ";\n" + _COPY_AND_COMMIT
         try:
             async with asyncio.timeout(self._timeout * 4):
                 try:
-                    # BEGIN, the claim and the counts in one message: a durable request waits for every round trip.
-                    script = _claim_script(batch.batch_id, len(batch.rows), batch.clients)
-                    await conn.execute(script, timeout=self._timeout)
-                except asyncpg.UniqueViolationError:
+                    # A memoryview: asyncpg takes bytes for a file path. Its _copy_in is the public copy_to_table's
+                    # body, with the statement ours (the pinned asyncpg is tested through it: tests/collector/storage).
+                    data = memoryview(copyformat.payload(list(batch.rows)))
+                    await conn._copy_in(script, data, self._timeout)  # type: ignore[attr-defined]
+                except asyncpg.UniqueViolationError as exc:
                     await conn.execute("ROLLBACK", timeout=self._timeout)
-                    return False  # committed before: a retry after a lost answer, or a replay
-                try:
-                    await self._copy_rows(conn, list(batch.rows))
+                    if exc.table_name == "ingest_batches":
+                        return False  # committed before: a retry after a lost answer, or a replay
+                    raise PermanentWriteError(str(exc)) from exc
                 except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                     await conn.execute("ROLLBACK", timeout=self._timeout)
                     raise PermanentWriteError(str(exc)) from exc
-                await conn.execute("COMMIT", timeout=self._timeout)
         except PermanentWriteError:
             raise
         except BaseException:

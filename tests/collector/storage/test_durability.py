@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from collector.ingest.events import EventParser, RequestContext
 from collector.ingest.payload import parse_body
@@ -15,6 +16,7 @@ from collector.storage.batch import Batch
 from collector.storage.database import EventStore
 from collector.storage.journal import Journal
 from collector.storage.spill import Storage
+from collector.storage.writer import PermanentWriteError
 from tests.conftest import MakeApp, count_rows, wait_for_rows
 
 
@@ -181,4 +183,33 @@ async def test_old_batch_ids_are_pruned(database_url: str, db: asyncpg.Connectio
         assert await store.prune_batches(keep_days=7) == 1
         assert await db.fetchval("SELECT count(*) FROM ingest_batches") == 1
     finally:
+        await store.close()
+
+
+async def test_a_batch_commits_in_one_transaction_once_and_a_refused_one_leaves_nothing(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """CopyWriter sends BEGIN, the claim, the counts, the COPY and COMMIT as one message: a batch stores its rows,
+    claim and count together; the same batch again stores nothing (False); a batch PostgreSQL refuses raises
+    PermanentWriteError with nothing of it kept; and the connection serves the next batch after each."""
+    store = await EventStore.open(database_url, min_size=1, max_size=2, durable=True)
+    writer = store.copy_writer(timeout_s=5)
+    stored_count = "SELECT count FROM client_daily_counts WHERE client_id = 'client_acme_corp' AND metric = 'stored'"
+    try:
+        first = Batch(os.urandom(16), records(3), {"client_acme_corp": 3})
+        assert await writer.copy_batch(first) is True
+        assert await writer.copy_batch(first) is False
+        assert await count_rows(db) == 3 and await db.fetchval(stored_count) == 3
+        # Invalid UTF-8 in the first event's type (a text field): PostgreSQL refuses the COPY mid-transaction.
+        poisoned = records(2, session="p")
+        poisoned[0] = poisoned[0].replace(b"\x00\x00\x00\x02e0", b"\x00\x00\x00\x02\xff\xfe", 1)
+        refused = Batch(os.urandom(16), poisoned, {"client_acme_corp": 2})
+        with pytest.raises(PermanentWriteError):
+            await writer.copy_batch(refused)
+        claimed = await db.fetchval("SELECT count(*) FROM ingest_batches WHERE batch_id = $1", refused.batch_id)
+        assert claimed == 0 and await count_rows(db) == 3 and await db.fetchval(stored_count) == 3
+        assert await writer.copy_batch(Batch(os.urandom(16), records(4, session="n"), {"client_acme_corp": 4}))
+        assert await count_rows(db) == 7 and await db.fetchval(stored_count) == 7
+    finally:
+        await writer.close()
         await store.close()
