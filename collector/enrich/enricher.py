@@ -106,7 +106,10 @@ class Enricher:
                     continue
                 counts[(client, f"bot:{reason}")] += n
                 self.bot_stats.add("flagged", reason, n)
-            out.extend([row[:_CUT] + fields + row[-_END:] if row.startswith(_NULLS, _CUT) else row for row in part])
+            if n > 1:
+                out.extend(_spliced(part, fields))
+            else:
+                out.extend([row[:_CUT] + fields + row[-_END:] if row.startswith(_NULLS, _CUT) else row for row in part])
         out.extend(rows[position:])
         if counts and self._on_count is not None:
             self._on_count(counts)
@@ -147,6 +150,19 @@ class Enricher:
 
 
 _NO_PLACE = copyformat.NULL * 3
+
+
+def _spliced(rows: Sequence[bytes], fields: bytes) -> list[bytes]:
+    """One request's rows with their run of NULLs replaced by `fields`. The rows of a request end alike (the same
+    request columns and receive time), so the usual row is one slice and one concatenation, its end compared as a
+    whole; a row that ends otherwise is spliced on its own, and one with no NULLs there is left as it is."""
+    end = rows[0][-_END:]
+    old, new = _NULLS + end, fields + end
+    return [
+        row[:_CUT] + new if row.endswith(old)
+        else row[:_CUT] + fields + row[-_END:] if row.startswith(_NULLS, _CUT) else row
+        for row in rows
+    ]  # fmt: skip
 
 
 def _with_cdn(place: Place, cdn_country: str | None) -> Place:

@@ -153,6 +153,19 @@ def test_a_batch_is_enriched_per_request_and_dropped_bots_are_counted() -> None:
     assert enricher.bot_stats.dropped == 3
 
 
+def test_every_row_of_a_request_is_spliced_whatever_its_end() -> None:
+    """A request's rows usually end alike (one comparison each); one received at another time is spliced on its
+    own, one without the NULL run is kept as it is, and each row keeps its own start and receive time."""
+    other = copyformat.timestamp_ns(1_800_000_000_000_000_000)
+    rows = [*rows_of(3), copyformat.ROW_START + b"o" * 7 + copyformat.ENRICH_NULLS + other, b"no enrichment here" * 4]
+    batch = Batch(b"x" * 16, rows, {"client_a": 5}, requests=[(5, (policy(), CHROME, None, None, False))])
+    out = Enricher().apply(batch).rows
+    fields = Enricher().fields((policy(), CHROME, None, None, False))[1]
+    assert out[:3] == [row[: -len(copyformat.ENRICH_NULLS) - len(RECEIVED)] + fields + RECEIVED for row in rows[:3]]
+    assert out[3] == copyformat.ROW_START + b"o" * 7 + fields + other
+    assert out[4] == rows[4]
+
+
 def test_a_batch_without_requests_is_left_as_it_is() -> None:
     """A batch the buffer did not describe (a replay, a test's) passes through untouched."""
     batch = Batch(b"x" * 16, rows_of(2), {"client_a": 2})
