@@ -96,6 +96,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         # X-Forwarded-For is judged by our own TRUSTED_PROXIES (collector/ingest/proxies.py); uvicorn's middleware
         # would parse addresses on every request for nothing.
         proxy_headers=False,
+        # No "server: uvicorn" on every answer: it tells a scanner what to try, and costs each answer a header.
+        server_header=False,
         log_config=None,
         timeout_graceful_shutdown=settings.connection_drain_s,
     )

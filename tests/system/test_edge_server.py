@@ -78,3 +78,17 @@ async def test_a_client_trickling_its_request_is_cut_off_with_408(
             edge = (await client.get("/health")).json()["edge"]["connections_refused"]
         assert edge["read_timeouts"] == 2
         await wait_for_rows(db, 1)
+
+
+async def test_answers_name_no_server_software(database_url: str, tmp_path: Path) -> None:
+    """No `Server` header on any answer (it tells a scanner what to try); the Date header HTTP asks for stays."""
+    with collector_process(database_url, tmp_path) as (proc, url):
+        await wait_until_live(proc, url)
+        async with httpx.AsyncClient(base_url=url) as client:
+            answers = [
+                await client.post("/collect", content=EVENT, headers={"content-type": "application/json"}),
+                await client.get("/livez"),
+                await client.get("/no-such-page"),
+            ]
+    assert [a.status_code for a in answers] == [200, 200, 404]
+    assert all("server" not in a.headers and "date" in a.headers for a in answers)
