@@ -3,6 +3,7 @@ hand-over of mapped events to Ingest, one call per group (site, address, User-Ag
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,10 +16,11 @@ from collector.edge.bodies import ClientDisconnected, read_body
 from collector.edge.cors import RememberedOrigins, cors_headers
 from collector.errors import CollectorError, InternalError, InvalidEvent, OriginMismatch, UnsupportedMediaType
 from collector.ingest.auth import DomainAuthorizer
-from collector.ingest.mapping.common import Mapped, MappingRejected, group
+from collector.ingest.mapping.common import Group, Mapped, MappingRejected
+from collector.ingest.mapping.rows import DirectGroup, Encoded, Fallback, RowEncoder
 from collector.ingest.origins import host_of, origin_allowed
 from collector.ingest.payload import parse_body
-from collector.ingest.service import Ingest
+from collector.ingest.service import Accepted, Ingest
 from collector.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,9 @@ class FrontDoor:
     """An endpoint of another protocol. Subclasses answer `handle` and render their protocol's answers."""
 
     allow = b"POST, OPTIONS"
+    # False: every message takes the /collect dict path, as before the direct encoders (the differential test's
+    # reference: tests/collector/edge/test_protocol_rows.py).
+    encodes = True
 
     def __init__(self, settings: Settings, ingest: Ingest, authorizer: DomainAuthorizer) -> None:
         self.ingest = ingest
@@ -131,28 +136,71 @@ class FrontDoor:
         self.ingest.refused(InvalidEvent(detail), message)
         return {"error": detail}
 
+    def encoder(self) -> RowEncoder:
+        """A request's row encoder, under /collect's limits."""
+        parser = self.ingest.parser
+        return RowEncoder(parser.max_event_bytes, parser.max_event_data_keys, parser.max_inherited_bytes)
+
+    def map_all(
+        self, messages: list[Any], encode: Callable[[Any], Encoded], mapper: Callable[[Any], Mapped]
+    ) -> tuple[list[DirectGroup | Group], list[dict[str, Any]]]:
+        """The messages in groups (as `groups`), each encoded as its row (`encode`) or, what that does not take on
+        (rows.Fallback), mapped to a /collect event (`mapper`); the refused ones (counted) by index. Both refuse
+        the same messages alike. Grouped here rather than by `groups`: a list of pairs between cost as much."""
+        found: dict[tuple[str | None, str | None, str | None], DirectGroup | Group] = {}
+        rejected = []
+        direct = self.encodes
+        for index, message in enumerate(messages):
+            m = None
+            try:
+                try:
+                    if not direct:
+                        raise Fallback
+                    e = encode(message)
+                    key = e[:3]
+                except Fallback:
+                    m = mapper(message)
+                    key = (m.domain, m.ip, m.user_agent)
+            except MappingRejected as exc:
+                rejected.append({"index": index, **self.reject(str(exc), message)})
+                continue
+            domain, ip, agent = key
+            if domain is None:
+                rejected.append({"index": index, **self.reject("the event names no site", message)})
+                continue
+            g = found.get(key)
+            if m is None:
+                if g is None:
+                    g = found[key] = DirectGroup(domain, ip, agent)
+                if type(g) is DirectGroup:
+                    g.encoded.append(e)
+            elif type(g) is not Group:  # the group's first message that was not encoded: the whole group is not
+                g = found[key] = Group(domain, ip, agent, indexes=g.indexes if g is not None else [])
+            g.indexes.append(index)
+        return list(found.values()), rejected
+
     async def ingest_mapped(
         self,
         call: Call,
-        mapped: list[tuple[int, Mapped]],
+        groups: list[DirectGroup | Group],
         rejected: list[dict[str, Any]],
-        sample: list[Any],
+        messages: list[Any],
+        mapper: Callable[[Any], Mapped],
         client_id: str | None = None,
     ) -> tuple[int, list[dict[str, Any]]]:
-        """Hand each group to Ingest (the same path as /collect); the events accepted and every rejection by index.
+        """Hand each group (site, address, User-Agent) to Ingest, its encoded rows (collect_rows) or, when one of its
+        messages was not encoded, its /collect batch (collect_payload, the path of /collect itself); the events
+        accepted and every rejection by index.
 
         A transient refusal (429, 5xx) is raised at once, so that the client resends everything (its resent events
         are taken once, by event id); a permanent one (4xx) names the group's events as rejected and the others go
         on. Nothing accepted: the first refusal is raised.
         """  # fmt: skip
         accepted, first = 0, None
-        for g in group([(i, m) for i, m in mapped if m.domain is not None]):
+        for g in groups:
+            sample = [messages[i] for i in g.indexes]
             try:
-                n, _, _, inner = await self.ingest.collect_payload(
-                    g.payload(), [sample[i] for i in g.indexes], peer=call.peer, forwarded_for=call.forwarded_for,
-                    user_agent=g.user_agent or call.user_agent, origin=call.site_host, client_id=client_id,
-                    event_ip=g.ip,
-                )  # fmt: skip
+                n, _, _, inner = await self._hand_over(call, g, sample, mapper, client_id)
             except CollectorError as exc:
                 if exc.status >= 500 or exc.status == 429:
                     raise
@@ -165,22 +213,22 @@ class FrontDoor:
             raise first or InvalidEvent("no event in the request is valid", extra={"events_rejected": rejected})
         return accepted, sorted(rejected, key=lambda r: r.get("index", -1))
 
-    def map_all(
-        self, messages: list[Any], mapper: Callable[[Any], Mapped]
-    ) -> tuple[list[tuple[int, Mapped]], list[dict[str, Any]]]:
-        """`mapper` over the messages: the mapped ones by index, and the refused ones (counted) by index."""
-        mapped, rejected = [], []
-        for index, message in enumerate(messages):
-            try:
-                m = mapper(message)
-            except MappingRejected as exc:
-                rejected.append({"index": index, **self.reject(str(exc), message)})
-                continue
-            if m.domain is None:
-                rejected.append({"index": index, **self.reject("the event names no site", message)})
-                continue
-            mapped.append((index, m))
-        return mapped, rejected
+    async def _hand_over(
+        self, call: Call, g: DirectGroup | Group, sample: list[Any], mapper: Callable[[Any], Mapped],
+        client_id: str | None,
+    ) -> Accepted:  # fmt: skip
+        """One group to Ingest: its rows, or its /collect batch."""
+        payload_of = functools.partial(_payload, g.domain, g.ip, g.user_agent, sample, mapper)
+        agent = g.user_agent or call.user_agent
+        if type(g) is DirectGroup:
+            return await self.ingest.collect_rows(
+                g.domain, g.rows, payload_of, sample, peer=call.peer, forwarded_for=call.forwarded_for,
+                user_agent=agent, origin=call.site_host, client_id=client_id, event_ip=g.ip,
+            )  # fmt: skip
+        return await self.ingest.collect_payload(
+            payload_of(), sample, peer=call.peer, forwarded_for=call.forwarded_for, user_agent=agent,
+            origin=call.site_host, client_id=client_id, event_ip=g.ip,
+        )  # fmt: skip
 
     def cors(self, call: Call, *, success: bool) -> list[tuple[bytes, bytes]]:
         """CORS headers for a browser: after a success (Ingest checked its page), or for an origin seen before."""
@@ -225,3 +273,35 @@ async def answer(send: Send, status: int, body: bytes, content_type: bytes, head
         "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers],
     })  # fmt: skip
     await send({"type": "http.response.body", "body": body})
+
+
+def groups(mapped: list[tuple[int, Encoded | Mapped]]) -> list[DirectGroup | Group]:
+    """The messages by (site, address, User-Agent), in the order each group first appears: a DirectGroup of rows
+    when every message of it was encoded, else a Group (its events are mapped again, as /collect dicts, by
+    _payload)."""
+    found: dict[tuple[str | None, str | None, str | None], DirectGroup | Group] = {}
+    for index, m in mapped:
+        if isinstance(m, Mapped):
+            key = (m.domain, m.ip, m.user_agent)
+            g = found.get(key)
+            if type(g) is not Group:  # the group's first message that was not encoded: the whole group is not
+                assert m.domain is not None
+                g = found[key] = Group(m.domain, m.ip, m.user_agent, indexes=g.indexes if g is not None else [])
+        else:
+            key = m[:3]
+            g = found.get(key)
+            if g is None:
+                domain, ip, agent = key
+                assert domain is not None
+                g = found[key] = DirectGroup(domain, ip, agent)
+            if type(g) is DirectGroup:
+                g.encoded.append(m)
+        g.indexes.append(index)
+    return list(found.values())
+
+
+def _payload(
+    domain: str, ip: str | None, agent: str | None, messages: list[Any], mapper: Callable[[Any], Mapped]
+) -> dict[str, Any]:
+    """A group's /collect batch: its messages mapped as /collect events (which they were, or would have been)."""
+    return Group(domain, ip, agent, [mapper(m).event for m in messages]).payload()

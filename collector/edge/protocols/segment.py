@@ -14,7 +14,7 @@ from starlette.types import Receive, Send
 from collector.edge.protocols.front import Call, FrontDoor, answer
 from collector.errors import CollectorError, MethodNotAllowed
 from collector.ingest.auth import DomainAuthorizer
-from collector.ingest.mapping.segment import map_message, messages_of
+from collector.ingest.mapping.segment import encode_message, map_message, messages_of
 from collector.ingest.service import Ingest
 from collector.ingest.writekeys import WriteKeys
 from collector.settings import Settings
@@ -52,8 +52,9 @@ class SegmentDoor(FrontDoor):
         # A write key is never stored, logged or sampled to dead letters, wherever a client put it.
         messages = [m if type(m) is not dict or "writeKey" not in m else _without_key(m) for m in messages]
         mapper = functools.partial(map_message, received=call.received, key_domain=key.domain)
-        mapped, rejected = self.map_all(messages, mapper)
-        _, rejected = await self.ingest_mapped(call, mapped, rejected, messages, client_id=key.client_id)
+        encode = functools.partial(encode_message, received=call.received, key_domain=key.domain, enc=self.encoder())
+        groups, rejected = self.map_all(messages, encode, mapper)
+        _, rejected = await self.ingest_mapped(call, groups, rejected, messages, mapper, client_id=key.client_id)
         body_out = SUCCESS if not rejected else orjson.dumps({"success": True, "events_rejected": rejected})
         await answer(send, 200, body_out, b"application/json", self.cors(call, success=True))
         return 200

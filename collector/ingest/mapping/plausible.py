@@ -13,8 +13,11 @@ import orjson
 
 from collector.errors import InvalidEvent
 from collector.ingest.events import KNOWN_FIELDS
+from collector.ingest.mapping import rows
 from collector.ingest.mapping.common import Mapped, drop_none, host_of_url, path_of_url, text
+from collector.ingest.mapping.rows import Encoded, RowEncoder
 from collector.ingest.sites import normalize_domain
+from collector.storage.copyformat import NULL
 
 # Each field by its long name, and the short name the script sends instead.
 FIELDS = {"name": "n", "url": "u", "domain": "d", "referrer": "r", "props": "p", "revenue": "$",
@@ -24,7 +27,25 @@ MAX_SITES = 10  # a roll-up to more sites than this is not a page's configuratio
 
 
 def map_event(body: dict[str, Any]) -> list[Mapped]:
-    """The event once per site named in `domain`; InvalidEvent (the whole request: Plausible sends one event)."""
+    """The event once per site named in `domain` (the /collect dicts); InvalidEvent (the whole request: Plausible
+    sends one event)."""
+    sites, event = _read(body)
+    return [Mapped(dict(event), domain) for domain in sites]
+
+
+def encode_event(body: dict[str, Any], enc: RowEncoder) -> list[Encoded]:
+    """map_event's rows (rows.py), one per site; Fallback for what only the /collect path may decide."""
+    sites, event = _read(body)
+    extra = {k: v for k, v in event.items() if k not in KNOWN_FIELDS}
+    fields = (NULL, NULL, enc.text(event["url"], rows.URL), enc.text(event.get("path"), rows.PATH),
+              enc.text(event.get("referrer"), rows.REFERRER))  # fmt: skip
+    middle = enc.middle(fields)
+    type_field, data, back = rows.event_type(event["eventType"]), enc.data(event.get("eventData")), enc.extra(extra)
+    return [(domain, None, None, b"".join((rows.head(None), type_field, data, middle)), None, back) for domain in sites]
+
+
+def _read(body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The sites (normalized) and the /collect event."""
     given = {SHORT.get(k, k): v for k, v in body.items()}
     name, url, domains = given.get("name"), given.get("url"), given.get("domain")
     if type(name) is not str or not name:
@@ -52,11 +73,10 @@ def map_event(body: dict[str, Any]) -> list[Mapped]:
     for key, value in given.items():
         if key not in ("name", "url", "domain", "referrer", "props", "m") and value is not None:
             event["plausible_" + key if key in KNOWN_FIELDS else key] = value
-    event = drop_none(event)
-    mapped = []
+    normalized = []
     for site in sites:
         domain = normalize_domain(site)
         if domain is None:
             raise InvalidEvent(f"`domain` {site[:100]!r} is not a host name")
-        mapped.append(Mapped(dict(event), domain))
-    return mapped
+        normalized.append(domain)
+    return normalized, drop_none(event)

@@ -12,11 +12,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from asyncpg.pgproto.pgproto import UUID as PgUUID
+
 from collector.errors import InvalidEvent
-from collector.ingest.events import KNOWN_FIELDS
+from collector.ingest.events import KNOWN_FIELDS, MAX_EVENT_TYPE_CHARS, _event_type_field
+from collector.ingest.mapping import rows
 from collector.ingest.mapping.common import (
+    _UUID_TEXT,
+    MAX_CACHED_URL_CHARS,
     Mapped,
     MappingRejected,
+    _url_parts,
     address,
     drop_none,
     event_id,
@@ -27,6 +33,8 @@ from collector.ingest.mapping.common import (
     skew_corrected,
     text,
 )
+from collector.ingest.mapping.rows import Encoded, Fallback, RowEncoder
+from collector.storage.copyformat import NULL, ROW_START_AND_UUID_LENGTH, Unencodable
 
 # The call types, and the eventType each is stored as (track: its own `event` name).
 EVENT_TYPES = {
@@ -54,20 +62,101 @@ def messages_of(body: dict[str, Any], call: str | None, max_messages: int) -> li
         raise InvalidEvent("a batch needs a non-empty `batch` array")
     if len(batch) > max_messages:
         raise InvalidEvent(f"the batch has {len(batch)} messages; at most {max_messages} are accepted per request")
-    shared = {k: body[k] for k in ("context", "integrations") if type(body.get(k)) is dict}
+    shared = [(k, body[k]) for k in ("context", "integrations") if type(body.get(k)) is dict]
     if not shared and "sentAt" not in body:
         return batch
-    merged = []
+    # In place: the messages are this request's own parse, and a copy of each cost more than its mapping's lookups.
+    sent = body.get("sentAt")
     for message in batch:
         if type(message) is dict:
-            message = {**message, **{k: {**v, **(message.get(k) or {})} for k, v in shared.items()}}
-            message.setdefault("sentAt", body.get("sentAt"))
-        merged.append(message)
-    return merged
+            for k, v in shared:
+                own = message.get(k)
+                if not own:
+                    message[k] = dict(v)  # each its own: nothing may change one message's through another
+                elif type(own) is dict:
+                    message[k] = {**v, **own}
+                # else the message's own value, which is no object, stays (the mapping ignores such a context)
+            message.setdefault("sentAt", sent)
+    return batch
 
 
 def map_message(message: Any, received: datetime, key_domain: str | None) -> Mapped:
-    """One message as our event, its site (the page URL's host, else the write key's domain), address and agent."""
+    """One message as our event, its site (the page URL's host, else the write key's domain), address and agent:
+    the /collect dict (the path of what encode_message does not take on)."""
+    event_type, context, page, data, own, url = _read(message)
+    event: dict[str, Any] = {
+        "eventType": event_type,
+        "eventId": event_id("segment", message.get("messageId")),
+        "eventData": data,
+        "visitorId": text(message.get("anonymousId")) or text(message.get("userId")),
+        "url": text(url),
+        "path": text(page.get("path") or own.get("path")) or path_of_url(url),
+        "referrer": text(page.get("referrer") or own.get("referrer")),
+        "timestamp": iso(_time(message, received)),
+    }
+    event = drop_none(event)
+    event.update(_extra(message, context))
+    ip, agent = _sender(context)
+    return Mapped(event, host_of_url(url) or key_domain, ip=ip, user_agent=agent)
+
+
+def encode_message(message: Any, received: datetime, key_domain: str | None, enc: RowEncoder) -> Encoded:
+    """map_message's event encoded as its row (rows.py); Fallback for what only the /collect path may decide. The
+    fields are map_message's, read the same way; the usual values are encoded here without a call of ours."""
+    event_type, context, page, data, own, url = _read(message)
+    given = message.get("messageId")
+    if type(given) is str and len(given) == 36 and _UUID_TEXT.fullmatch(given):
+        head = ROW_START_AND_UUID_LENGTH + PgUUID(given).bytes
+    else:
+        head = rows.head(event_id("segment", given))
+    raw_time, sent = message.get("timestamp"), message.get("sentAt")
+    key = (raw_time, sent) if type(raw_time) is str and (sent is None or type(sent) is str) else None
+    times = enc.times
+    if key is not None and key in times:
+        time = times[key]
+    else:
+        time = rows.timestamp(_time(message, received))
+        if key is not None:
+            times[key] = time
+    texts = enc.texts
+    visitor = message.get("anonymousId")
+    if type(visitor) is not str or not visitor:
+        visitor = text(visitor) or text(message.get("userId"))
+    visitor_field = texts.get(visitor) if type(visitor) is str and len(visitor) <= rows.VISITOR else None
+    if visitor_field is None:
+        visitor_field = enc.text(visitor, rows.VISITOR)
+    if type(url) is str and url and len(url) <= MAX_CACHED_URL_CHARS:
+        host, url_path = _url_parts(url)
+        url_field = texts.get(url) if len(url) <= rows.URL else None
+        if url_field is None:
+            url_field = enc.text(url, rows.URL)
+    else:
+        host, url_path, url_field = host_of_url(url), path_of_url(url), enc.text(text(url), rows.URL)
+    path = text(page.get("path") or own.get("path")) or url_path
+    path_field = texts.get(path) if type(path) is str and len(path) <= rows.PATH else None
+    if path_field is None:
+        path_field = enc.text(path, rows.PATH)
+    referrer = page.get("referrer") or own.get("referrer")
+    referrer_field = NULL if referrer is None else enc.text(text(referrer), rows.REFERRER)
+    if len(event_type) > MAX_EVENT_TYPE_CHARS or event_type == "batch":
+        raise Fallback
+    try:
+        type_field = _event_type_field(event_type)
+    except Unencodable:
+        raise Fallback from None
+    # The inherited columns' size bound, as rows.RowEncoder.middle holds it (+ the receive time and a NULL extra).
+    if len(visitor_field) + len(url_field) + len(path_field) + len(referrer_field) + 20 > enc.max_inherited:
+        raise Fallback
+    front = b"".join((head, type_field, enc.data(data), NULL, visitor_field, url_field, path_field, referrer_field))
+    ip, agent = context.get("ip"), context.get("userAgent")
+    return (
+        host or key_domain, None if ip is None else address(ip), agent if type(agent) is str and agent else None,
+        front, time, enc.extra(_extra(message, context)),
+    )  # fmt: skip
+
+
+def _read(message: Any) -> tuple[str, dict[str, Any], dict[str, Any], Any, dict[str, Any], Any]:
+    """The message's event type, context, context.page, payload object, page properties and page URL."""
     if type(message) is not dict:
         raise MappingRejected("a message must be a JSON object")
     call = message.get("type")
@@ -84,31 +173,31 @@ def map_message(message: Any, received: datetime, key_domain: str | None) -> Map
     data = message.get(data_field) if data_field else None
     # A page call's standard properties name the page too (server libraries send no context.page).
     own = data if call == "page" and type(data) is dict else {}
-    url = page.get("url") or own.get("url")
+    return event_type, context, page, data, own, page.get("url") or own.get("url")
+
+
+def _time(message: dict[str, Any], received: datetime) -> datetime | None:
+    """The event's time on the server's clock (skew-corrected with sentAt)."""
     occurred = parse_time(message.get("timestamp"))
-    corrected = skew_corrected(occurred, parse_time(message.get("sentAt")), received)
-    # ip and userAgent become the request's columns (under the site's IP rule), never extra: the rest is kept.
+    return skew_corrected(occurred, parse_time(message.get("sentAt")), received)
+
+
+def _extra(message: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """What is kept in `extra`: the timestamp as sent, the context but the address and agent (the request's
+    columns, never extra), and every other field (a name of ours prefixed `segment_`)."""
+    extra: dict[str, Any] = {}
+    if (original := message.get("timestamp")) is not None:
+        extra["originalTimestamp"] = original
     rest = {k: v for k, v in context.items() if k not in ("ip", "userAgent")} if _COLUMNS & context.keys() else context
-    event: dict[str, Any] = {
-        "eventType": event_type,
-        "eventId": event_id("segment", message.get("messageId")),
-        "eventData": data,
-        "visitorId": text(message.get("anonymousId")) or text(message.get("userId")),
-        "url": text(url),
-        "path": text(page.get("path") or own.get("path")) or path_of_url(url),
-        "referrer": text(page.get("referrer") or own.get("referrer")),
-        "timestamp": iso(corrected),
-        "originalTimestamp": message.get("timestamp"),
-        "context": rest or None,
-    }
+    if rest:
+        extra["context"] = rest
     for name, value in message.items():
         if name not in CONSUMED and value is not None:
-            event[name if name not in KNOWN_FIELDS else f"segment_{name}"] = value
-    ip = context.get("ip")
+            extra[name if name not in KNOWN_FIELDS else f"segment_{name}"] = value
+    return extra
+
+
+def _sender(context: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The user's address and agent the message names (context.ip, context.userAgent), if usable."""
     agent = context.get("userAgent")
-    return Mapped(
-        drop_none(event),
-        host_of_url(url) or key_domain,
-        ip=address(ip),
-        user_agent=agent if type(agent) is str and agent else None,
-    )
+    return address(context.get("ip")), agent if type(agent) is str and agent else None

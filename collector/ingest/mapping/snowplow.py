@@ -17,6 +17,7 @@ import orjson
 
 from collector.errors import InvalidEvent
 from collector.ingest.events import KNOWN_FIELDS
+from collector.ingest.mapping import rows
 from collector.ingest.mapping.common import (
     Mapped,
     MappingRejected,
@@ -30,6 +31,7 @@ from collector.ingest.mapping.common import (
     skew_corrected,
     text,
 )
+from collector.ingest.mapping.rows import Encoded, RowEncoder
 from collector.ingest.sites import normalize_domain
 
 PAYLOAD_SCHEMA = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/"
@@ -56,13 +58,65 @@ def events_of(body: dict[str, Any], max_events: int) -> list[Any]:
 
 
 def map_event(params: Any, received: datetime) -> Mapped:
-    """One tracker event (its parameters, all strings) as our event, with its site, address and agent."""
+    """One tracker event (its parameters, all strings) as our event, with its site, address and agent: the /collect
+    dict (the path of what encode_event does not take on)."""
+    kind, event_type, data, schema = _read(params)
+    given_id = event_id("snowplow", params.get("eid"))
+    extra = _extra(params, kind, schema)
+    url = params.get("url")
+    event: dict[str, Any] = {
+        "eventType": event_type,
+        "eventId": given_id,
+        "eventData": data,
+        "sessionId": text(params.get("sid")),
+        "visitorId": text(params.get("duid")),
+        "url": text(url),
+        "path": path_of_url(url),
+        "referrer": text(params.get("refr")),
+        "timestamp": iso(_time(params, received)),
+    }
+    event = drop_none(event)
+    event.update(extra)
+    agent = params.get("ua")
+    return Mapped(
+        event, _site(params.get("aid"), url), ip=address(params.get("ip")),
+        user_agent=agent if type(agent) is str and agent else None,
+    )  # fmt: skip
+
+
+def encode_event(params: Any, received: datetime, enc: RowEncoder) -> Encoded:
+    """map_event's event encoded as its row (rows.py); Fallback for what only the /collect path may decide."""
+    kind, event_type, data, schema = _read(params)
+    given_id = event_id("snowplow", params.get("eid"))
+    extra = _extra(params, kind, schema)
+    url = params.get("url")
+    domain = _site(params.get("aid"), url)
+    key = (params.get("ttm"), params.get("dtm"), params.get("stm"))
+    try:
+        time = enc.times[key]
+    except KeyError:
+        time = enc.times[key] = rows.timestamp(_time(params, received))
+    except TypeError:  # a parameter that is not text (a POST payload's JSON): not a key
+        time = rows.timestamp(_time(params, received))
+    front = b"".join((
+        rows.head(given_id), rows.event_type(event_type), enc.data(data),
+        enc.middle((enc.text(text(params.get("sid")), rows.SESSION), enc.text(text(params.get("duid")), rows.VISITOR),
+                    enc.text(text(url), rows.URL), enc.text(path_of_url(url), rows.PATH),
+                    enc.text(text(params.get("refr")), rows.REFERRER))),
+    ))  # fmt: skip
+    agent = params.get("ua")
+    return (domain, address(params.get("ip")), agent if type(agent) is str and agent else None, front, time,
+            enc.extra(extra))  # fmt: skip
+
+
+def _read(params: Any) -> tuple[str, Any, Any, str | None]:
+    """The event's kind, type, data and (a self-describing event's) schema."""
     if type(params) is not dict:
         raise MappingRejected("an event must be a JSON object of parameters")
     kind = params.get("e")
     if type(kind) is not str or kind not in EVENT_TYPES:
         raise MappingRejected("`e` must be one of " + ", ".join(EVENT_TYPES))
-    event_type, data = EVENT_TYPES[kind], None
+    event_type, data, schema = EVENT_TYPES[kind], None, None
     if kind == "ue":
         event_type, data, schema = _self_describing(params)
     elif kind == "se":
@@ -71,33 +125,26 @@ def map_event(params: Any, received: datetime) -> Mapped:
         data = {name: params[key] for key, name in PING.items() if key in params}
     elif kind in ("tr", "ti"):
         data = {k: v for k, v in params.items() if k.startswith(kind + "_")}
-    url = params.get("url")
-    true_time = from_millis(params.get("ttm"))
-    occurred = true_time or skew_corrected(from_millis(params.get("dtm")), from_millis(params.get("stm")), received)
-    event: dict[str, Any] = {
-        "eventType": event_type,
-        "eventId": event_id("snowplow", params.get("eid")),
-        "eventData": data,
-        "sessionId": text(params.get("sid")),
-        "visitorId": text(params.get("duid")),
-        "url": text(url),
-        "path": path_of_url(url),
-        "referrer": text(params.get("refr")),
-        "timestamp": iso(occurred),
-        "schema": schema if kind == "ue" else None,
-        "contexts": _contexts(params),
-    }
+    return kind, event_type, data, schema
+
+
+def _extra(params: dict[str, Any], kind: str, schema: str | None) -> dict[str, Any]:
+    """What is kept in `extra`: the schema, the contexts, every other parameter and the device's own times (None
+    values dropped, as the /collect dict's are)."""
+    extra: dict[str, Any] = {"schema": schema, "contexts": _contexts(params)}
     for name, value in params.items():
         if name not in CONSUMED and not (kind in ("tr", "ti") and name.startswith(kind + "_")):
-            event[name if name not in KNOWN_FIELDS else f"snowplow_{name}"] = value
+            extra[name if name not in KNOWN_FIELDS else f"snowplow_{name}"] = value
     for name in ("dtm", "stm", "ttm"):  # the device's own times, as sent (the timestamp is derived from them)
         if name in params:
-            event[name] = params[name]
-    agent = params.get("ua")
-    return Mapped(
-        drop_none(event), _site(params.get("aid"), url), ip=address(params.get("ip")),
-        user_agent=agent if type(agent) is str and agent else None,
-    )  # fmt: skip
+            extra[name] = params[name]
+    return drop_none(extra)
+
+
+def _time(params: dict[str, Any], received: datetime) -> datetime | None:
+    """`ttm` (the true time), else `dtm` corrected by `stm` as Snowplow's derived_tstamp."""
+    true_time = from_millis(params.get("ttm"))
+    return true_time or skew_corrected(from_millis(params.get("dtm")), from_millis(params.get("stm")), received)
 
 
 def _site(app_id: Any, url: Any) -> str | None:
