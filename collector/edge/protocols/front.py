@@ -200,7 +200,7 @@ class FrontDoor:
         for g in groups:
             sample = [messages[i] for i in g.indexes]
             try:
-                n, _, _, inner = await self._hand_over(call, g, sample, mapper, client_id)
+                n, _, _, inner = await self.hand_over(call, g, sample, mapper, client_id)
             except CollectorError as exc:
                 if exc.status >= 500 or exc.status == 429:
                     raise
@@ -213,7 +213,7 @@ class FrontDoor:
             raise first or InvalidEvent("no event in the request is valid", extra={"events_rejected": rejected})
         return accepted, sorted(rejected, key=lambda r: r.get("index", -1))
 
-    async def _hand_over(
+    async def hand_over(
         self, call: Call, g: DirectGroup | Group, sample: list[Any], mapper: Callable[[Any], Mapped],
         client_id: str | None,
     ) -> Accepted:  # fmt: skip

@@ -11,7 +11,7 @@ from collector.edge.protocols.front import Call, FrontDoor, answer, groups
 from collector.errors import CollectorError, MethodNotAllowed
 from collector.ingest.mapping.common import Mapped
 from collector.ingest.mapping.plausible import encode_event, map_event
-from collector.ingest.mapping.rows import Encoded, Fallback
+from collector.ingest.mapping.rows import DirectGroup, Encoded, Fallback
 
 PATHS = ("/api/event",)
 
@@ -34,7 +34,12 @@ class PlausibleDoor(FrontDoor):
         except CollectorError as exc:
             self.ingest.refused(exc, body)
             raise
-        await self.ingest_mapped(call, groups(list(enumerate(mapped))), [], [body] * len(mapped), _one_event)
+        if len(mapped) == 1 and type(encoded := mapped[0]) is tuple:  # one site (the usual): one group, no grouping
+            domain, _, _, _, _ = encoded
+            assert domain is not None
+            await self.hand_over(call, DirectGroup(domain, None, None, [encoded], [0]), [body], _one_event, None)
+        else:
+            await self.ingest_mapped(call, groups(list(enumerate(mapped))), [], [body] * len(mapped), _one_event)
         await answer(send, 202, b"ok", b"text/plain; charset=utf-8", self.cors(call, success=True))
         return 202
 

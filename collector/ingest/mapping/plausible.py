@@ -37,11 +37,12 @@ def encode_event(body: dict[str, Any], enc: RowEncoder) -> list[Encoded]:
     """map_event's rows (rows.py), one per site; Fallback for what only the /collect path may decide."""
     sites, event = _read(body)
     extra = {k: v for k, v in event.items() if k not in KNOWN_FIELDS}
-    fields = (NULL, NULL, enc.text(event["url"], rows.URL), enc.text(event.get("path"), rows.PATH),
+    fields = (NULL, NULL, enc.text(event["url"], rows.URL), enc.text(event.get("path"), rows.PATH, True),
               enc.text(event.get("referrer"), rows.REFERRER))  # fmt: skip
     middle = enc.middle(fields)
     type_field, data, back = rows.event_type(event["eventType"]), enc.data(event.get("eventData")), enc.extra(extra)
-    return [(domain, None, None, b"".join((rows.head(None), type_field, data, middle)), None, back) for domain in sites]
+    # No time: the receive time, which Ingest knows, goes between the body and `extra`.
+    return [(domain, None, None, b"".join((rows.head(None), type_field, data, middle)), back) for domain in sites]
 
 
 def _read(body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:

@@ -26,9 +26,10 @@ from collector.ingest.payload import MAX_JSON_DEPTH
 from collector.storage import copyformat
 from collector.storage.copyformat import JSONB_HEADER, JSONB_VERSION, NULL, ROW_IDS, ROW_START_AND_UUID_LENGTH
 
-# One encoded message: (site, address, User-Agent, its row up to the timestamp, the timestamp (None: the receive
-# time, known only once Ingest builds the request's context), `extra`). A tuple: a dataclass per event cost more.
-Encoded = tuple[str | None, str | None, str | None, bytes, bytes | None, bytes]
+# One encoded message: (site, address, User-Agent, its row but the request's columns, None); or, when its time is
+# the receive time (known only once Ingest builds the request's context), (..., its row up to that time, `extra`).
+# A tuple: a dataclass per event cost more.
+Encoded = tuple[str | None, str | None, str | None, bytes, bytes | None]
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = copyformat._MICROSECOND
@@ -40,6 +41,7 @@ _DATA_ROOM = MAX_JSON_DEPTH - 3  # eventData stands at depth 3 in the batch a gr
 _EXTRA_ROOM = MAX_JSON_DEPTH - 2  # a sub-event's unknown fields at depth 2
 SESSION, VISITOR, URL, PATH, REFERRER = (TEXT_LIMITS[n] for n in ("sessionId", "visitorId", "url", "path",
                                                                   "referrer"))  # fmt: skip
+MAX_CACHED = copyformat.MAX_CACHED_TEXT_CHARS
 _dumps = orjson.dumps
 _JSONB_HEADER = JSONB_HEADER
 
@@ -90,17 +92,21 @@ class RowEncoder:
             raise Fallback
         return _JSONB_HEADER(n + 1, JSONB_VERSION) + encoded
 
-    def text(self, value: Any, limit: int) -> bytes:
+    def text(self, value: Any, limit: int, repeats: bool = False) -> bytes:
         """A text field as /collect's `_text` encodes it (remembered for the request); Fallback for what it would
-        refuse. Callers look `texts` up themselves first: a hit then costs no call."""
+        refuse. The busiest callers look `texts` up themselves first: a hit then costs no call. `repeats`: a
+        column whose short values repeat across requests (a path, an id), encoded through copyformat's cache."""
         if value is None:
             return NULL
         if type(value) is not str or len(value) > limit:
             raise Fallback
-        try:
-            encoded = self.texts[value] = copyformat.text(value)
-        except copyformat.Unencodable:
-            raise Fallback from None
+        encoded = self.texts.get(value)
+        if encoded is None:
+            try:
+                encoding = copyformat.cached_text if repeats and len(value) <= MAX_CACHED else copyformat.text
+                encoded = self.texts[value] = encoding(value)
+            except copyformat.Unencodable:
+                raise Fallback from None
         return encoded
 
     def middle(self, fields: tuple[bytes, bytes, bytes, bytes, bytes]) -> bytes:
@@ -159,4 +165,4 @@ class DirectGroup:
     def rows(self, ctx: RequestContext) -> list[bytes]:
         """The COPY rows, once Ingest knows the request's columns and receive time."""
         join, received, tail = b"".join, ctx.received, ctx.tail
-        return [join((e[3], e[4] or received, e[5], tail)) for e in self.encoded]
+        return [body + tail if rest is None else join((body, received, rest, tail)) for *_, body, rest in self.encoded]

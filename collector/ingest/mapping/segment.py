@@ -109,22 +109,14 @@ def encode_message(message: Any, received: datetime, key_domain: str | None, enc
         head = ROW_START_AND_UUID_LENGTH + PgUUID(given).bytes
     else:
         head = rows.head(event_id("segment", given))
-    raw_time, sent = message.get("timestamp"), message.get("sentAt")
-    key = (raw_time, sent) if type(raw_time) is str and (sent is None or type(sent) is str) else None
-    times = enc.times
-    if key is not None and key in times:
-        time = times[key]
-    else:
-        time = rows.timestamp(_time(message, received))
-        if key is not None:
-            times[key] = time
+    time = _encoded_time(message, received, enc.times)
     texts = enc.texts
     visitor = message.get("anonymousId")
     if type(visitor) is not str or not visitor:
         visitor = text(visitor) or text(message.get("userId"))
     visitor_field = texts.get(visitor) if type(visitor) is str and len(visitor) <= rows.VISITOR else None
     if visitor_field is None:
-        visitor_field = enc.text(visitor, rows.VISITOR)
+        visitor_field = enc.text(visitor, rows.VISITOR, True)
     if type(url) is str and url and len(url) <= MAX_CACHED_URL_CHARS:
         host, url_path = _url_parts(url)
         url_field = texts.get(url) if len(url) <= rows.URL else None
@@ -135,7 +127,7 @@ def encode_message(message: Any, received: datetime, key_domain: str | None, enc
     path = text(page.get("path") or own.get("path")) or url_path
     path_field = texts.get(path) if type(path) is str and len(path) <= rows.PATH else None
     if path_field is None:
-        path_field = enc.text(path, rows.PATH)
+        path_field = enc.text(path, rows.PATH, True)
     referrer = page.get("referrer") or own.get("referrer")
     referrer_field = NULL if referrer is None else enc.text(text(referrer), rows.REFERRER)
     if len(event_type) > MAX_EVENT_TYPE_CHARS or event_type == "batch":
@@ -147,12 +139,15 @@ def encode_message(message: Any, received: datetime, key_domain: str | None, enc
     # The inherited columns' size bound, as rows.RowEncoder.middle holds it (+ the receive time and a NULL extra).
     if len(visitor_field) + len(url_field) + len(path_field) + len(referrer_field) + 20 > enc.max_inherited:
         raise Fallback
-    front = b"".join((head, type_field, enc.data(data), NULL, visitor_field, url_field, path_field, referrer_field))
+    data_field, extra_field = enc.data(data), enc.extra(_extra(message, context))
     ip, agent = context.get("ip"), context.get("userAgent")
-    return (
-        host or key_domain, None if ip is None else address(ip), agent if type(agent) is str and agent else None,
-        front, time, enc.extra(_extra(message, context)),
-    )  # fmt: skip
+    ip, agent = None if ip is None else address(ip), agent if type(agent) is str and agent else None
+    if time is None:  # the receive time, which Ingest knows
+        body = b"".join((head, type_field, data_field, NULL, visitor_field, url_field, path_field, referrer_field))
+        return host or key_domain, ip, agent, body, extra_field
+    row = b"".join((head, type_field, data_field, NULL, visitor_field, url_field, path_field, referrer_field, time,
+                    extra_field))  # fmt: skip
+    return host or key_domain, ip, agent, row, None
 
 
 def _read(message: Any) -> tuple[str, dict[str, Any], dict[str, Any], Any, dict[str, Any], Any]:
@@ -174,6 +169,18 @@ def _read(message: Any) -> tuple[str, dict[str, Any], dict[str, Any], Any, dict[
     # A page call's standard properties name the page too (server libraries send no context.page).
     own = data if call == "page" and type(data) is dict else {}
     return event_type, context, page, data, own, page.get("url") or own.get("url")
+
+
+def _encoded_time(message: dict[str, Any], received: datetime, times: dict[Any, bytes | None]) -> bytes | None:
+    """_time's event_timestamp field, remembered for the request by (timestamp, sentAt): a batch's often repeat."""
+    raw_time, sent = message.get("timestamp"), message.get("sentAt")
+    key = (raw_time, sent) if type(raw_time) is str and (sent is None or type(sent) is str) else None
+    if key is not None and key in times:
+        return times[key]
+    time = rows.timestamp(_time(message, received))
+    if key is not None:
+        times[key] = time
+    return time
 
 
 def _time(message: dict[str, Any], received: datetime) -> datetime | None:

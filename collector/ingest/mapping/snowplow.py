@@ -14,13 +14,17 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from collector.errors import InvalidEvent
-from collector.ingest.events import KNOWN_FIELDS
+from collector.ingest.events import KNOWN_FIELDS, MAX_EVENT_TYPE_CHARS, _event_type_field
 from collector.ingest.mapping import rows
 from collector.ingest.mapping.common import (
+    _UUID_TEXT,
+    MAX_CACHED_URL_CHARS,
     Mapped,
     MappingRejected,
+    _url_parts,
     address,
     drop_none,
     event_id,
@@ -31,8 +35,9 @@ from collector.ingest.mapping.common import (
     skew_corrected,
     text,
 )
-from collector.ingest.mapping.rows import Encoded, RowEncoder
+from collector.ingest.mapping.rows import Encoded, Fallback, RowEncoder
 from collector.ingest.sites import normalize_domain
+from collector.storage.copyformat import NULL, ROW_START_AND_UUID_LENGTH, Unencodable
 
 PAYLOAD_SCHEMA = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/"
 EVENT_TYPES = {"pv": "pageview", "pp": "page_ping", "se": "structured", "tr": "transaction",
@@ -85,28 +90,61 @@ def map_event(params: Any, received: datetime) -> Mapped:
 
 
 def encode_event(params: Any, received: datetime, enc: RowEncoder) -> Encoded:
-    """map_event's event encoded as its row (rows.py); Fallback for what only the /collect path may decide."""
+    """map_event's event encoded as its row (rows.py); Fallback for what only the /collect path may decide. The
+    fields are map_event's, read the same way; the usual values are encoded here without a call of ours."""
     kind, event_type, data, schema = _read(params)
-    given_id = event_id("snowplow", params.get("eid"))
+    given = params.get("eid")
+    if type(given) is str and len(given) == 36 and _UUID_TEXT.fullmatch(given):
+        head = ROW_START_AND_UUID_LENGTH + PgUUID(given).bytes
+    else:
+        head = rows.head(event_id("snowplow", given))
     extra = _extra(params, kind, schema)
     url = params.get("url")
     domain = _site(params.get("aid"), url)
     key = (params.get("ttm"), params.get("dtm"), params.get("stm"))
+    times = enc.times
     try:
-        time = enc.times[key]
+        time = times[key]
     except KeyError:
-        time = enc.times[key] = rows.timestamp(_time(params, received))
+        time = times[key] = rows.timestamp(_time(params, received))
     except TypeError:  # a parameter that is not text (a POST payload's JSON): not a key
         time = rows.timestamp(_time(params, received))
-    front = b"".join((
-        rows.head(given_id), rows.event_type(event_type), enc.data(data),
-        enc.middle((enc.text(text(params.get("sid")), rows.SESSION), enc.text(text(params.get("duid")), rows.VISITOR),
-                    enc.text(text(url), rows.URL), enc.text(path_of_url(url), rows.PATH),
-                    enc.text(text(params.get("refr")), rows.REFERRER))),
-    ))  # fmt: skip
-    agent = params.get("ua")
-    return (domain, address(params.get("ip")), agent if type(agent) is str and agent else None, front, time,
-            enc.extra(extra))  # fmt: skip
+    texts = enc.texts
+    if type(url) is str and url and len(url) <= MAX_CACHED_URL_CHARS:
+        url_path = _url_parts(url)[1]
+        url_field = texts.get(url) or enc.text(url, rows.URL)
+    else:
+        url_path, url_field = path_of_url(url), enc.text(text(url), rows.URL)
+    session, visitor = params.get("sid"), params.get("duid")
+    # A cached field was held to its own column's limit: a hit counts only within this one's (the path of a URL
+    # within MAX_CACHED_URL_CHARS is within PATH's).
+    session_field = (type(session) is str and 0 < len(session) <= rows.SESSION and texts.get(session)) or enc.text(
+        text(session), rows.SESSION, True
+    )
+    visitor_field = (type(visitor) is str and 0 < len(visitor) <= rows.VISITOR and texts.get(visitor)) or enc.text(
+        text(visitor), rows.VISITOR, True
+    )
+    path_field = (url_path and texts.get(url_path)) or enc.text(url_path, rows.PATH, True)
+    referrer = params.get("refr")
+    referrer_field = NULL if referrer is None else enc.text(text(referrer), rows.REFERRER)
+    if type(event_type) is not str or not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS or event_type == "batch":
+        raise Fallback
+    try:
+        type_field = _event_type_field(event_type)
+    except Unencodable:
+        raise Fallback from None
+    # The inherited columns' size bound, as rows.RowEncoder.middle holds it (+ the receive time and a NULL extra).
+    if len(session_field) + len(visitor_field) + len(url_field) + len(path_field) + len(referrer_field) + 16 > (
+        enc.max_inherited
+    ):
+        raise Fallback
+    data_field, extra_field = enc.data(data), enc.extra(extra)
+    ip, agent = params.get("ip"), params.get("ua")
+    ip, agent = None if ip is None else address(ip), agent if type(agent) is str and agent else None
+    fields = (head, type_field, data_field, session_field, visitor_field, url_field, path_field, referrer_field)
+    if time is None:  # the receive time, which Ingest knows
+        return domain, ip, agent, b"".join(fields), extra_field
+    return domain, ip, agent, b"".join((*fields, time, extra_field)), None
 
 
 def _read(params: Any) -> tuple[str, Any, Any, str | None]:
@@ -131,14 +169,25 @@ def _read(params: Any) -> tuple[str, Any, Any, str | None]:
 def _extra(params: dict[str, Any], kind: str, schema: str | None) -> dict[str, Any]:
     """What is kept in `extra`: the schema, the contexts, every other parameter and the device's own times (None
     values dropped, as the /collect dict's are)."""
-    extra: dict[str, Any] = {"schema": schema, "contexts": _contexts(params)}
-    for name, value in params.items():
-        if name not in CONSUMED and not (kind in ("tr", "ti") and name.startswith(kind + "_")):
-            extra[name if name not in KNOWN_FIELDS else f"snowplow_{name}"] = value
-    for name in ("dtm", "stm", "ttm"):  # the device's own times, as sent (the timestamp is derived from them)
+    contexts = _contexts(params)
+    if kind in ("tr", "ti") or None in params.values() or "schema" in params or "contexts" in params:
+        extra: dict[str, Any] = {"schema": schema, "contexts": contexts}
+        for name, value in params.items():
+            if name not in CONSUMED and not (kind in ("tr", "ti") and name.startswith(kind + "_")):
+                extra[name if name not in KNOWN_FIELDS else f"snowplow_{name}"] = value
+        for name in ("dtm", "stm", "ttm"):  # the device's own times, as sent (the timestamp is derived from them)
+            if name in params:
+                extra[name] = params[name]
+        return drop_none(extra)
+    # The usual event (no None to drop, no parameter landing on the keys set first): the same dict, built faster.
+    extra = {} if schema is None else {"schema": schema}
+    if contexts is not None:
+        extra["contexts"] = contexts
+    extra.update({(n if n not in KNOWN_FIELDS else "snowplow_" + n): v for n, v in params.items() if n not in CONSUMED})
+    for name in ("dtm", "stm", "ttm"):
         if name in params:
             extra[name] = params[name]
-    return drop_none(extra)
+    return extra
 
 
 def _time(params: dict[str, Any], received: datetime) -> datetime | None:
