@@ -183,8 +183,9 @@ def main() -> None:
     print(f"{'cell':24} {'µs/request':>11} {'µs/event':>9}  per event, ÷ /collect's (same run)")
     for cell, _, _, _, events, baselines in CELLS:
         per_event = results[cell] / events
-        labels = ("same rows", "leanest")
-        ratios = ", ".join(f"{results[cell] / results[b]:.2f} x {b} ({label})" for b, label in zip(baselines, labels))
+        labels = ("same rows", "leanest")[: len(baselines)]
+        pairs = zip(baselines, labels, strict=True)
+        ratios = ", ".join(f"{results[cell] / results[b]:.2f} x {b} ({label})" for b, label in pairs)
         print(f"{cell:24} {results[cell]:11.1f} {per_event:9.2f}  {ratios}")
 
 

@@ -150,6 +150,8 @@ class FrontDoor:
         found: dict[tuple[str | None, str | None, str | None], DirectGroup | Group] = {}
         rejected = []
         direct = self.encodes
+        last: DirectGroup | Group | None = None
+        last_key = None
         for index, message in enumerate(messages):
             m = None
             try:
@@ -168,7 +170,7 @@ class FrontDoor:
             if domain is None:
                 rejected.append({"index": index, **self.reject("the event names no site", message)})
                 continue
-            g = found.get(key)
+            g = last if key == last_key else found.get(key)
             if m is None:
                 if g is None:
                     g = found[key] = DirectGroup(domain, ip, agent)
@@ -177,6 +179,7 @@ class FrontDoor:
             elif type(g) is not Group:  # the group's first message that was not encoded: the whole group is not
                 g = found[key] = Group(domain, ip, agent, indexes=g.indexes if g is not None else [])
             g.indexes.append(index)
+            last, last_key = g, key  # a batch's messages are mostly of one group: found without hashing the key
         return list(found.values()), rejected
 
     async def ingest_mapped(
@@ -198,7 +201,8 @@ class FrontDoor:
         """  # fmt: skip
         accepted, first = 0, None
         for g in groups:
-            sample = [messages[i] for i in g.indexes]
+            # All the request's messages (the usual single group) are the list itself.
+            sample = messages if len(g.indexes) == len(messages) else [messages[i] for i in g.indexes]
             try:
                 n, _, _, inner = await self.hand_over(call, g, sample, mapper, client_id)
             except CollectorError as exc:
@@ -211,7 +215,7 @@ class FrontDoor:
             rejected += [{"index": g.indexes[r["index"]], "error": r["error"]} for r in inner]
         if not accepted:
             raise first or InvalidEvent("no event in the request is valid", extra={"events_rejected": rejected})
-        return accepted, sorted(rejected, key=lambda r: r.get("index", -1))
+        return accepted, sorted(rejected, key=lambda r: r.get("index", -1)) if rejected else rejected
 
     async def hand_over(
         self, call: Call, g: DirectGroup | Group, sample: list[Any], mapper: Callable[[Any], Mapped],

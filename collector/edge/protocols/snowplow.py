@@ -36,7 +36,7 @@ class SnowplowDoor(FrontDoor):
             self.ingest.refused(exc, body)
             raise
         mapper = functools.partial(map_event, received=call.received)
-        encode = functools.partial(encode_event, received=call.received, enc=self.encoder())
+        encode = functools.partial(encode_event, self.encoder(), call.received)
         groups, rejected = self.map_all(events, encode, mapper)
         await self.ingest_mapped(call, groups, rejected, events, mapper)
         await answer(send, 200, b"ok", b"text/plain; charset=utf-8", self.cors(call, success=True))
@@ -53,7 +53,7 @@ class SnowplowDoor(FrontDoor):
             return await _gif(send, refused.status, (b"x-collector-rejected", refused.error.encode()))
         try:
             mapper = functools.partial(map_event, received=call.received)
-            encode = functools.partial(encode_event, received=call.received, enc=self.encoder())
+            encode = functools.partial(encode_event, self.encoder(), call.received)
             groups, rejected = self.map_all([params], encode, mapper)
             await self.ingest_mapped(call, groups, rejected, [params], mapper)
         except CollectorError as exc:  # counted by the mapping or Ingest

@@ -33,7 +33,7 @@ from collector.ingest.mapping.common import (
     skew_corrected,
     text,
 )
-from collector.ingest.mapping.rows import Encoded, Fallback, RowEncoder
+from collector.ingest.mapping.rows import PATH, REFERRER, URL, VISITOR, Encoded, Fallback, RowEncoder
 from collector.storage.copyformat import NULL, ROW_START_AND_UUID_LENGTH, Unencodable
 
 # The call types, and the eventType each is stored as (track: its own `event` name).
@@ -100,9 +100,11 @@ def map_message(message: Any, received: datetime, key_domain: str | None) -> Map
     return Mapped(event, host_of_url(url) or key_domain, ip=ip, user_agent=agent)
 
 
-def encode_message(message: Any, received: datetime, key_domain: str | None, enc: RowEncoder) -> Encoded:
+def encode_message(enc: RowEncoder, received: datetime, key_domain: str | None, message: Any) -> Encoded:
     """map_message's event encoded as its row (rows.py); Fallback for what only the /collect path may decide. The
-    fields are map_message's, read the same way; the usual values are encoded here without a call of ours."""
+    fields are map_message's, read the same way; the usual values are encoded here without a call of ours. The
+    message last: the door binds the rest once per request (functools.partial, whose positional form is the
+    cheapest call)."""
     event_type, context, page, data, own, url = _read(message)
     given = message.get("messageId")
     if type(given) is str and len(given) == 36 and _UUID_TEXT.fullmatch(given):
@@ -114,22 +116,23 @@ def encode_message(message: Any, received: datetime, key_domain: str | None, enc
     visitor = message.get("anonymousId")
     if type(visitor) is not str or not visitor:
         visitor = text(visitor) or text(message.get("userId"))
-    visitor_field = texts.get(visitor) if type(visitor) is str and len(visitor) <= rows.VISITOR else None
+    visitor_field = texts.get(visitor) if type(visitor) is str and len(visitor) <= VISITOR else None
     if visitor_field is None:
-        visitor_field = enc.text(visitor, rows.VISITOR, True)
+        visitor_field = enc.text(visitor, VISITOR, True)
     if type(url) is str and url and len(url) <= MAX_CACHED_URL_CHARS:
         host, url_path = _url_parts(url)
-        url_field = texts.get(url) if len(url) <= rows.URL else None
+        url_field = texts.get(url) if len(url) <= URL else None
         if url_field is None:
-            url_field = enc.text(url, rows.URL)
+            url_field = enc.text(url, URL)
     else:
-        host, url_path, url_field = host_of_url(url), path_of_url(url), enc.text(text(url), rows.URL)
-    path = text(page.get("path") or own.get("path")) or url_path
-    path_field = texts.get(path) if type(path) is str and len(path) <= rows.PATH else None
+        host, url_path, url_field = host_of_url(url), path_of_url(url), enc.text(text(url), URL)
+    path = page.get("path") or own.get("path")
+    path = (path if type(path) is str else text(path)) or url_path  # text() but for the usual string
+    path_field = texts.get(path) if type(path) is str and len(path) <= PATH else None
     if path_field is None:
-        path_field = enc.text(path, rows.PATH, True)
+        path_field = enc.text(path, PATH, True)
     referrer = page.get("referrer") or own.get("referrer")
-    referrer_field = NULL if referrer is None else enc.text(text(referrer), rows.REFERRER)
+    referrer_field = NULL if referrer is None else enc.text(text(referrer), REFERRER)
     if len(event_type) > MAX_EVENT_TYPE_CHARS or event_type == "batch":
         raise Fallback
     try:

@@ -35,7 +35,7 @@ from collector.ingest.mapping.common import (
     skew_corrected,
     text,
 )
-from collector.ingest.mapping.rows import Encoded, Fallback, RowEncoder
+from collector.ingest.mapping.rows import PATH, REFERRER, SESSION, URL, VISITOR, Encoded, Fallback, RowEncoder
 from collector.ingest.sites import normalize_domain
 from collector.storage.copyformat import NULL, ROW_START_AND_UUID_LENGTH, Unencodable
 
@@ -89,9 +89,10 @@ def map_event(params: Any, received: datetime) -> Mapped:
     )  # fmt: skip
 
 
-def encode_event(params: Any, received: datetime, enc: RowEncoder) -> Encoded:
+def encode_event(enc: RowEncoder, received: datetime, params: Any) -> Encoded:
     """map_event's event encoded as its row (rows.py); Fallback for what only the /collect path may decide. The
-    fields are map_event's, read the same way; the usual values are encoded here without a call of ours."""
+    fields are map_event's, read the same way; the usual values are encoded here without a call of ours (the
+    event last, as segment.encode_message's message)."""
     kind, event_type, data, schema = _read(params)
     given = params.get("eid")
     if type(given) is str and len(given) == 36 and _UUID_TEXT.fullmatch(given):
@@ -112,21 +113,21 @@ def encode_event(params: Any, received: datetime, enc: RowEncoder) -> Encoded:
     texts = enc.texts
     if type(url) is str and url and len(url) <= MAX_CACHED_URL_CHARS:
         url_path = _url_parts(url)[1]
-        url_field = texts.get(url) or enc.text(url, rows.URL)
+        url_field = texts.get(url) or enc.text(url, URL)
     else:
-        url_path, url_field = path_of_url(url), enc.text(text(url), rows.URL)
+        url_path, url_field = path_of_url(url), enc.text(text(url), URL)
     session, visitor = params.get("sid"), params.get("duid")
     # A cached field was held to its own column's limit: a hit counts only within this one's (the path of a URL
     # within MAX_CACHED_URL_CHARS is within PATH's).
-    session_field = (type(session) is str and 0 < len(session) <= rows.SESSION and texts.get(session)) or enc.text(
-        text(session), rows.SESSION, True
+    session_field = (type(session) is str and 0 < len(session) <= SESSION and texts.get(session)) or enc.text(
+        text(session), SESSION, True
     )
-    visitor_field = (type(visitor) is str and 0 < len(visitor) <= rows.VISITOR and texts.get(visitor)) or enc.text(
-        text(visitor), rows.VISITOR, True
+    visitor_field = (type(visitor) is str and 0 < len(visitor) <= VISITOR and texts.get(visitor)) or enc.text(
+        text(visitor), VISITOR, True
     )
-    path_field = (url_path and texts.get(url_path)) or enc.text(url_path, rows.PATH, True)
+    path_field = (url_path and texts.get(url_path)) or enc.text(url_path, PATH, True)
     referrer = params.get("refr")
-    referrer_field = NULL if referrer is None else enc.text(text(referrer), rows.REFERRER)
+    referrer_field = NULL if referrer is None else enc.text(text(referrer), REFERRER)
     if type(event_type) is not str or not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS or event_type == "batch":
         raise Fallback
     try:

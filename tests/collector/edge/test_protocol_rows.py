@@ -106,7 +106,7 @@ def test_segment_rows_encoded_directly_are_the_bytes_the_collect_path_encodes() 
         if messages is None:
             continue
         outcomes += _compare_request(
-            messages, lambda m, enc: segment.encode_message(m, RECEIVED, "acme.com", enc),
+            messages, lambda m, enc: segment.encode_message(enc, RECEIVED, "acme.com", m),
             lambda m: segment.map_message(m, RECEIVED, "acme.com"),
         )  # fmt: skip
     assert outcomes["encoded, same bytes"] > 200 and outcomes["/collect path"] > 20 and outcomes["refused alike"]
@@ -121,7 +121,7 @@ def test_snowplow_rows_encoded_directly_are_the_bytes_the_collect_path_encodes()
     ]
     for events in requests:
         outcomes += _compare_request(
-            events, lambda e, enc: snowplow.encode_event(e, RECEIVED, enc), lambda e: snowplow.map_event(e, RECEIVED)
+            events, lambda e, enc: snowplow.encode_event(enc, RECEIVED, e), lambda e: snowplow.map_event(e, RECEIVED)
         )
     assert outcomes["encoded, same bytes"] > 100 and outcomes["/collect path"] > 20 and outcomes["refused alike"]
 
