@@ -9,15 +9,22 @@ from starlette.types import Receive, Send
 
 from collector.edge.protocols.front import Call, FrontDoor, answer, groups
 from collector.errors import CollectorError, MethodNotAllowed
+from collector.ingest.auth import DomainAuthorizer
 from collector.ingest.mapping.common import Mapped
 from collector.ingest.mapping.plausible import encode_event, map_event
 from collector.ingest.mapping.rows import DirectGroup, Encoded, Fallback
+from collector.ingest.service import Ingest
+from collector.settings import Settings
 
 PATHS = ("/api/event",)
 
 
 class PlausibleDoor(FrontDoor):
     """The Plausible front door of one worker (Plausible has no keys: the domain and the Origin rules decide)."""
+
+    def __init__(self, settings: Settings, ingest: Ingest, authorizer: DomainAuthorizer) -> None:
+        super().__init__(settings, ingest, authorizer)
+        self.limits = self.encoder()  # one for every request: a single event's encoding uses no cache of it
 
     async def handle(self, call: Call, receive: Receive, send: Send) -> int:
         if call.method != "POST":
@@ -28,7 +35,7 @@ class PlausibleDoor(FrontDoor):
             try:
                 if not self.encodes:
                     raise Fallback
-                mapped = encode_event(body, self.encoder())
+                mapped = encode_event(body, self.limits)
             except Fallback:
                 mapped = map_event(body)
         except CollectorError as exc:

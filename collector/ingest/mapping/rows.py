@@ -165,4 +165,4 @@ class DirectGroup:
     def rows(self, ctx: RequestContext) -> list[bytes]:
         """The COPY rows, once Ingest knows the request's columns and receive time."""
         join, received, tail = b"".join, ctx.received, ctx.tail
-        return [body + tail if rest is None else join((body, received, rest, tail)) for *_, body, rest in self.encoded]
+        return [e[3] + tail if e[4] is None else join((e[3], received, e[4], tail)) for e in self.encoded]
