@@ -24,6 +24,7 @@ from collector.ingest.service import Accepted, Ingest
 from collector.settings import Settings
 
 logger = logging.getLogger(__name__)
+_UNSTAMPED = datetime(1970, 1, 1, tzinfo=UTC)  # Call.received of a door that reads no time
 
 JSON_TYPES = frozenset((b"application/json", b"text/plain"))
 Headers = Sequence[tuple[bytes, bytes]]
@@ -49,10 +50,11 @@ class Call:
     site_host: str | None = None
 
     @classmethod
-    def of(cls, scope: Scope) -> Call:
+    def of(cls, scope: Scope, stamped: bool = True) -> Call:
+        """The request's call; `stamped`: with its receive time (a door without times to correct skips the clock)."""
         client = scope.get("client")
         call = cls(scope["method"], scope["path"], scope.get("query_string", b""), client[0] if client else None,
-                   datetime.now(UTC))  # fmt: skip
+                   datetime.now(UTC) if stamped else _UNSTAMPED)  # fmt: skip
         referer = fetch_site = None
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -85,6 +87,7 @@ class FrontDoor:
     """An endpoint of another protocol. Subclasses answer `handle` and render their protocol's answers."""
 
     allow = b"POST, OPTIONS"
+    stamps = True  # whether its mapping reads the receive time (Call.received)
     # False: every message takes the /collect dict path, as before the direct encoders (the differential test's
     # reference: tests/collector/edge/test_protocol_rows.py).
     encodes = True
@@ -99,7 +102,7 @@ class FrontDoor:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Answer one request; return its status (499 when the client left)."""
-        call = Call.of(scope)
+        call = Call.of(scope, self.stamps)
         try:
             if call.method == "OPTIONS":
                 return await self._preflight(call, send)

@@ -22,6 +22,8 @@ PATHS = ("/api/event",)
 class PlausibleDoor(FrontDoor):
     """The Plausible front door of one worker (Plausible has no keys: the domain and the Origin rules decide)."""
 
+    stamps = False  # an event's time is its receive time, which Ingest takes
+
     def __init__(self, settings: Settings, ingest: Ingest, authorizer: DomainAuthorizer) -> None:
         super().__init__(settings, ingest, authorizer)
         self.limits = self.encoder()  # one for every request: a single event's encoding uses no cache of it

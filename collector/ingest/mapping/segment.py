@@ -36,6 +36,7 @@ from collector.ingest.mapping.common import (
 from collector.ingest.mapping.rows import PATH, REFERRER, URL, VISITOR, Encoded, Fallback, RowEncoder
 from collector.storage.copyformat import NULL, ROW_START_AND_UUID_LENGTH, Unencodable
 
+_TEXTS = frozenset((str, type(None)))
 # The call types, and the eventType each is stored as (track: its own `event` name).
 EVENT_TYPES = {
     "track": None, "page": "pageview", "screen": "screen", "identify": "identify", "group": "group", "alias": "alias",
@@ -112,45 +113,46 @@ def encode_message(enc: RowEncoder, received: datetime, key_domain: str | None, 
     else:
         head = rows.head(event_id("segment", given))
     time = _encoded_time(message, received, enc.times)
-    texts = enc.texts
     visitor = message.get("anonymousId")
     if type(visitor) is not str or not visitor:
         visitor = text(visitor) or text(message.get("userId"))
-    visitor_field = texts.get(visitor) if type(visitor) is str and len(visitor) <= VISITOR else None
-    if visitor_field is None:
-        visitor_field = enc.text(visitor, VISITOR, True)
-    if type(url) is str and url and len(url) <= MAX_CACHED_URL_CHARS:
-        host, url_path = _url_parts(url)
-        url_field = texts.get(url) if len(url) <= URL else None
-        if url_field is None:
-            url_field = enc.text(url, URL)
-    else:
-        host, url_path, url_field = host_of_url(url), path_of_url(url), enc.text(text(url), URL)
     path = page.get("path") or own.get("path")
-    path = (path if type(path) is str else text(path)) or url_path  # text() but for the usual string
-    path_field = texts.get(path) if type(path) is str and len(path) <= PATH else None
-    if path_field is None:
-        path_field = enc.text(path, PATH, True)
     referrer = page.get("referrer") or own.get("referrer")
-    referrer_field = NULL if referrer is None else enc.text(text(referrer), REFERRER)
+    # A batch's messages mostly share their page and visitor: their columns are encoded once per request (keyed by
+    # text values only: 1, 1.0 and True are equal keys but different fields).
+    key = (visitor, url, path, referrer)
+    if type(url) is str and type(visitor) in _TEXTS and type(path) in _TEXTS and type(referrer) in _TEXTS:
+        found = enc.middles.get(key)
+        if found is None:
+            found = enc.middles[key] = _middle(enc, visitor, url, path, referrer)
+        host, middle = found
+    else:
+        host, middle = _middle(enc, visitor, url, path, referrer)
     if len(event_type) > MAX_EVENT_TYPE_CHARS or event_type == "batch":
         raise Fallback
     try:
         type_field = _event_type_field(event_type)
     except Unencodable:
         raise Fallback from None
-    # The inherited columns' size bound, as rows.RowEncoder.middle holds it (+ the receive time and a NULL extra).
-    if len(visitor_field) + len(url_field) + len(path_field) + len(referrer_field) + 20 > enc.max_inherited:
-        raise Fallback
     data_field, extra_field = enc.data(data), enc.extra(_extra(message, context))
     ip, agent = context.get("ip"), context.get("userAgent")
     ip, agent = None if ip is None else address(ip), agent if type(agent) is str and agent else None
     if time is None:  # the receive time, which Ingest knows
-        body = b"".join((head, type_field, data_field, NULL, visitor_field, url_field, path_field, referrer_field))
-        return host or key_domain, ip, agent, body, extra_field
-    row = b"".join((head, type_field, data_field, NULL, visitor_field, url_field, path_field, referrer_field, time,
-                    extra_field))  # fmt: skip
-    return host or key_domain, ip, agent, row, None
+        return host or key_domain, ip, agent, b"".join((head, type_field, data_field, middle)), extra_field
+    return host or key_domain, ip, agent, b"".join((head, type_field, data_field, middle, time, extra_field)), None
+
+
+def _middle(enc: RowEncoder, visitor: Any, url: Any, path: Any, referrer: Any) -> tuple[str | None, bytes]:
+    """The page's host, and the session (none), visitor, url, path and referrer columns as map_message's fields
+    encode (else Fallback)."""
+    if type(url) is str and url and len(url) <= MAX_CACHED_URL_CHARS:
+        host, url_path = _url_parts(url)
+    else:
+        host, url_path = host_of_url(url), path_of_url(url)
+    path = (path if type(path) is str else text(path)) or url_path  # text() but for the usual string
+    fields = (NULL, enc.text(visitor, VISITOR, True), enc.text(text(url), URL), enc.text(path, PATH, True),
+              enc.text(text(referrer), REFERRER))  # fmt: skip
+    return host, enc.middle(fields)
 
 
 def _read(message: Any) -> tuple[str, dict[str, Any], dict[str, Any], Any, dict[str, Any], Any]:

@@ -37,8 +37,9 @@ from collector.ingest.mapping.common import (
 )
 from collector.ingest.mapping.rows import PATH, REFERRER, SESSION, URL, VISITOR, Encoded, Fallback, RowEncoder
 from collector.ingest.sites import normalize_domain
-from collector.storage.copyformat import NULL, ROW_START_AND_UUID_LENGTH, Unencodable
+from collector.storage.copyformat import ROW_START_AND_UUID_LENGTH, Unencodable
 
+_TEXTS = frozenset((str, type(None)))
 PAYLOAD_SCHEMA = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/"
 EVENT_TYPES = {"pv": "pageview", "pp": "page_ping", "se": "structured", "tr": "transaction",
                "ti": "transaction_item", "ue": None}  # fmt: skip
@@ -110,42 +111,41 @@ def encode_event(enc: RowEncoder, received: datetime, params: Any) -> Encoded:
         time = times[key] = rows.timestamp(_time(params, received))
     except TypeError:  # a parameter that is not text (a POST payload's JSON): not a key
         time = rows.timestamp(_time(params, received))
-    texts = enc.texts
-    if type(url) is str and url and len(url) <= MAX_CACHED_URL_CHARS:
-        url_path = _url_parts(url)[1]
-        url_field = texts.get(url) or enc.text(url, URL)
+    session, visitor, referrer = params.get("sid"), params.get("duid"), params.get("refr")
+    # A batch's events mostly share their page, visitor and session: their columns are encoded once per request
+    # (keyed by text values only: 1, 1.0 and True are equal keys but different fields).
+    page = (session, visitor, url, referrer)
+    if type(url) is str and type(session) in _TEXTS and type(visitor) in _TEXTS and type(referrer) in _TEXTS:
+        middle = enc.middles.get(page)
+        if middle is None:
+            middle = enc.middles[page] = _middle(enc, session, visitor, url, referrer)
     else:
-        url_path, url_field = path_of_url(url), enc.text(text(url), URL)
-    session, visitor = params.get("sid"), params.get("duid")
-    # A cached field was held to its own column's limit: a hit counts only within this one's (the path of a URL
-    # within MAX_CACHED_URL_CHARS is within PATH's).
-    session_field = (type(session) is str and 0 < len(session) <= SESSION and texts.get(session)) or enc.text(
-        text(session), SESSION, True
-    )
-    visitor_field = (type(visitor) is str and 0 < len(visitor) <= VISITOR and texts.get(visitor)) or enc.text(
-        text(visitor), VISITOR, True
-    )
-    path_field = (url_path and texts.get(url_path)) or enc.text(url_path, PATH, True)
-    referrer = params.get("refr")
-    referrer_field = NULL if referrer is None else enc.text(text(referrer), REFERRER)
+        middle = _middle(enc, session, visitor, url, referrer)
     if type(event_type) is not str or not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS or event_type == "batch":
         raise Fallback
     try:
         type_field = _event_type_field(event_type)
     except Unencodable:
         raise Fallback from None
-    # The inherited columns' size bound, as rows.RowEncoder.middle holds it (+ the receive time and a NULL extra).
-    if len(session_field) + len(visitor_field) + len(url_field) + len(path_field) + len(referrer_field) + 16 > (
-        enc.max_inherited
-    ):
-        raise Fallback
     data_field, extra_field = enc.data(data), enc.extra(extra)
     ip, agent = params.get("ip"), params.get("ua")
     ip, agent = None if ip is None else address(ip), agent if type(agent) is str and agent else None
-    fields = (head, type_field, data_field, session_field, visitor_field, url_field, path_field, referrer_field)
+    fields = (head, type_field, data_field, middle)
     if time is None:  # the receive time, which Ingest knows
         return domain, ip, agent, b"".join(fields), extra_field
     return domain, ip, agent, b"".join((*fields, time, extra_field)), None
+
+
+def _middle(enc: RowEncoder, session: Any, visitor: Any, url: Any, referrer: Any) -> bytes:
+    """The session, visitor, url, path and referrer columns, as map_event's fields encode (else Fallback)."""
+    if type(url) is str and url and len(url) <= MAX_CACHED_URL_CHARS:
+        url_path = _url_parts(url)[1]
+    else:
+        url_path = path_of_url(url)
+    return enc.middle((
+        enc.text(text(session), SESSION, True), enc.text(text(visitor), VISITOR, True), enc.text(text(url), URL),
+        enc.text(url_path, PATH, True), enc.text(text(referrer), REFERRER),
+    ))  # fmt: skip
 
 
 def _read(params: Any) -> tuple[str, Any, Any, str | None]:
