@@ -40,6 +40,7 @@ from collector.ingest.sites import normalize_domain
 from collector.storage.copyformat import ROW_START_AND_UUID_LENGTH, Unencodable
 
 _TEXTS = frozenset((str, type(None)))
+_UNSEEN = b""  # no encoded time is empty
 PAYLOAD_SCHEMA = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/"
 EVENT_TYPES = {"pv": "pageview", "pp": "page_ping", "se": "structured", "tr": "transaction",
                "ti": "transaction_item", "ue": None}  # fmt: skip
@@ -102,15 +103,19 @@ def encode_event(enc: RowEncoder, received: datetime, params: Any) -> Encoded:
         head = rows.head(event_id("snowplow", given))
     extra = _extra(params, kind, schema)
     url = params.get("url")
-    domain = _site(params.get("aid"), url)
+    aid = params.get("aid")
+    domain = normalize_domain(aid) if type(aid) is str and aid else None  # _site's usual case, without its call
+    if domain is None:
+        domain = _site(aid, url)
     key = (params.get("ttm"), params.get("dtm"), params.get("stm"))
     times = enc.times
     try:
-        time = times[key]
-    except KeyError:
-        time = times[key] = rows.timestamp(_time(params, received))
+        time = times.get(key, _UNSEEN)
     except TypeError:  # a parameter that is not text (a POST payload's JSON): not a key
         time = rows.timestamp(_time(params, received))
+    else:
+        if time is _UNSEEN:  # (a miss raises no KeyError: each event of a real batch has its own time)
+            time = times[key] = rows.timestamp(_time(params, received))
     session, visitor, referrer = params.get("sid"), params.get("duid"), params.get("refr")
     # A batch's events mostly share their page, visitor and session: their columns are encoded once per request
     # (keyed by text values only: 1, 1.0 and True are equal keys but different fields).
@@ -170,25 +175,29 @@ def _read(params: Any) -> tuple[str, Any, Any, str | None]:
 def _extra(params: dict[str, Any], kind: str, schema: str | None) -> dict[str, Any]:
     """What is kept in `extra`: the schema, the contexts, every other parameter and the device's own times (None
     values dropped, as the /collect dict's are)."""
-    contexts = _contexts(params)
-    if kind in ("tr", "ti") or None in params.values() or "schema" in params or "contexts" in params:
-        extra: dict[str, Any] = {"schema": schema, "contexts": contexts}
-        for name, value in params.items():
-            if name not in CONSUMED and not (kind in ("tr", "ti") and name.startswith(kind + "_")):
-                extra[name if name not in KNOWN_FIELDS else f"snowplow_{name}"] = value
-        for name in ("dtm", "stm", "ttm"):  # the device's own times, as sent (the timestamp is derived from them)
+    contexts = _contexts(params) if "co" in params or "cx" in params else None
+    if kind not in ("tr", "ti") and "schema" not in params and "contexts" not in params:
+        # The usual event (no parameter landing on the keys set first): the same dict built faster, unless a None
+        # is to be dropped (a None set first and then replaced keeps its place: the full build below decides).
+        extra: dict[str, Any] = {} if schema is None else {"schema": schema}
+        if contexts is not None:
+            extra["contexts"] = contexts
+        extra.update({
+            (n if n not in KNOWN_FIELDS else "snowplow_" + n): v for n, v in params.items() if n not in CONSUMED
+        })  # fmt: skip
+        for name in ("dtm", "stm", "ttm"):
             if name in params:
                 extra[name] = params[name]
-        return drop_none(extra)
-    # The usual event (no None to drop, no parameter landing on the keys set first): the same dict, built faster.
-    extra = {} if schema is None else {"schema": schema}
-    if contexts is not None:
-        extra["contexts"] = contexts
-    extra.update({(n if n not in KNOWN_FIELDS else "snowplow_" + n): v for n, v in params.items() if n not in CONSUMED})
-    for name in ("dtm", "stm", "ttm"):
+        if None not in extra.values():
+            return extra
+    extra = {"schema": schema, "contexts": contexts}
+    for name, value in params.items():
+        if name not in CONSUMED and not (kind in ("tr", "ti") and name.startswith(kind + "_")):
+            extra[name if name not in KNOWN_FIELDS else f"snowplow_{name}"] = value
+    for name in ("dtm", "stm", "ttm"):  # the device's own times, as sent (the timestamp is derived from them)
         if name in params:
             extra[name] = params[name]
-    return extra
+    return drop_none(extra)
 
 
 def _time(params: dict[str, Any], received: datetime) -> datetime | None:
