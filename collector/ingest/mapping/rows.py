@@ -55,7 +55,7 @@ class RowEncoder:
     share theirs: keyed by the raw values the time is derived from) and the text fields already encoded (a batch's
     messages repeat their visitor and page)."""
 
-    __slots__ = ("max_bytes", "max_inherited", "max_keys", "middles", "texts", "times")
+    __slots__ = ("max_bytes", "max_inherited", "max_keys", "middles", "plans", "texts", "times")
 
     def __init__(self, max_bytes: int, max_keys: int, max_inherited: int) -> None:
         self.max_bytes = max_bytes
@@ -64,6 +64,7 @@ class RowEncoder:
         self.times: dict[Any, bytes | None] = {}
         self.texts: dict[str, bytes] = {}
         self.middles: dict[Any, Any] = {}  # a mapping's encoded page and visitor columns, by their raw values
+        self.plans: dict[Any, Any] = {}  # a mapping's reading of a message shape (snowplow._plan)
 
     def data(self, data: Any) -> bytes:
         """The eventData field (header and JSON): an object of at most MAX_EVENT_DATA_KEYS keys, or NULL."""

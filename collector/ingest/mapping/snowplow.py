@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
@@ -95,13 +95,18 @@ def encode_event(enc: RowEncoder, received: datetime, params: Any) -> Encoded:
     """map_event's event encoded as its row (rows.py); Fallback for what only the /collect path may decide. The
     fields are map_event's, read the same way; the usual values are encoded here without a call of ours (the
     event last, as segment.encode_message's message)."""
-    kind, event_type, data, schema = _read(params)
+    plan = _planned(enc, params)
+    if plan:  # _read's and _extra's work, decided once for the request's events of this kind and parameters
+        event_type, data_keys, _, kind, _ = plan
+        data = None if data_keys is None else {name: params[key] for key, name in data_keys}
+    else:
+        kind, event_type, data, schema = _read(params)
     given = params.get("eid")
     if type(given) is str and len(given) == 36 and _UUID_TEXT.fullmatch(given):
         head = ROW_START_AND_UUID_LENGTH + PgUUID(given).bytes
     else:
         head = rows.head(event_id("snowplow", given))
-    extra = _extra(params, kind, schema)
+    extra = _planned_extra(params, plan) if plan else _extra(params, kind, schema)
     url = params.get("url")
     aid = params.get("aid")
     domain = normalize_domain(aid) if type(aid) is str and aid else None  # _site's usual case, without its call
@@ -151,6 +156,44 @@ def _middle(enc: RowEncoder, session: Any, visitor: Any, url: Any, referrer: Any
         enc.text(text(session), SESSION, True), enc.text(text(visitor), VISITOR, True), enc.text(text(url), URL),
         enc.text(url_path, PATH, True), enc.text(text(referrer), REFERRER),
     ))  # fmt: skip
+
+
+# The kinds whose events of one request and parameter names map alike but for the values (no self-describing data,
+# no transaction fields): their reading is planned once per request (RowEncoder.plans).
+PLANNED = frozenset(("pv", "pp", "se"))
+# (event type, data's (parameter, name) pairs, extra's (parameter, name) pairs in _extra's order, kind, whether it has
+# contexts (co/cx, decoded per event))
+Plan = tuple[str, list[tuple[str, str]] | None, list[tuple[str, str]], str, bool]
+
+
+def _planned(enc: RowEncoder, params: Any) -> Plan | None:
+    """The request's plan for an event of this kind and these parameter names (made on its first event), or None
+    when _read and _extra decide (another kind, or a parameter named schema or contexts, which take extra's first
+    places)."""
+    if type(params) is not dict or type(kind := params.get("e")) is not str or kind not in PLANNED:
+        return None
+    shape = (kind, *params)
+    found = enc.plans.get(shape, _UNSEEN)
+    if found is not _UNSEEN:
+        return cast(Plan | None, found)
+    plan: Plan | None = None
+    if "schema" not in params and "contexts" not in params:
+        fields = STRUCTURED if kind == "se" else PING if kind == "pp" else None
+        data = None if fields is None else [(key, name) for key, name in fields.items() if key in params]
+        extra = [(n, n if n not in KNOWN_FIELDS else "snowplow_" + n) for n in params if n not in CONSUMED]
+        extra += [(name, name) for name in ("dtm", "stm", "ttm") if name in params]
+        plan = (str(EVENT_TYPES[kind]), data, extra, kind, "co" in params or "cx" in params)
+    enc.plans[shape] = plan
+    return plan
+
+
+def _planned_extra(params: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """_extra's dict by the plan (no schema: not a self-describing event); _extra itself when a value is None (it
+    decides where a replaced None stands)."""
+    contexts = _contexts(params) if plan[4] else None
+    extra: dict[str, Any] = {} if contexts is None else {"contexts": contexts}
+    extra.update({dst: params[src] for src, dst in plan[2]})
+    return _extra(params, plan[3], None) if None in extra.values() else extra
 
 
 def _read(params: Any) -> tuple[str, Any, Any, str | None]:

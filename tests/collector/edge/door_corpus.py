@@ -180,7 +180,16 @@ def snowplow_requests() -> list[dict[str, Any]]:
         {**base, "e": "ue", "ue_pr": json.dumps({"data": {"schema": "iglu:a/batch/jsonschema/1-0-0", "data": {}}})},
         {**base, "e": "ue", "ue_pr": json.dumps({"data": {"schema": "iglu:a/b/jsonschema/1-0-0", "data": [1]}})},
     ]
+    events += [
+        {**base, "e": "pv", "co": json.dumps(co)},
+        {**base, "e": "se", "se_ca": "c", "cx": _b64(co), "path": "/p", "snowplow_path": "/q"},
+        {**base, "e": "pp", "pp_mix": "0", "co": "{not json"},
+        {**base, "e": "pp", "eid": ["x"], "co": "{not json"},
+    ]
     requests = [_tp2(e) for e in events]
+    # One shape, values that differ (a None among them): each event still maps as alone.
+    requests.append(_tp2({**base, "e": "se", "se_ca": "a"}, {**base, "e": "se", "se_ca": None},
+                         {**base, "e": "se", "se_ca": "b", "tv": None}, {**base, "e": "se", "se_ca": 5}))  # fmt: skip
     requests.append(_tp2(*[{**base, "e": "pv", "eid": str(uuid.UUID(int=i))} for i in range(20)]))
     requests.append(_tp2(*events[:8]))
     requests.append(_tp2(*[{**base, "e": "pv", "aid": s, "ip": f"192.0.2.{i % 2}"} for i, s in enumerate(SITES * 2)]))
