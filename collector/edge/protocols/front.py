@@ -126,7 +126,10 @@ class FrontDoor:
         """The body as a JSON object, read within MAX_BODY_BYTES (gzip inflated under the same bound); counted."""
         try:
             content_type = call.content_type
-            if content_type is not None and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES:
+            if (
+                content_type is not None and content_type not in JSON_TYPES
+                and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES
+            ):  # fmt: skip
                 raise UnsupportedMediaType("send the events as application/json or text/plain (JSON either way)")
             body = await read_body(receive, self.max_body_bytes, call.content_length, call.encoding)
             return parse_body(body)

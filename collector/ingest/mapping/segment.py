@@ -37,6 +37,7 @@ from collector.ingest.mapping.rows import PATH, REFERRER, URL, VISITOR, Encoded,
 from collector.storage.copyformat import NULL, ROW_START_AND_UUID_LENGTH, Unencodable
 
 _TEXTS = frozenset((str, type(None)))
+_NOTHING: dict[str, Any] = {}  # an absent context, page or page properties: only ever read
 # The call types, and the eventType each is stored as (track: its own `event` name).
 EVENT_TYPES = {
     "track": None, "page": "pageview", "screen": "screen", "identify": "identify", "group": "group", "alias": "alias",
@@ -166,13 +167,13 @@ def _read(message: Any) -> tuple[str, dict[str, Any], dict[str, Any], Any, dict[
     if type(event_type) is not str or not event_type:
         raise MappingRejected("a track call needs an `event` name")
     context = message.get("context")
-    context = context if type(context) is dict else {}
+    context = context if type(context) is dict else _NOTHING
     page = context.get("page")
-    page = page if type(page) is dict else {}
+    page = page if type(page) is dict else _NOTHING
     data_field = DATA_FIELDS[call]
     data = message.get(data_field) if data_field else None
     # A page call's standard properties name the page too (server libraries send no context.page).
-    own = data if call == "page" and type(data) is dict else {}
+    own = data if call == "page" and type(data) is dict else _NOTHING
     return event_type, context, page, data, own, page.get("url") or own.get("url")
 
 
