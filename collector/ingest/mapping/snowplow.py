@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
@@ -172,10 +172,11 @@ def _planned(enc: RowEncoder, params: Any) -> Plan | None:
     places)."""
     if type(params) is not dict or type(kind := params.get("e")) is not str or kind not in PLANNED:
         return None
-    shape = (kind, *params)
-    found = enc.plans.get(shape, _UNSEEN)
-    if found is not _UNSEEN:
-        return cast(Plan | None, found)
+    shape = (kind, tuple(params))
+    plans = enc.plans
+    found: Plan | bytes | None = plans.get(shape, _UNSEEN)
+    if not isinstance(found, bytes):
+        return found
     plan: Plan | None = None
     if "schema" not in params and "contexts" not in params:
         fields = STRUCTURED if kind == "se" else PING if kind == "pp" else None
@@ -183,16 +184,16 @@ def _planned(enc: RowEncoder, params: Any) -> Plan | None:
         extra = [(n, n if n not in KNOWN_FIELDS else "snowplow_" + n) for n in params if n not in CONSUMED]
         extra += [(name, name) for name in ("dtm", "stm", "ttm") if name in params]
         plan = (str(EVENT_TYPES[kind]), data, extra, kind, "co" in params or "cx" in params)
-    enc.plans[shape] = plan
+    plans[shape] = plan
     return plan
 
 
 def _planned_extra(params: dict[str, Any], plan: Plan) -> dict[str, Any]:
     """_extra's dict by the plan (no schema: not a self-describing event); _extra itself when a value is None (it
     decides where a replaced None stands)."""
-    contexts = _contexts(params) if plan[4] else None
-    extra: dict[str, Any] = {} if contexts is None else {"contexts": contexts}
-    extra.update({dst: params[src] for src, dst in plan[2]})
+    extra = {dst: params[src] for src, dst in plan[2]}
+    if plan[4] and (contexts := _contexts(params)) is not None:
+        extra = {"contexts": contexts, **extra}  # the first key, as _extra puts it
     return _extra(params, plan[3], None) if None in extra.values() else extra
 
 
