@@ -17,7 +17,7 @@ import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from collector.errors import InvalidEvent
-from collector.ingest.events import KNOWN_FIELDS, MAX_EVENT_TYPE_CHARS, _event_type_field
+from collector.ingest.events import KNOWN_FIELDS
 from collector.ingest.mapping import rows
 from collector.ingest.mapping.common import (
     _UUID_TEXT,
@@ -35,9 +35,10 @@ from collector.ingest.mapping.common import (
     skew_corrected,
     text,
 )
-from collector.ingest.mapping.rows import PATH, REFERRER, SESSION, URL, VISITOR, Encoded, Fallback, RowEncoder
+from collector.ingest.mapping.rows import PATH, REFERRER, SESSION, URL, VISITOR, Encoded, RowEncoder
 from collector.ingest.sites import normalize_domain
-from collector.storage.copyformat import ROW_START_AND_UUID_LENGTH, Unencodable
+from collector.storage import copyformat
+from collector.storage.copyformat import ROW_START_AND_UUID_LENGTH
 
 _TEXTS = frozenset((str, type(None)))
 _UNSEEN = b""  # no encoded time is empty
@@ -46,6 +47,8 @@ EVENT_TYPES = {"pv": "pageview", "pp": "page_ping", "se": "structured", "tr": "t
                "ti": "transaction_item", "ue": None}  # fmt: skip
 STRUCTURED = {"se_ca": "category", "se_ac": "action", "se_la": "label", "se_pr": "property", "se_va": "value"}
 PING = {"pp_mix": "min_x", "pp_max": "max_x", "pp_miy": "min_y", "pp_may": "max_y"}
+# The fixed event types' fields (a self-describing event's type is its schema's name, checked by rows.event_type).
+_TYPE_FIELDS = {name: copyformat.text(name) for name in EVENT_TYPES.values() if name is not None}
 CONSUMED = frozenset((
     "e", "eid", "aid", "dtm", "stm", "ttm", "duid", "sid", "url", "refr", "ue_px", "ue_pr", "cx", "co", "ip", "ua",
     *STRUCTURED, *PING,
@@ -131,12 +134,7 @@ def encode_event(enc: RowEncoder, received: datetime, params: Any) -> Encoded:
             middle = enc.middles[page] = _middle(enc, session, visitor, url, referrer)
     else:
         middle = _middle(enc, session, visitor, url, referrer)
-    if type(event_type) is not str or not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS or event_type == "batch":
-        raise Fallback
-    try:
-        type_field = _event_type_field(event_type)
-    except Unencodable:
-        raise Fallback from None
+    type_field = _TYPE_FIELDS.get(event_type) or rows.event_type(event_type)  # a ue event's own name: checked
     data_field, extra_field = enc.data(data), enc.extra(extra)
     ip, agent = params.get("ip"), params.get("ua")
     ip, agent = None if ip is None else address(ip), agent if type(agent) is str and agent else None
