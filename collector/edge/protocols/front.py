@@ -157,7 +157,7 @@ class FrontDoor:
         rejected = []
         direct = self.encodes
         last: DirectGroup | Group | None = None
-        last_key = None
+        last_key: tuple[str | None, str | None, str | None] = (None, None, None)
         for index, message in enumerate(messages):
             m = None
             try:
@@ -165,13 +165,21 @@ class FrontDoor:
                     if not direct:
                         raise Fallback
                     e = encode(message)
-                    key = e[:3]
                 except Fallback:
                     m = mapper(message)
-                    key = (m.domain, m.ip, m.user_agent)
             except MappingRejected as exc:
                 rejected.append({"index": index, **self.reject(str(exc), message)})
                 continue
+            if m is None:
+                # The usual next message: of the last one's group (the same site, address and agent objects: the
+                # mappings' caches hand out the same strings), found without building or hashing a key.
+                if e[0] is last_key[0] and e[1] is last_key[1] and e[2] is last_key[2] and type(last) is DirectGroup:
+                    last.encoded.append(e)
+                    last.indexes.append(index)
+                    continue
+                key = e[:3]
+            else:
+                key = (m.domain, m.ip, m.user_agent)
             domain, ip, agent = key
             if domain is None:
                 rejected.append({"index": index, **self.reject("the event names no site", message)})
@@ -185,7 +193,7 @@ class FrontDoor:
             elif type(g) is not Group:  # the group's first message that was not encoded: the whole group is not
                 g = found[key] = Group(domain, ip, agent, indexes=g.indexes if g is not None else [])
             g.indexes.append(index)
-            last, last_key = g, key  # a batch's messages are mostly of one group: found without hashing the key
+            last, last_key = g, key
         return list(found.values()), rejected
 
     async def ingest_mapped(
