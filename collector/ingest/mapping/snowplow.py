@@ -110,11 +110,21 @@ def encode_event(enc: RowEncoder, received: datetime, params: Any) -> Encoded:
     else:
         head = rows.head(event_id("snowplow", given))
     extra = _planned_extra(params, plan) if plan else _extra(params, kind, schema)
-    url = params.get("url")
-    aid = params.get("aid")
-    domain = normalize_domain(aid) if type(aid) is str and aid else None  # _site's usual case, without its call
-    if domain is None:
-        domain = _site(aid, url)
+    url, aid = params.get("url"), params.get("aid")
+    session, visitor, referrer = params.get("sid"), params.get("duid"), params.get("refr")
+    # A batch's events mostly share their site, page, visitor and session: the site and those columns are found
+    # once per request (keyed by text values only: 1, 1.0 and True are equal keys but different fields).
+    page = (aid, session, visitor, url, referrer)
+    cached = type(url) is str and type(aid) in _TEXTS and type(session) in _TEXTS and type(visitor) in _TEXTS and (
+        type(referrer) in _TEXTS
+    )  # fmt: skip
+    site = enc.middles.get(page) if cached else None
+    if site is None:
+        domain = _site(aid, url)  # first: an `aid` that names no site is refused before any Fallback
+        site = (domain, _middle(enc, session, visitor, url, referrer))
+        if cached:
+            enc.middles[page] = site
+    domain, middle = site
     key = (params.get("ttm"), params.get("dtm"), params.get("stm"))
     times = enc.times
     try:
@@ -124,24 +134,13 @@ def encode_event(enc: RowEncoder, received: datetime, params: Any) -> Encoded:
     else:
         if time is _UNSEEN:  # (a miss raises no KeyError: each event of a real batch has its own time)
             time = times[key] = rows.timestamp(_time(params, received))
-    session, visitor, referrer = params.get("sid"), params.get("duid"), params.get("refr")
-    # A batch's events mostly share their page, visitor and session: their columns are encoded once per request
-    # (keyed by text values only: 1, 1.0 and True are equal keys but different fields).
-    page = (session, visitor, url, referrer)
-    if type(url) is str and type(session) in _TEXTS and type(visitor) in _TEXTS and type(referrer) in _TEXTS:
-        middle = enc.middles.get(page)
-        if middle is None:
-            middle = enc.middles[page] = _middle(enc, session, visitor, url, referrer)
-    else:
-        middle = _middle(enc, session, visitor, url, referrer)
     type_field = _TYPE_FIELDS.get(event_type) or rows.event_type(event_type)  # a ue event's own name: checked
     data_field, extra_field = enc.data(data), enc.extra(extra)
     ip, agent = params.get("ip"), params.get("ua")
     ip, agent = None if ip is None else address(ip), agent if type(agent) is str and agent else None
-    fields = (head, type_field, data_field, middle)
     if time is None:  # the receive time, which Ingest knows
-        return domain, ip, agent, b"".join(fields), extra_field
-    return domain, ip, agent, b"".join((*fields, time, extra_field)), None
+        return domain, ip, agent, b"".join((head, type_field, data_field, middle)), extra_field
+    return domain, ip, agent, b"".join((head, type_field, data_field, middle, time, extra_field)), None
 
 
 def _middle(enc: RowEncoder, session: Any, visitor: Any, url: Any, referrer: Any) -> bytes:
