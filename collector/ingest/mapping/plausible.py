@@ -73,7 +73,10 @@ def _read(body: dict[str, Any]) -> tuple[list[str], str, Any, str, Any, dict[str
         raise InvalidEvent("`url` must be the page's http(s) URL")
     if type(domains) is not str or not domains:
         raise InvalidEvent("`domain` (the site, as configured) is required")
-    sites = [part.strip() for part in domains.split(",") if part.strip()]
+    if "," in domains:
+        sites = [part.strip() for part in domains.split(",") if part.strip()]
+    else:  # one site, the usual
+        sites = [site] if (site := domains.strip()) else []
     if len(sites) > MAX_SITES:
         raise InvalidEvent(f"`domain` names more than {MAX_SITES} sites")
     props = given.get("props", given.get("m"))
