@@ -1,14 +1,17 @@
-"""The front doors' cost beside /collect's, in the same run: the same events sent as a /collect batch and as each
-protocol's request, through the real endpoints (CollectEndpoint, SegmentDoor, SnowplowDoor, PlausibleDoor), Ingest,
-a real DomainAuthorizer and WriteKeys over a domains file, and a WriteBehindBuffer never started (put() only
-queues), so no database and no network: the per-event CPU cost of each door's parsing and mapping, which is all that
-differs from /collect (everything after it is the same Ingest).
+"""The front doors' cost beside /collect's, in the same run: each protocol's request and the /collect request that
+stores the same rows (built by the door's own mapping, so that the two cannot drift), through the real endpoints
+(CollectEndpoint, SegmentDoor, SnowplowDoor, PlausibleDoor), Ingest, a real DomainAuthorizer and WriteKeys over a
+domains file, and a WriteBehindBuffer never started (put() only queues), so no database and no network: the
+per-event CPU cost of each door's parsing, mapping and encoding against /collect's parsing and encoding of the same
+rows (everything after it is the same Ingest).
 
-    .venv/bin/python deploy/bench/protocols.py [N] [ROUNDS]
+    PYTHONPATH=. .venv/bin/python deploy/bench/protocols.py [N] [ROUNDS]
 
-Prints µs per request and per event for each cell, best of ROUNDS x N requests, and each door's ratio to /collect's
-cell with the same events. (Issue 18 asks for a door within 15 % of /collect per event.) Like micro_collect.py,
-wall-clock figures are noisy on a shared machine: compare ratios of one run, not runs.
+(PYTHONPATH=.: a script's own folder comes first on sys.path, so without it `collector` is the installed copy.)
+Prints µs per request and per event for each cell, each cell's best of ROUNDS rounds of N requests in CPU seconds
+(the rounds interleave the cells), and each door's ratio to the /collect cell with the same rows and, for reference,
+to /collect's leanest cell of the same events. Issue 18 asks for a door within 15 % of /collect per event for the
+same events. Compare ratios of one run, not runs.
 """
 
 from __future__ import annotations
