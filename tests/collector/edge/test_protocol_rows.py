@@ -234,7 +234,7 @@ async def test_each_door_stores_answers_and_counts_what_the_collect_path_did_for
         sends.append((query, lambda q=query: client.get("/i", params=q)))
     for body in door_corpus.plausible_requests():
         sends.append((body, lambda b=body: client.post("/api/event", content=json.dumps(b).encode())))
-    stored = 0
+    stored, sites = 0, set()
     for body, send in sends:
         outcomes = []
         for encodes in (True, False):
@@ -246,4 +246,7 @@ async def test_each_door_stores_answers_and_counts_what_the_collect_path_did_for
         assert letters == reference_letters
         _same_rows(rows, reference_rows, _given_ids(body))
         stored += len(rows)
+        sites.update(r["site_id"] for r in rows)
     assert stored > 300
+    # The consent fallback inside Ingest (cookieless ids, no ids without consent) and the IP rules were exercised.
+    assert {"cookieless.com", "opt-in.com", "eu-shop.com", "no-ip.com", "shop.acme.com"} <= sites
