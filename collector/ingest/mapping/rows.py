@@ -33,6 +33,7 @@ Encoded = tuple[str | None, str | None, str | None, bytes, bytes | None]
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = copyformat._MICROSECOND
+_PG_EPOCH_UNIX_US = copyformat._PG_EPOCH_UNIX_US
 _int64 = copyformat._int64
 # EventParser accepts timestamps of the years 1970 to 2999 (in UTC): as microseconds since PostgreSQL's epoch.
 _FIRST_US = (datetime(1970, 1, 1, tzinfo=UTC) - _PG_EPOCH) // _MICROSECOND
@@ -58,7 +59,7 @@ class RowEncoder:
     share theirs: keyed by the raw values the time is derived from) and the text fields already encoded (a batch's
     messages repeat their visitor and page)."""
 
-    __slots__ = ("max_bytes", "max_inherited", "max_keys", "middles", "plans", "texts", "times")
+    __slots__ = ("max_bytes", "max_inherited", "max_keys", "middles", "plans", "received_us", "texts", "times")
 
     def __init__(self, max_bytes: int, max_keys: int, max_inherited: int) -> None:
         self.max_bytes = max_bytes
@@ -68,6 +69,7 @@ class RowEncoder:
         self.texts: dict[str, bytes] = {}
         self.middles: dict[Any, Any] = {}  # a mapping's encoded page and visitor columns, by their raw values
         self.plans: dict[Any, Any] = {}  # a mapping's reading of a message shape (snowplow._plan)
+        self.received_us: int | None = None  # the request's receive time in Unix microseconds, once a mapping asks
 
     def data(self, data: Any) -> bytes:
         """The eventData field (header and JSON): an object of at most MAX_EVENT_DATA_KEYS keys, or NULL."""
@@ -148,6 +150,15 @@ def timestamp(value: datetime | None) -> bytes | None:
         return None
     us = (value - _PG_EPOCH) // _MICROSECOND
     us -= us % 1000  # isoformat(timespec="milliseconds") truncates
+    if not _FIRST_US <= us < _END_US:
+        raise Fallback
+    return copyformat.TIMESTAMP_LENGTH + _int64(us)
+
+
+def timestamp_us(unix_us: int) -> bytes:
+    """timestamp() of a time given in microseconds since the Unix epoch (exact integer arithmetic, no datetime)."""
+    us = unix_us - _PG_EPOCH_UNIX_US
+    us -= us % 1000
     if not _FIRST_US <= us < _END_US:
         raise Fallback
     return copyformat.TIMESTAMP_LENGTH + _int64(us)

@@ -187,6 +187,13 @@ def snowplow_requests() -> list[dict[str, Any]]:
         {**base, "e": "pp", "eid": ["x"], "co": "{not json"},
     ]
     requests = [_tp2(e) for e in events]
+    # Each event its own device time (as a real batch's), sent together; a clock ten years off; times either side of
+    # the integer path's bound (rows encoded from milliseconds without datetimes below 2^33 s).
+    requests.append(_tp2(*[{**base, "e": "pv", "dtm": str(1767225600000 + i * 7919 + 3)} for i in range(20)]))
+    requests.append(_tp2(*[{**base, "e": "pv", "ttm": str(1767225500000 + i * 104729)} for i in range(5)]))
+    for dtm, stm in (("1451606400000", "1767225601000"), ("8589934591999", None), ("8589934592000", None),
+                     ("8589934591999", "8589934592001"), ("0", None), ("999", "1000")):  # fmt: skip
+        requests.append(_tp2({**base, "e": "pv", "dtm": dtm, "stm": stm}))
     # One shape, values that differ (a None among them): each event still maps as alone.
     requests.append(_tp2({**base, "e": "se", "se_ca": "a"}, {**base, "e": "se", "se_ca": None},
                          {**base, "e": "se", "se_ca": "b", "tv": None}, {**base, "e": "se", "se_ca": 5}))  # fmt: skip
