@@ -9,8 +9,8 @@ but the write key and the send time is kept in `extra`.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
@@ -37,6 +37,10 @@ from collector.ingest.mapping.rows import PATH, REFERRER, URL, VISITOR, Encoded,
 from collector.storage.copyformat import NULL, ROW_START_AND_UUID_LENGTH, Unencodable
 
 _TEXTS = frozenset((str, type(None)))
+_SENT, _UNSEEN = object(), object()  # RowEncoder.plans' key of a parsed sentAt; not found
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_TEN_YEARS_US = 3650 * 86_400 * 1_000_000  # skew_corrected's bound on a correction
 _NOTHING: dict[str, Any] = {}  # an absent context, page or page properties: only ever read
 # The call types, and the eventType each is stored as (track: its own `event` name).
 EVENT_TYPES = {
@@ -113,7 +117,7 @@ def encode_message(enc: RowEncoder, received: datetime, key_domain: str | None, 
         head = ROW_START_AND_UUID_LENGTH + PgUUID(given).bytes
     else:
         head = rows.head(event_id("segment", given))
-    time = _encoded_time(message, received, enc.times)
+    time = _encoded_time(message, received, enc)
     visitor = message.get("anonymousId")
     if type(visitor) is not str or not visitor:
         visitor = text(visitor) or text(message.get("userId"))
@@ -177,13 +181,37 @@ def _read(message: Any) -> tuple[str, dict[str, Any], dict[str, Any], Any, dict[
     return event_type, context, page, data, own, page.get("url") or own.get("url")
 
 
-def _encoded_time(message: dict[str, Any], received: datetime, times: dict[Any, bytes | None]) -> bytes | None:
-    """_time's event_timestamp field, remembered for the request by (timestamp, sentAt): a batch's often repeat."""
+def _encoded_time(message: dict[str, Any], received: datetime, enc: RowEncoder) -> bytes | None:
+    """_time's event_timestamp field, remembered for the request by (timestamp, sentAt): a batch's often repeat.
+    Otherwise skew_corrected's arithmetic in integer microseconds, exact as its datetimes' (a correction it could
+    not represent is more than ten years: the device's own time either way), with the batch's one sentAt parsed
+    once: each message of a real batch has its own timestamp."""
     raw_time, sent = message.get("timestamp"), message.get("sentAt")
     key = (raw_time, sent) if type(raw_time) is str and (sent is None or type(sent) is str) else None
+    times = enc.times
     if key is not None and key in times:
         return times[key]
-    time = rows.timestamp(_time(message, received))
+    occurred = parse_time(raw_time)
+    if occurred is None:
+        time = None
+    else:
+        occurred_us = (occurred - _UNIX_EPOCH) // _MICROSECOND
+        found = enc.plans.get((_SENT, sent), _UNSEEN) if key is not None else _UNSEEN
+        sent_us: int | None
+        if found is _UNSEEN:
+            sent_at = parse_time(sent)
+            sent_us = None if sent_at is None else (sent_at - _UNIX_EPOCH) // _MICROSECOND
+            if key is not None:
+                enc.plans[(_SENT, sent)] = sent_us
+        else:
+            sent_us = cast(int | None, found)
+        if sent_us is None:
+            time = rows.timestamp_us(occurred_us)
+        else:
+            if enc.received_us is None:
+                enc.received_us = (received - _UNIX_EPOCH) // _MICROSECOND
+            corrected = enc.received_us - (sent_us - occurred_us)
+            time = rows.timestamp_us(corrected if abs(corrected - enc.received_us) < _TEN_YEARS_US else occurred_us)
     if key is not None:
         times[key] = time
     return time

@@ -128,6 +128,22 @@ def segment_requests() -> list[tuple[str, Any]]:
         ),
         ("/v1/batch", {"batch": [{**_track(), "context": "junk"}], "context": {"a": 1}}),
         ("/v1/track", {"event": "e", "anonymousId": "a"}),
+        # Each message its own time (as a real batch's), one sentAt for all; then each its own sentAt too.
+        (
+            "/v1/batch",
+            {
+                "batch": [
+                    _track(timestamp=f"2026-03-01T10:00:{i:02d}.{i * 37:03d}{i * 11 % 1000:03d}+0{i % 3}:00")
+                    for i in range(20)
+                ],
+                "sentAt": "2026-03-01T10:01:00.5Z",
+            },
+        ),
+        ("/v1/batch", {"batch": [_track(timestamp=t, sentAt=s) for t, s in TIMES * 2]}),
+        (
+            "/v1/batch",
+            {"batch": [_track(timestamp="2016-01-01T00:00:00Z") for _ in range(3)], "sentAt": "2026-03-01T10:00:00Z"},
+        ),
     ]
 
     return requests + [(path, body) for path, body in segment_bodies()]
