@@ -251,7 +251,10 @@ def _extra(params: dict[str, Any], kind: str, schema: str | None) -> dict[str, A
 def _encoded_time(enc: RowEncoder, times: tuple[Any, Any, Any], params: Any, received: datetime) -> bytes | None:
     """rows.timestamp(_time(...)) in integer microseconds when every given time is digits within SAFE_MILLIS (each
     event of a real batch has its own `dtm`: building datetimes for each cost more than the rest of its row)."""
-    ttm, dtm, stm = (_millis(t) for t in times)
+    ttm, dtm, stm = times
+    ttm = None if ttm is None else _millis(ttm)
+    dtm = None if dtm is None else _millis(dtm)
+    stm = None if stm is None else _millis(stm)
     if ttm is _UNSAFE or dtm is _UNSAFE or stm is _UNSAFE:
         return rows.timestamp(_time(params, received))
     if ttm is not None:
