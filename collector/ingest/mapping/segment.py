@@ -33,8 +33,8 @@ from collector.ingest.mapping.common import (
     skew_corrected,
     text,
 )
-from collector.ingest.mapping.rows import PATH, REFERRER, URL, VISITOR, Encoded, Fallback, RowEncoder
-from collector.storage.copyformat import NULL, ROW_START_AND_UUID_LENGTH, Unencodable
+from collector.ingest.mapping.rows import Encoded, Fallback, RowEncoder
+from collector.storage.copyformat import ROW_START_AND_UUID_LENGTH, Unencodable
 
 _TEXTS = frozenset((str, type(None)))
 _SENT, _UNSEEN = object(), object()  # RowEncoder.plans' key of a parsed sentAt; not found
@@ -155,9 +155,7 @@ def _middle(enc: RowEncoder, visitor: Any, url: Any, path: Any, referrer: Any) -
     else:
         host, url_path = host_of_url(url), path_of_url(url)
     path = (path if type(path) is str else text(path)) or url_path  # text() but for the usual string
-    fields = (NULL, enc.text(visitor, VISITOR, True), enc.text(text(url), URL), enc.text(path, PATH, True),
-              enc.text(text(referrer), REFERRER))  # fmt: skip
-    return host, enc.middle(fields)
+    return host, enc.columns(None, visitor, url, path, referrer)  # each as text() leaves it
 
 
 def _read(message: Any) -> tuple[str, dict[str, Any], dict[str, Any], Any, dict[str, Any], Any]:

@@ -35,7 +35,7 @@ from collector.ingest.mapping.common import (
     skew_corrected,
     text,
 )
-from collector.ingest.mapping.rows import PATH, REFERRER, SESSION, URL, VISITOR, Encoded, RowEncoder
+from collector.ingest.mapping.rows import Encoded, RowEncoder
 from collector.ingest.sites import normalize_domain
 from collector.storage import copyformat
 from collector.storage.copyformat import ROW_START_AND_UUID_LENGTH
@@ -156,10 +156,7 @@ def _middle(enc: RowEncoder, session: Any, visitor: Any, url: Any, referrer: Any
         url_path = _url_parts(url)[1]
     else:
         url_path = path_of_url(url)
-    return enc.middle((
-        enc.text(text(session), SESSION, True), enc.text(text(visitor), VISITOR, True), enc.text(text(url), URL),
-        enc.text(url_path, PATH, True), enc.text(text(referrer), REFERRER),
-    ))  # fmt: skip
+    return enc.columns(session, visitor, url, url_path, referrer)  # each as text() leaves it
 
 
 # The kinds whose events of one request and parameter names map alike but for the values (no self-describing data,
