@@ -49,7 +49,7 @@ def encode_event(body: dict[str, Any], enc: RowEncoder) -> list[Encoded]:
         or (referrer is not None and (type(referrer) is not str or len(referrer) > REFERRER))
     ):
         raise Fallback
-    try:  # one event: nothing repeats within the request, so no per-request cache (enc.text)
+    try:  # one event: nothing repeats within the request, so no per-request cache (RowEncoder.texts)
         url_field = copyformat.text(url)
         path_field = NULL if path is None else copyformat.cached_text(path) if len(path) <= MAX_CACHED else (
             copyformat.text(path)

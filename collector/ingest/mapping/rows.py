@@ -99,23 +99,6 @@ class RowEncoder:
             raise Fallback
         return (_HEADERS[n] if n < _SHORT_JSON else _JSONB_HEADER(n + 1, JSONB_VERSION)) + encoded
 
-    def text(self, value: Any, limit: int, repeats: bool = False) -> bytes:
-        """A text field as /collect's `_text` encodes it (remembered for the request); Fallback for what it would
-        refuse. The busiest callers look `texts` up themselves first: a hit then costs no call. `repeats`: a
-        column whose short values repeat across requests (a path, an id), encoded through copyformat's cache."""
-        if value is None:
-            return NULL
-        if type(value) is not str or len(value) > limit:
-            raise Fallback
-        encoded = self.texts.get(value)
-        if encoded is None:
-            try:
-                encoding = copyformat.cached_text if repeats and len(value) <= MAX_CACHED else copyformat.text
-                encoded = self.texts[value] = encoding(value)
-            except copyformat.Unencodable:
-                raise Fallback from None
-        return encoded
-
     def columns(self, session: Any, visitor: Any, url: Any, path: Any, referrer: Any) -> bytes:
         """middle() of the five values as mapping.common.text() leaves them (a number as its text, "" as absent),
         each encoded as text() would be: one call for the five (a batch of many users and pages takes it for every
