@@ -1,5 +1,6 @@
 """FrontDoor: what every protocol endpoint shares — the header scan, the bounded body, the preflight, and the
-hand-over of mapped events to Ingest, one call per group (site, address, User-Agent), as /collect's batch."""
+hand-over of the mapped events to Ingest, one call per group (site, address, User-Agent): their rows, encoded by the
+mapping (Ingest.collect_rows), or, for what the encoders leave to /collect's path, as /collect's batch."""
 
 from __future__ import annotations
 
