@@ -26,7 +26,7 @@ from collector.settings import Settings
 from collector.storage.copyformat import ROW_START_AND_UUID_LENGTH
 from tests.collector.edge import door_corpus
 from tests.collector.edge.door_corpus import KEY
-from tests.conftest import MakeApp, Running
+from tests.conftest import MakeApp, Running, wait_for_rows
 from tests.pixel_management import PixelManagement, site_config
 
 RECEIVED = datetime(2026, 3, 1, 10, 0, 7, 654321, tzinfo=UTC)
@@ -250,3 +250,32 @@ async def test_each_door_stores_answers_and_counts_what_the_collect_path_did_for
     assert stored > 300
     # The consent fallback inside Ingest (cookieless ids, no ids without consent) and the IP rules were exercised.
     assert {"cookieless.com", "opt-in.com", "eu-shop.com", "no-ip.com", "shop.acme.com"} <= sites
+
+
+async def test_a_full_buffer_refuses_a_doors_encoded_rows_as_it_refuses_the_collect_paths(
+    make_app: MakeApp, db: asyncpg.Connection
+) -> None:
+    """PostgreSQL away and the journal full: a tp2 batch that does not fit answers 503 buffer_full with Retry-After
+    and counts its events, through the encoders exactly as through the /collect path."""
+    running = await make_app(buffer_max_events=3, flush_max_events=3, flush_interval_ms=10, journal_max_bytes=1)
+    ingest, doors = running.services.ingest, set(running.services.doors.values())
+    await db.execute("ALTER TABLE events_log RENAME TO events_log_away")
+    try:
+        filler = {"eventType": "batch", "siteId": "acme.com", "events": [{"eventType": "a"}] * 2}
+        assert (await running.post(filler)).status_code == 200
+        outcomes = []
+        for encodes in (True, False):
+            for door in doors:
+                door.encodes = encodes
+            before = ingest.rejected["buffer_full"]
+            body = {
+                "schema": door_corpus.SCHEMA,
+                "data": [{"e": "pv", "aid": "acme.com", "url": "https://acme.com/a"}] * 2,
+            }
+            response = await running.client.post(TP2, json=body)
+            outcomes.append((response.status_code, response.json()["error"], "retry-after" in response.headers,
+                             ingest.rejected["buffer_full"] - before))  # fmt: skip
+    finally:
+        await db.execute("ALTER TABLE events_log_away RENAME TO events_log")
+    assert outcomes == [(503, "buffer_full", True, 2)] * 2
+    await wait_for_rows(db, 2, timeout_s=15)
