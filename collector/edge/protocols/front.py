@@ -1,8 +1,10 @@
 """FrontDoor: what every protocol endpoint shares — the header scan, the bounded body, the preflight, and the
-hand-over of mapped events to Ingest, one call per group (site, address, User-Agent), as /collect's batch."""
+hand-over of the mapped events to Ingest, one call per group (site, address, User-Agent): their rows, encoded by the
+mapping (Ingest.collect_rows), or, for what the encoders leave to /collect's path, as /collect's batch."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,13 +17,15 @@ from collector.edge.bodies import ClientDisconnected, read_body
 from collector.edge.cors import RememberedOrigins, cors_headers
 from collector.errors import CollectorError, InternalError, InvalidEvent, OriginMismatch, UnsupportedMediaType
 from collector.ingest.auth import DomainAuthorizer
-from collector.ingest.mapping.common import Mapped, MappingRejected, group
+from collector.ingest.mapping.common import Group, Mapped, MappingRejected
+from collector.ingest.mapping.rows import DirectGroup, Encoded, Fallback, RowEncoder
 from collector.ingest.origins import host_of, origin_allowed
 from collector.ingest.payload import parse_body
-from collector.ingest.service import Ingest
+from collector.ingest.service import Accepted, Ingest
 from collector.settings import Settings
 
 logger = logging.getLogger(__name__)
+_UNSTAMPED = datetime(1970, 1, 1, tzinfo=UTC)  # Call.received of a door that reads no time
 
 JSON_TYPES = frozenset((b"application/json", b"text/plain"))
 Headers = Sequence[tuple[bytes, bytes]]
@@ -47,10 +51,11 @@ class Call:
     site_host: str | None = None
 
     @classmethod
-    def of(cls, scope: Scope) -> Call:
+    def of(cls, scope: Scope, stamped: bool = True) -> Call:
+        """The request's call; `stamped`: with its receive time (a door without times to correct skips the clock)."""
         client = scope.get("client")
         call = cls(scope["method"], scope["path"], scope.get("query_string", b""), client[0] if client else None,
-                   datetime.now(UTC))  # fmt: skip
+                   datetime.now(UTC) if stamped else _UNSTAMPED)  # fmt: skip
         referer = fetch_site = None
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -83,6 +88,10 @@ class FrontDoor:
     """An endpoint of another protocol. Subclasses answer `handle` and render their protocol's answers."""
 
     allow = b"POST, OPTIONS"
+    stamps = True  # whether its mapping reads the receive time (Call.received)
+    # False: every message takes the /collect dict path, as before the direct encoders (the differential test's
+    # reference: tests/collector/edge/test_protocol_rows.py).
+    encodes = True
 
     def __init__(self, settings: Settings, ingest: Ingest, authorizer: DomainAuthorizer) -> None:
         self.ingest = ingest
@@ -94,7 +103,7 @@ class FrontDoor:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Answer one request; return its status (499 when the client left)."""
-        call = Call.of(scope)
+        call = Call.of(scope, self.stamps)
         try:
             if call.method == "OPTIONS":
                 return await self._preflight(call, send)
@@ -118,7 +127,10 @@ class FrontDoor:
         """The body as a JSON object, read within MAX_BODY_BYTES (gzip inflated under the same bound); counted."""
         try:
             content_type = call.content_type
-            if content_type is not None and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES:
+            if (
+                content_type is not None and content_type not in JSON_TYPES
+                and content_type.split(b";", 1)[0].strip().lower() not in JSON_TYPES
+            ):  # fmt: skip
                 raise UnsupportedMediaType("send the events as application/json or text/plain (JSON either way)")
             body = await read_body(receive, self.max_body_bytes, call.content_length, call.encoding)
             return parse_body(body)
@@ -131,28 +143,83 @@ class FrontDoor:
         self.ingest.refused(InvalidEvent(detail), message)
         return {"error": detail}
 
+    def encoder(self) -> RowEncoder:
+        """A request's row encoder, under /collect's limits."""
+        parser = self.ingest.parser
+        return RowEncoder(parser.max_event_bytes, parser.max_event_data_keys, parser.max_inherited_bytes)
+
+    def map_all(
+        self, messages: list[Any], encode: Callable[[Any], Encoded], mapper: Callable[[Any], Mapped]
+    ) -> tuple[list[DirectGroup | Group], list[dict[str, Any]]]:
+        """The messages in groups (as `groups`), each encoded as its row (`encode`) or, what that does not take on
+        (rows.Fallback), mapped to a /collect event (`mapper`); the refused ones (counted) by index. Both refuse
+        the same messages alike. Grouped here rather than by `groups`: a list of pairs between cost as much."""
+        found: dict[tuple[str | None, str | None, str | None], DirectGroup | Group] = {}
+        rejected = []
+        direct = self.encodes
+        last: DirectGroup | Group | None = None
+        last_key: tuple[str | None, str | None, str | None] = (None, None, None)
+        for index, message in enumerate(messages):
+            m = None
+            try:
+                try:
+                    if not direct:
+                        raise Fallback
+                    e = encode(message)
+                except Fallback:
+                    m = mapper(message)
+            except MappingRejected as exc:
+                rejected.append({"index": index, **self.reject(str(exc), message)})
+                continue
+            if m is None:
+                # The usual next message: of the last one's group (the same site, address and agent objects: the
+                # mappings' caches hand out the same strings), found without building or hashing a key.
+                if e[0] is last_key[0] and e[1] is last_key[1] and e[2] is last_key[2] and type(last) is DirectGroup:
+                    last.encoded.append(e)
+                    last.indexes.append(index)
+                    continue
+                key = e[:3]
+            else:
+                key = (m.domain, m.ip, m.user_agent)
+            domain, ip, agent = key
+            if domain is None:
+                rejected.append({"index": index, **self.reject("the event names no site", message)})
+                continue
+            g = last if key == last_key else found.get(key)
+            if m is None:
+                if g is None:
+                    g = found[key] = DirectGroup(domain, ip, agent)
+                if type(g) is DirectGroup:
+                    g.encoded.append(e)
+            elif type(g) is not Group:  # the group's first message that was not encoded: the whole group is not
+                g = found[key] = Group(domain, ip, agent, indexes=g.indexes if g is not None else [])
+            g.indexes.append(index)
+            last, last_key = g, key
+        return list(found.values()), rejected
+
     async def ingest_mapped(
         self,
         call: Call,
-        mapped: list[tuple[int, Mapped]],
+        groups: list[DirectGroup | Group],
         rejected: list[dict[str, Any]],
-        sample: list[Any],
+        messages: list[Any],
+        mapper: Callable[[Any], Mapped],
         client_id: str | None = None,
     ) -> tuple[int, list[dict[str, Any]]]:
-        """Hand each group to Ingest (the same path as /collect); the events accepted and every rejection by index.
+        """Hand each group (site, address, User-Agent) to Ingest, its encoded rows (collect_rows) or, when one of its
+        messages was not encoded, its /collect batch (collect_payload, the path of /collect itself); the events
+        accepted and every rejection by index.
 
         A transient refusal (429, 5xx) is raised at once, so that the client resends everything (its resent events
         are taken once, by event id); a permanent one (4xx) names the group's events as rejected and the others go
         on. Nothing accepted: the first refusal is raised.
         """  # fmt: skip
         accepted, first = 0, None
-        for g in group([(i, m) for i, m in mapped if m.domain is not None]):
+        for g in groups:
+            # All the request's messages (the usual single group) are the list itself.
+            sample = messages if len(g.indexes) == len(messages) else [messages[i] for i in g.indexes]
             try:
-                n, _, _, inner = await self.ingest.collect_payload(
-                    g.payload(), [sample[i] for i in g.indexes], peer=call.peer, forwarded_for=call.forwarded_for,
-                    user_agent=g.user_agent or call.user_agent, origin=call.site_host, client_id=client_id,
-                    event_ip=g.ip,
-                )  # fmt: skip
+                n, _, _, inner = await self.hand_over(call, g, sample, mapper, client_id)
             except CollectorError as exc:
                 if exc.status >= 500 or exc.status == 429:
                     raise
@@ -163,24 +230,24 @@ class FrontDoor:
             rejected += [{"index": g.indexes[r["index"]], "error": r["error"]} for r in inner]
         if not accepted:
             raise first or InvalidEvent("no event in the request is valid", extra={"events_rejected": rejected})
-        return accepted, sorted(rejected, key=lambda r: r.get("index", -1))
+        return accepted, sorted(rejected, key=lambda r: r.get("index", -1)) if rejected else rejected
 
-    def map_all(
-        self, messages: list[Any], mapper: Callable[[Any], Mapped]
-    ) -> tuple[list[tuple[int, Mapped]], list[dict[str, Any]]]:
-        """`mapper` over the messages: the mapped ones by index, and the refused ones (counted) by index."""
-        mapped, rejected = [], []
-        for index, message in enumerate(messages):
-            try:
-                m = mapper(message)
-            except MappingRejected as exc:
-                rejected.append({"index": index, **self.reject(str(exc), message)})
-                continue
-            if m.domain is None:
-                rejected.append({"index": index, **self.reject("the event names no site", message)})
-                continue
-            mapped.append((index, m))
-        return mapped, rejected
+    async def hand_over(
+        self, call: Call, g: DirectGroup | Group, sample: list[Any], mapper: Callable[[Any], Mapped],
+        client_id: str | None,
+    ) -> Accepted:  # fmt: skip
+        """One group to Ingest: its rows, or its /collect batch."""
+        payload_of = functools.partial(_payload, g.domain, g.ip, g.user_agent, sample, mapper)
+        agent = g.user_agent or call.user_agent
+        if type(g) is DirectGroup:
+            return await self.ingest.collect_rows(
+                g.domain, g.rows, payload_of, sample, peer=call.peer, forwarded_for=call.forwarded_for,
+                user_agent=agent, origin=call.site_host, client_id=client_id, event_ip=g.ip,
+            )  # fmt: skip
+        return await self.ingest.collect_payload(
+            payload_of(), sample, peer=call.peer, forwarded_for=call.forwarded_for, user_agent=agent,
+            origin=call.site_host, client_id=client_id, event_ip=g.ip,
+        )  # fmt: skip
 
     def cors(self, call: Call, *, success: bool) -> list[tuple[bytes, bytes]]:
         """CORS headers for a browser: after a success (Ingest checked its page), or for an origin seen before."""
@@ -225,3 +292,35 @@ async def answer(send: Send, status: int, body: bytes, content_type: bytes, head
         "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers],
     })  # fmt: skip
     await send({"type": "http.response.body", "body": body})
+
+
+def groups(mapped: list[tuple[int, Encoded | Mapped]]) -> list[DirectGroup | Group]:
+    """The messages by (site, address, User-Agent), in the order each group first appears: a DirectGroup of rows
+    when every message of it was encoded, else a Group (its events are mapped again, as /collect dicts, by
+    _payload)."""
+    found: dict[tuple[str | None, str | None, str | None], DirectGroup | Group] = {}
+    for index, m in mapped:
+        if isinstance(m, Mapped):
+            key = (m.domain, m.ip, m.user_agent)
+            g = found.get(key)
+            if type(g) is not Group:  # the group's first message that was not encoded: the whole group is not
+                assert m.domain is not None
+                g = found[key] = Group(m.domain, m.ip, m.user_agent, indexes=g.indexes if g is not None else [])
+        else:
+            key = m[:3]
+            g = found.get(key)
+            if g is None:
+                domain, ip, agent = key
+                assert domain is not None
+                g = found[key] = DirectGroup(domain, ip, agent)
+            if type(g) is DirectGroup:
+                g.encoded.append(m)
+        g.indexes.append(index)
+    return list(found.values())
+
+
+def _payload(
+    domain: str, ip: str | None, agent: str | None, messages: list[Any], mapper: Callable[[Any], Mapped]
+) -> dict[str, Any]:
+    """A group's /collect batch: its messages mapped as /collect events (which they were, or would have been)."""
+    return Group(domain, ip, agent, [mapper(m).event for m in messages]).payload()

@@ -14,7 +14,7 @@ from starlette.types import Receive, Send
 from collector.edge.protocols.front import Call, FrontDoor, answer
 from collector.errors import CollectorError, MethodNotAllowed
 from collector.ingest.auth import DomainAuthorizer
-from collector.ingest.mapping.segment import map_message, messages_of
+from collector.ingest.mapping.segment import encode_message, map_message, messages_of
 from collector.ingest.service import Ingest
 from collector.ingest.writekeys import WriteKeys
 from collector.settings import Settings
@@ -27,6 +27,7 @@ PATHS: dict[str, str | None] = {
     "/v1/batch": None, "/v1/b": None, "/v1/import": None,
 }  # fmt: skip
 SUCCESS = b'{"success":true}'
+MAX_REMEMBERED_KEYS = 1024  # headers of at most 256 bytes: ~0.5 MB at most
 
 
 class SegmentDoor(FrontDoor):
@@ -35,12 +36,20 @@ class SegmentDoor(FrontDoor):
     def __init__(self, settings: Settings, ingest: Ingest, authorizer: DomainAuthorizer, keys: WriteKeys) -> None:
         super().__init__(settings, ingest, authorizer)
         self.keys = keys
+        # Authorization headers already decoded to their user name (a source sends the same one with every batch).
+        self.users: dict[bytes, str] = {}
 
     async def handle(self, call: Call, receive: Receive, send: Send) -> int:
         if call.method != "POST":
             raise MethodNotAllowed("send Segment calls with POST", headers={"allow": "POST, OPTIONS"})
         body = await self.read_json(call, receive)
-        given = _basic_user(call.authorization)
+        given = self.users.get(call.authorization) if call.authorization is not None else None
+        if given is None:
+            given = _basic_user(call.authorization)
+            if given is not None and len(call.authorization or b"") <= 256:  # a well-formed key's header is short
+                if len(self.users) >= MAX_REMEMBERED_KEYS:
+                    self.users.clear()
+                self.users[call.authorization or b""] = given
         if given is None and type(body.get("writeKey")) is str:
             given = body["writeKey"]
         try:
@@ -52,8 +61,9 @@ class SegmentDoor(FrontDoor):
         # A write key is never stored, logged or sampled to dead letters, wherever a client put it.
         messages = [m if type(m) is not dict or "writeKey" not in m else _without_key(m) for m in messages]
         mapper = functools.partial(map_message, received=call.received, key_domain=key.domain)
-        mapped, rejected = self.map_all(messages, mapper)
-        _, rejected = await self.ingest_mapped(call, mapped, rejected, messages, client_id=key.client_id)
+        encode = functools.partial(encode_message, self.encoder(), call.received, key.domain)
+        groups, rejected = self.map_all(messages, encode, mapper)
+        _, rejected = await self.ingest_mapped(call, groups, rejected, messages, mapper, client_id=key.client_id)
         body_out = SUCCESS if not rejected else orjson.dumps({"success": True, "events_rejected": rejected})
         await answer(send, 200, body_out, b"application/json", self.cors(call, success=True))
         return 200

@@ -11,7 +11,7 @@ from starlette.types import Receive, Send
 from collector.edge.browser import GIF, GIF_HEADERS
 from collector.edge.protocols.front import Call, FrontDoor, answer
 from collector.errors import CollectorError, InvalidEvent, MethodNotAllowed, render
-from collector.ingest.mapping.snowplow import events_of, map_event
+from collector.ingest.mapping.snowplow import encode_event, events_of, map_event
 
 POST_PATH = "/com.snowplowanalytics.snowplow/tp2"
 GET_PATH = "/i"
@@ -35,8 +35,10 @@ class SnowplowDoor(FrontDoor):
         except CollectorError as exc:
             self.ingest.refused(exc, body)
             raise
-        mapped, rejected = self.map_all(events, functools.partial(map_event, received=call.received))
-        await self.ingest_mapped(call, mapped, rejected, events)
+        mapper = functools.partial(map_event, received=call.received)
+        encode = functools.partial(encode_event, self.encoder(), call.received)
+        groups, rejected = self.map_all(events, encode, mapper)
+        await self.ingest_mapped(call, groups, rejected, events, mapper)
         await answer(send, 200, b"ok", b"text/plain; charset=utf-8", self.cors(call, success=True))
         return 200
 
@@ -50,8 +52,10 @@ class SnowplowDoor(FrontDoor):
             self.ingest.refused(refused, call.query)
             return await _gif(send, refused.status, (b"x-collector-rejected", refused.error.encode()))
         try:
-            mapped, rejected = self.map_all([params], functools.partial(map_event, received=call.received))
-            await self.ingest_mapped(call, mapped, rejected, [params])
+            mapper = functools.partial(map_event, received=call.received)
+            encode = functools.partial(encode_event, self.encoder(), call.received)
+            groups, rejected = self.map_all([params], encode, mapper)
+            await self.ingest_mapped(call, groups, rejected, [params], mapper)
         except CollectorError as exc:  # counted by the mapping or Ingest
             return await _gif(send, exc.status, (b"x-collector-rejected", exc.error.encode()))
         return await _gif(send, 200, (b"x-collector-status", b"accepted"))

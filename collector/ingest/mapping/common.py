@@ -145,7 +145,10 @@ def parse_time(value: Any) -> datetime | None:
 def from_millis(value: Any) -> datetime | None:
     """A time in Unix milliseconds (Snowplow's dtm, stm, ttm: digits as text), None when absent or unreadable."""
     if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 15:
-        return datetime.fromtimestamp(int(value) / 1000, UTC)
+        try:
+            return datetime.fromtimestamp(int(value) / 1000, UTC)
+        except (ValueError, OverflowError, OSError):  # past year 9999: no time a device had
+            return None
     return None
 
 
@@ -156,14 +159,23 @@ def skew_corrected(occurred: datetime | None, sent: datetime | None, received: d
         return None
     if sent is None:
         return occurred
-    corrected = received - (sent - occurred)
+    try:
+        corrected = received - (sent - occurred)
+    except OverflowError:  # a send time thousands of years from the event's
+        return occurred
     # A device clock years off (or a forged send time) gives a time no event had: keep the device's own then.
     return corrected if abs(corrected - received) < timedelta(days=3650) else occurred
 
 
 def iso(value: datetime | None) -> str | None:
-    """The time as the ISO 8601 text /collect's `timestamp` takes (None stays None)."""
-    return None if value is None else value.astimezone(UTC).isoformat(timespec="milliseconds")
+    """The time as the ISO 8601 text /collect's `timestamp` takes (None stays None). A time whose UTC date is
+    outside datetime's range (year 1 east of Greenwich) keeps its offset: /collect refuses it as out of range."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC).isoformat(timespec="milliseconds")
+    except OverflowError:
+        return value.isoformat(timespec="milliseconds")
 
 
 def text(value: Any) -> Any:
