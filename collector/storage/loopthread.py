@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -14,13 +13,6 @@ import uvloop
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# The longest a thread waiting for the GIL waits for a busy one to let go of it (Python's default is 5 ms). Under
-# load the request loop is always busy, and each time storage's thread wakes (a flush handed over, each PostgreSQL
-# answer of a flush: four per batch) it waited up to the whole interval: a durable request waited for several
-# of them. At 0.5 ms, single-event durable went from 9,427-10,445 to 12,189-12,529 events/s and its p99 from
-# 13.7-18.2 to 7.5-7.9 ms (docs/performance.md#storage); lower gained nothing more.
-SWITCH_INTERVAL_S = 0.0005
 
 
 class LoopThread:
@@ -36,10 +28,7 @@ class LoopThread:
         self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        """Start the thread and return once its loop runs (lowering the process's GIL switch interval to
-        SWITCH_INTERVAL_S: see there)."""
-        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
+        """Start the thread and return once its loop runs."""
         ready = threading.Event()
         self._thread = threading.Thread(target=self._main, args=(ready,), name=self._name, daemon=True)
         self._thread.start()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 
 import pytest
 
-from collector.storage.loopthread import SWITCH_INTERVAL_S, LoopThread
+from collector.storage.loopthread import LoopThread
 
 
 async def test_a_coroutine_runs_on_the_thread_and_its_result_comes_back() -> None:
@@ -42,18 +41,3 @@ async def test_stopping_logs_no_error_with_or_without_tasks_left(
     with caplog.at_level(logging.ERROR, logger="collector.storage.loopthread"):
         await worker.stop()
     assert caplog.records == []
-
-
-async def test_starting_the_thread_lowers_the_gil_switch_interval_and_never_raises_it() -> None:
-    """A busy request loop lets storage's thread in within SWITCH_INTERVAL_S, not Python's default 5 ms; a lower
-    interval the process chose itself is kept."""
-    before = sys.getswitchinterval()
-    try:
-        for start, expected in ((0.005, SWITCH_INTERVAL_S), (0.0001, 0.0001)):
-            sys.setswitchinterval(start)
-            worker = LoopThread("seam")
-            await worker.start()
-            await worker.stop()
-            assert sys.getswitchinterval() == pytest.approx(expected)
-    finally:
-        sys.setswitchinterval(before)
