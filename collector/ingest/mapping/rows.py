@@ -77,25 +77,23 @@ class RowEncoder:
             return NULL
         if type(data) is not dict or len(data) > self.max_keys:
             raise Fallback
-        try:
-            encoded = _dumps(data)
-        except orjson.JSONEncodeError:
-            raise Fallback from None
-        n = len(encoded)
-        if n > self.max_bytes or b"\\u0000" in encoded or (n > 2 * _DATA_ROOM and _brackets(encoded) > _DATA_ROOM):
-            raise Fallback
-        return (_HEADERS[n] if n < _SHORT_JSON else _JSONB_HEADER(n + 1, JSONB_VERSION)) + encoded
+        return self._jsonb(data, _DATA_ROOM)
 
     def extra(self, extra: dict[str, Any]) -> bytes:
         """The `extra` field of the message's unknown fields (NULL without any); the same checks as data's."""
         if not extra:
             return NULL
+        return self._jsonb(extra, _EXTRA_ROOM)
+
+    def _jsonb(self, value: dict[str, Any], room: int) -> bytes:
+        """A jsonb field (header and JSON) of `value`, nested at most `room` levels below it; Fallback for what
+        /collect might refuse (unserializable, over MAX_EVENT_BYTES, a NUL escape, too deep)."""
         try:
-            encoded = _dumps(extra)
+            encoded = _dumps(value)
         except orjson.JSONEncodeError:
             raise Fallback from None
         n = len(encoded)
-        if n > self.max_bytes or b"\\u0000" in encoded or (n > 2 * _EXTRA_ROOM and _brackets(encoded) > _EXTRA_ROOM):
+        if n > self.max_bytes or b"\\u0000" in encoded or (n > 2 * room and _brackets(encoded) > room):
             raise Fallback
         return (_HEADERS[n] if n < _SHORT_JSON else _JSONB_HEADER(n + 1, JSONB_VERSION)) + encoded
 
