@@ -6,14 +6,19 @@ in tests/security/test_privacy_time.py with redaction in a thread). In a process
 another core; the process that answers /collect only hands it bytes and gets bytes back.
 
 One worker process, started on first use (a collector that never processes never starts it) and stopped by
-`shutdown` (the pipeline's close, or interpreter exit).
+`shutdown` (the pipeline's close, or interpreter exit); on Linux it also dies with the process that started it,
+when that one is killed outright and runs no exit code (_die_with_parent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -33,8 +38,28 @@ def _executor() -> ProcessPoolExecutor:
     if _pool is None:
         # spawn, not fork: this process has threads (the flusher, asyncio's executor) whose locks a forked child
         # would inherit in whatever state they were.
-        _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        _pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        )  # fmt: skip
     return _pool
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the worker, first thing: ask the kernel for SIGKILL when the process that started it dies.
+
+    A collector killed outright (SIGKILL, the kernel's out-of-memory killer) runs no atexit and no shutdown, and the
+    idle worker, blocked on its queue, outlived it for ever: under a supervisor that restarts the crashed worker, one
+    more orphan (and its memory) per crash. The signal follows the thread that started the worker, which is the
+    collector's event loop thread (the pool starts its process from `submit`): it lives as long as the process."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(0)
 
 
 async def run(fn: Callable[..., T], *args: object) -> T:
