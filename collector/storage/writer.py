@@ -13,7 +13,7 @@ from collector.storage.batch import Batch
 
 def _claim_script(batch_id: bytes, rows: int, clients: dict[str, int]) -> str:
     """BEGIN, then claim the batch id (a unique violation if it was committed before: the caller rolls back) and
-    count the rows per client; the COPY and COMMIT follow (_TRANSACTION). A simple-query script: every value is
+    count the rows per client; the COPY and COMMIT follow (_COPY_AND_COMMIT). A simple-query script: every value is
     ours (hex, integers, client ids validated at authorization), quoted all the same."""
     statements = [
         "BEGIN",
