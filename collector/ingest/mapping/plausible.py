@@ -60,7 +60,10 @@ def encode_event(body: dict[str, Any], enc: RowEncoder) -> list[Encoded]:
     middle = enc.middle((NULL, NULL, url_field, path_field, referrer_field))
     type_field, data, back = rows.event_type(name), enc.data(props), enc.extra(extra)
     # No time: the receive time, which Ingest knows, goes between the body and `extra`.
-    return [(domain, None, None, b"".join((rows.head(None), type_field, data, middle)), back) for domain in sites]
+    return [
+        (domain, None, None, b"".join((rows.event_head("plausible", None), type_field, data, middle)), back)
+        for domain in sites
+    ]
 
 
 def _read(body: dict[str, Any]) -> tuple[list[str], str, Any, str, Any, dict[str, Any]]:

@@ -14,6 +14,7 @@ refusals are /collect's by construction: rare cases cost what they cost before, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from collector.ingest.events import MAX_EVENT_TYPE_CHARS, TEXT_LIMITS, RequestContext, _event_type_field
+from collector.ingest.mapping.common import _UUID_TEXT, event_id
 from collector.ingest.payload import MAX_JSON_DEPTH
 from collector.storage import copyformat
 from collector.storage.copyformat import JSONB_HEADER, JSONB_VERSION, NULL, ROW_IDS, ROW_START_AND_UUID_LENGTH
@@ -32,7 +34,9 @@ from collector.storage.copyformat import JSONB_HEADER, JSONB_VERSION, NULL, ROW_
 Encoded = tuple[str | None, str | None, str | None, bytes, bytes | None]
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = copyformat._MICROSECOND
+_TEN_YEARS_US = 3650 * 86_400 * 1_000_000  # mapping.common.skew_corrected's bound on a correction
 _PG_EPOCH_UNIX_US = copyformat._PG_EPOCH_UNIX_US
 _int64 = copyformat._int64
 # EventParser accepts timestamps of the years 1970 to 2999 (in UTC): as microseconds since PostgreSQL's epoch.
@@ -125,18 +129,25 @@ class RowEncoder:
                 except copyformat.Unencodable:
                     raise Fallback from None
             encoded.append(field)
-        middle = b"".join(encoded)
-        if len(middle) + 16 > self.max_inherited:  # as middle() holds it
-            raise Fallback
-        return middle
+        return self.middle(encoded)
 
-    def middle(self, fields: tuple[bytes, bytes, bytes, bytes, bytes]) -> bytes:
+    def middle(self, fields: Sequence[bytes]) -> bytes:
         """The five inherited text columns joined. Their size is held to MAX_INHERITED_BYTES as a group's shared
         fields are on /collect (Group.payload moves them to the batch wrapper): a larger set takes the dict path."""
         middle = b"".join(fields)
         if len(middle) + 16 > self.max_inherited:  # + the receive time (12 bytes) and a NULL extra
             raise Fallback
         return middle
+
+    def corrected(self, occurred_us: int, sent_us: int, received: datetime) -> bytes:
+        """timestamp() of mapping.common.skew_corrected(occurred, sent, received) in exact integer microseconds since
+        the Unix epoch (a datetime per event cost more than the rest of its row): the device's time moved by the
+        send's lag, unless that lands ten years or more from the receive time (a broken clock: its own time then)."""
+        received_us = self.received_us
+        if received_us is None:
+            received_us = self.received_us = (received - _UNIX_EPOCH) // _MICROSECOND
+        corrected = received_us - (sent_us - occurred_us)
+        return timestamp_us(corrected if abs(corrected - received_us) < _TEN_YEARS_US else occurred_us)
 
 
 def event_type(value: Any) -> bytes:
@@ -149,33 +160,36 @@ def event_type(value: Any) -> bytes:
         raise Fallback from None
 
 
-def head(event_id: str | None) -> bytes:
-    """The row's start and event id: the mapped id (always a UUID's text), else a random one."""
-    if event_id is None:
-        heads = ROW_IDS.heads
-        return heads.pop() if heads else ROW_IDS.take()
-    return ROW_START_AND_UUID_LENGTH + PgUUID(event_id).bytes
+def event_head(protocol: str, given: Any) -> bytes:
+    """The row's start and event id: a protocol's message id given as a UUID's text (the usual case, checked here
+    without a call), else mapping.common.event_id's (uuid5 of another id; MappingRejected for an unusable one), else
+    a random one."""
+    if type(given) is not str or len(given) != 36 or not _UUID_TEXT.fullmatch(given):
+        given = event_id(protocol, given)
+        if given is None:
+            heads = ROW_IDS.heads
+            return heads.pop() if heads else ROW_IDS.take()
+    return ROW_START_AND_UUID_LENGTH + PgUUID(given).bytes
 
 
 def timestamp(value: datetime | None) -> bytes | None:
     """The event_timestamp field of a derived time, as /collect stores its ISO text at millisecond precision
     (mapping.common.iso), straight from the datetime; None for no time (the receive time is stored)."""
-    if value is None:
-        return None
-    us = (value - _PG_EPOCH) // _MICROSECOND
-    us -= us % 1000  # isoformat(timespec="milliseconds") truncates
-    if not _FIRST_US <= us < _END_US:
-        raise Fallback
-    return copyformat.TIMESTAMP_LENGTH + _int64(us)
+    return None if value is None else _millis_field((value - _PG_EPOCH) // _MICROSECOND)
 
 
 def timestamp_us(unix_us: int) -> bytes:
     """timestamp() of a time given in microseconds since the Unix epoch (exact integer arithmetic, no datetime)."""
-    us = unix_us - _PG_EPOCH_UNIX_US
-    us -= us % 1000
-    if not _FIRST_US <= us < _END_US:
+    return _millis_field(unix_us - _PG_EPOCH_UNIX_US)
+
+
+def _millis_field(pg_us: int) -> bytes:
+    """The field of a time in microseconds since PostgreSQL's epoch, cut to the millisecond as
+    isoformat(timespec="milliseconds") cuts it; Fallback outside the years /collect accepts."""
+    pg_us -= pg_us % 1000
+    if not _FIRST_US <= pg_us < _END_US:
         raise Fallback
-    return copyformat.TIMESTAMP_LENGTH + _int64(us)
+    return copyformat.TIMESTAMP_LENGTH + _int64(pg_us)
 
 
 def _brackets(encoded: bytes) -> int:

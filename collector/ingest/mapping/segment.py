@@ -12,13 +12,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from asyncpg.pgproto.pgproto import UUID as PgUUID
-
 from collector.errors import InvalidEvent
 from collector.ingest.events import KNOWN_FIELDS, MAX_EVENT_TYPE_CHARS, _event_type_field
 from collector.ingest.mapping import rows
 from collector.ingest.mapping.common import (
-    _UUID_TEXT,
     MAX_CACHED_URL_CHARS,
     Mapped,
     MappingRejected,
@@ -34,13 +31,12 @@ from collector.ingest.mapping.common import (
     text,
 )
 from collector.ingest.mapping.rows import Encoded, Fallback, RowEncoder
-from collector.storage.copyformat import ROW_START_AND_UUID_LENGTH, Unencodable
+from collector.storage.copyformat import Unencodable
 
 _TEXTS = frozenset((str, type(None)))
 _SENT, _UNSEEN = object(), object()  # RowEncoder.plans' key of a parsed sentAt; not found
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_TEN_YEARS_US = 3650 * 86_400 * 1_000_000  # skew_corrected's bound on a correction
 _NOTHING: dict[str, Any] = {}  # an absent context, page or page properties: only ever read
 # The call types, and the eventType each is stored as (track: its own `event` name).
 EVENT_TYPES = {
@@ -112,11 +108,7 @@ def encode_message(enc: RowEncoder, received: datetime, key_domain: str | None, 
     message last: the door binds the rest once per request (functools.partial, whose positional form is the
     cheapest call)."""
     event_type, context, page, data, own, url = _read(message)
-    given = message.get("messageId")
-    if type(given) is str and len(given) == 36 and _UUID_TEXT.fullmatch(given):
-        head = ROW_START_AND_UUID_LENGTH + PgUUID(given).bytes
-    else:
-        head = rows.head(event_id("segment", given))
+    head = rows.event_head("segment", message.get("messageId"))
     time = _encoded_time(message, received, enc)
     visitor = message.get("anonymousId")
     if type(visitor) is not str or not visitor:
@@ -206,10 +198,7 @@ def _encoded_time(message: dict[str, Any], received: datetime, enc: RowEncoder) 
         if sent_us is None:
             time = rows.timestamp_us(occurred_us)
         else:
-            if enc.received_us is None:
-                enc.received_us = (received - _UNIX_EPOCH) // _MICROSECOND
-            corrected = enc.received_us - (sent_us - occurred_us)
-            time = rows.timestamp_us(corrected if abs(corrected - enc.received_us) < _TEN_YEARS_US else occurred_us)
+            time = enc.corrected(occurred_us, sent_us, received)
     if key is not None:
         times[key] = time
     return time

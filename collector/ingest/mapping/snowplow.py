@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
-from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from collector.errors import InvalidEvent
 from collector.ingest.events import KNOWN_FIELDS
 from collector.ingest.mapping import rows
 from collector.ingest.mapping.common import (
-    _UUID_TEXT,
     MAX_CACHED_URL_CHARS,
     Mapped,
     MappingRejected,
@@ -38,7 +36,6 @@ from collector.ingest.mapping.common import (
 from collector.ingest.mapping.rows import Encoded, RowEncoder
 from collector.ingest.sites import normalize_domain
 from collector.storage import copyformat
-from collector.storage.copyformat import ROW_START_AND_UUID_LENGTH
 
 _TEXTS = frozenset((str, type(None)))
 _UNSEEN = b""  # no encoded time is empty
@@ -46,9 +43,6 @@ _UNSAFE = object()
 # Below 2^33 s, a millisecond count divided by 1000 as a float is within 0.5 µs of its value, so from_millis's
 # datetime.fromtimestamp rounds to the exact millisecond: integer arithmetic then gives the same microseconds.
 SAFE_MILLIS = 2**33 * 1000
-_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_TEN_YEARS_US = 3650 * 86_400 * 1_000_000  # skew_corrected's bound on a correction
 PAYLOAD_SCHEMA = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/"
 EVENT_TYPES = {"pv": "pageview", "pp": "page_ping", "se": "structured", "tr": "transaction",
                "ti": "transaction_item", "ue": None}  # fmt: skip
@@ -111,11 +105,7 @@ def encode_event(enc: RowEncoder, received: datetime, params: Any) -> Encoded:
         data = None if data_keys is None else {name: params[key] for key, name in data_keys}
     else:
         kind, event_type, data, schema = _read(params)
-    given = params.get("eid")
-    if type(given) is str and len(given) == 36 and _UUID_TEXT.fullmatch(given):
-        head = ROW_START_AND_UUID_LENGTH + PgUUID(given).bytes
-    else:
-        head = rows.head(event_id("snowplow", given))
+    head = rows.event_head("snowplow", params.get("eid"))
     extra = _planned_extra(params, plan) if plan else _extra(params, kind, schema)
     url, aid = params.get("url"), params.get("aid")
     session, visitor, referrer = params.get("sid"), params.get("duid"), params.get("refr")
@@ -260,10 +250,7 @@ def _encoded_time(enc: RowEncoder, times: tuple[Any, Any, Any], params: Any, rec
         return None
     if stm is None:
         return rows.timestamp_us(dtm * 1000)
-    if enc.received_us is None:
-        enc.received_us = (received - _UNIX_EPOCH) // _MICROSECOND
-    corrected = enc.received_us - (stm - dtm) * 1000  # skew_corrected's arithmetic, exact in microseconds
-    return rows.timestamp_us(corrected if abs(corrected - enc.received_us) < _TEN_YEARS_US else dtm * 1000)
+    return enc.corrected(dtm * 1000, stm * 1000, received)
 
 
 def _millis(value: Any) -> Any:
