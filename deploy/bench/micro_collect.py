@@ -9,7 +9,8 @@ database is needed. Prints the best of several rounds of N requests, in microsec
 The wall-clock figures are noisy on a shared machine; instructions per request are not. Run one scenario under
 callgrind at two sizes and divide the difference, e.g. (Ir = "Collected" in the callgrind output):
 
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python deploy/bench/micro_collect.py 2000 1 single
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python deploy/bench/micro_collect.py 2000 1 single
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 
 import orjson
 
-from collector.ingest.directories import make_directory
 from collector.edge.collect import CollectEndpoint
 from collector.ingest.auth import DomainAuthorizer
+from collector.ingest.directories import make_directory
 from collector.ingest.service import Ingest
 from collector.settings import Settings
 from collector.storage.accounting import Accounting
@@ -42,8 +43,9 @@ HEADERS = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
 BROWSER = [*HEADERS, (b"origin", b"http://localhost:3000"), (b"referer", b"http://localhost:3000/page")]
 
 
-async def run(body: bytes, headers: list[tuple[bytes, bytes]], n: int, rounds: int) -> float:
-    settings = Settings(database_url="postgresql://unused", buffer_max_events=10_000_000, buffer_max_bytes=1 << 40)
+def in_process_ingest(settings: Settings) -> tuple[Ingest, DomainAuthorizer, WriteBehindBuffer]:
+    """A real Ingest over the settings' domains (a real, cached DomainAuthorizer) and a WriteBehindBuffer never
+    started, so put() only queues and no database is needed (deploy/bench/protocols.py builds its cells on it too)."""
     authorizer = DomainAuthorizer(
         make_directory(settings), ip_hash_secret=settings.hash_secret, ttl_s=3600, negative_ttl_s=30,
         stale_max_s=3600, max_entries=1000,
@@ -53,8 +55,12 @@ async def run(body: bytes, headers: list[tuple[bytes, bytes]], n: int, rounds: i
     buffer = WriteBehindBuffer(
         sink, max_events=10_000_000, max_bytes=1 << 40, flush_max_events=1000, flush_interval_s=1, drain_timeout_s=1
     )
-    accounting = Accounting(pool, redact=str)
-    ingest = Ingest(settings, authorizer, buffer, accounting)
+    return Ingest(settings, authorizer, buffer, Accounting(pool, redact=str)), authorizer, buffer
+
+
+async def run(body: bytes, headers: list[tuple[bytes, bytes]], n: int, rounds: int) -> float:
+    settings = Settings(database_url="postgresql://unused", buffer_max_events=10_000_000, buffer_max_bytes=1 << 40)
+    ingest, authorizer, buffer = in_process_ingest(settings)
     collect = CollectEndpoint(settings, ingest, authorizer)
     scope: dict[str, Any] = {
         "type": "http", "method": "POST", "path": "/collect", "query_string": b"", "headers": headers,

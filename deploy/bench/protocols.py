@@ -28,17 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from micro_collect import in_process_ingest  # deploy/bench/, this script's folder
 
 from collector.edge.collect import CollectEndpoint
 from collector.edge.protocols import open_doors
-from collector.ingest.auth import DomainAuthorizer
-from collector.ingest.directories import make_directory
 from collector.ingest.mapping import plausible, segment, snowplow
 from collector.ingest.mapping.common import Group, group
-from collector.ingest.service import Ingest
 from collector.settings import Settings
-from collector.storage.accounting import Accounting
-from collector.storage.buffer import WriteBehindBuffer
 
 KEY = "wkBenchWriteKey01"
 EVENTS = 20
@@ -157,16 +153,7 @@ async def run(n: int, rounds: int) -> dict[str, float]:
             database_url="postgresql://unused", buffer_max_events=10_000_000, buffer_max_bytes=1 << 40,
             authorized_domains_file=str(domains),
         )  # fmt: skip
-        authorizer = DomainAuthorizer(
-            make_directory(settings), ip_hash_secret=settings.hash_secret, ttl_s=3600, negative_ttl_s=30,
-            stale_max_s=3600, max_entries=1000,
-        )  # fmt: skip
-    sink: Any = None  # never started: put() only queues
-    pool: Any = None  # never flushed
-    buffer = WriteBehindBuffer(
-        sink, max_events=10_000_000, max_bytes=1 << 40, flush_max_events=1000, flush_interval_s=1, drain_timeout_s=1
-    )
-    ingest = Ingest(settings, authorizer, buffer, Accounting(pool, redact=str))
+        ingest, authorizer, buffer = in_process_ingest(settings)  # the domains file is read here, once
     handlers: dict[str, Any] = {"/collect": CollectEndpoint(settings, ingest, authorizer)}
     handlers.update(open_doors(settings, ingest, authorizer))
     # Rounds interleave the cells (each round runs every cell once), and each cell's best round counts, in CPU time
