@@ -202,7 +202,7 @@ class EventParser:
         fast = is_batch
         room, limit, max_keys = MAX_JSON_DEPTH - 3, self.max_event_bytes, self.max_event_data_keys
         middle, tail = defaults.middle, ctx.tail
-        dumps, join, text, jsonb_header = orjson.dumps, b"".join, _event_type_field, _JSONB_HEADER
+        dumps, join, text, jsonb_header = orjson.dumps, b"".join, event_type_field, _JSONB_HEADER
         heads = ROW_IDS.heads  # popped here directly: a call of ours per event would cost as much as the pop saves
         version = JSONB_VERSION
         for index, event in enumerate(events):
@@ -283,7 +283,7 @@ class EventParser:
             raise EventRejected("`eventData` must be a JSON object")
         given_id = event.get("eventId")
         try:
-            type_field = _event_type_field(event_type)
+            type_field = event_type_field(event_type)
         except copyformat.Unencodable as exc:
             raise EventRejected(f"`eventType` {exc}") from None
         return b"".join((
@@ -346,7 +346,7 @@ def _event_type(event_type: str) -> bytes:
 
 
 # Event types are at most MAX_EVENT_TYPE_CHARS (100) characters, ~1 KB an entry at most: ~4 MB in all.
-_event_type_field = lru_cache(maxsize=4096)(_event_type)
+event_type_field = lru_cache(maxsize=4096)(_event_type)
 
 
 def _text(event: dict[str, Any], name: str) -> bytes:

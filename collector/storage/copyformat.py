@@ -45,10 +45,10 @@ RECEIVED_BYTES = len(TIMESTAMP_LENGTH) + 8
 JSONB_VERSION = b"\x01"
 
 _length = struct.Struct(">i").pack
-_int64 = struct.Struct(">q").pack
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_PG_EPOCH_UNIX_US = int(_PG_EPOCH.timestamp()) * 1_000_000
+int64 = struct.Struct(">q").pack
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+PG_EPOCH_UNIX_US = int(PG_EPOCH.timestamp()) * 1_000_000
 
 
 class Unencodable(ValueError):
@@ -95,12 +95,12 @@ def upgrade(row: bytes) -> bytes:
 
 def timestamp(value: datetime) -> bytes:
     """A timestamptz field: microseconds since 2000-01-01 UTC. `value` must be timezone-aware."""
-    return TIMESTAMP_LENGTH + _int64((value - _PG_EPOCH) // _MICROSECOND)
+    return TIMESTAMP_LENGTH + int64((value - PG_EPOCH) // MICROSECOND)
 
 
 def timestamp_ns(unix_ns: int) -> bytes:
     """A timestamptz field from nanoseconds since the Unix epoch (time.time_ns())."""
-    return TIMESTAMP_LENGTH + _int64(unix_ns // 1000 - _PG_EPOCH_UNIX_US)
+    return TIMESTAMP_LENGTH + int64(unix_ns // 1000 - PG_EPOCH_UNIX_US)
 
 
 # JSONB_HEADER(len(json) + 1, JSONB_VERSION): the field's length and the version byte that precede its JSON.

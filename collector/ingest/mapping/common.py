@@ -91,7 +91,7 @@ def event_id(protocol: str, value: Any) -> str | None:
     given: str = value
     if len(given) > MAX_MESSAGE_ID_CHARS:
         raise MappingRejected(f"the message id is longer than {MAX_MESSAGE_ID_CHARS} characters")
-    if _UUID_TEXT.fullmatch(given):  # the usual case, taken as is (a third of the cost of parsing it)
+    if UUID_TEXT.fullmatch(given):  # the usual case, taken as is (a third of the cost of parsing it)
         return given
     try:
         return str(uuid.UUID(given))
@@ -103,14 +103,14 @@ def host_of_url(url: Any) -> str | None:
     """The normalized host of a page URL, None if it is not an http(s) URL with one."""
     if type(url) is not str or len(url) > 8192:
         return None
-    return _url_parts(url)[0] if len(url) <= MAX_CACHED_URL_CHARS else _split(url)[0]
+    return url_parts(url)[0] if len(url) <= MAX_CACHED_URL_CHARS else _split(url)[0]
 
 
 def path_of_url(url: Any) -> str | None:
     """The path of a page URL (what /collect's `path` holds), None when there is none to take."""
     if type(url) is not str or len(url) > 8192:
         return None
-    return _url_parts(url)[1] if len(url) <= MAX_CACHED_URL_CHARS else _split(url)[1]
+    return url_parts(url)[1] if len(url) <= MAX_CACHED_URL_CHARS else _split(url)[1]
 
 
 def _split(url: str) -> tuple[str | None, str | None]:
@@ -127,8 +127,8 @@ def _split(url: str) -> tuple[str | None, str | None]:
 # A batch's messages name a few pages many times: split each once. Keys of at most MAX_CACHED_URL_CHARS, 4,096 of
 # them: ~10 MB at most.
 MAX_CACHED_URL_CHARS = 2048
-_url_parts = lru_cache(maxsize=4096)(_split)
-_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+url_parts = lru_cache(maxsize=4096)(_split)
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
-from collector.ingest.events import MAX_EVENT_TYPE_CHARS, TEXT_LIMITS, RequestContext, _event_type_field
-from collector.ingest.mapping.common import _UUID_TEXT, event_id
+from collector.ingest.events import MAX_EVENT_TYPE_CHARS, TEXT_LIMITS, RequestContext, event_type_field
+from collector.ingest.mapping.common import UUID_TEXT, event_id
 from collector.ingest.payload import MAX_JSON_DEPTH
 from collector.storage import copyformat
 from collector.storage.copyformat import JSONB_HEADER, JSONB_VERSION, NULL, ROW_IDS, ROW_START_AND_UUID_LENGTH
@@ -33,12 +33,12 @@ from collector.storage.copyformat import JSONB_HEADER, JSONB_VERSION, NULL, ROW_
 # A tuple: a dataclass per event cost more.
 Encoded = tuple[str | None, str | None, str | None, bytes, bytes | None]
 
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH = copyformat.PG_EPOCH
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = copyformat._MICROSECOND
+_MICROSECOND = copyformat.MICROSECOND
 _TEN_YEARS_US = 3650 * 86_400 * 1_000_000  # mapping.common.skew_corrected's bound on a correction
-_PG_EPOCH_UNIX_US = copyformat._PG_EPOCH_UNIX_US
-_int64 = copyformat._int64
+_PG_EPOCH_UNIX_US = copyformat.PG_EPOCH_UNIX_US
+_int64 = copyformat.int64
 # EventParser accepts timestamps of the years 1970 to 2999 (in UTC): as microseconds since PostgreSQL's epoch.
 _FIRST_US = (datetime(1970, 1, 1, tzinfo=UTC) - _PG_EPOCH) // _MICROSECOND
 _END_US = (datetime(3000, 1, 1, tzinfo=UTC) - _PG_EPOCH) // _MICROSECOND
@@ -155,7 +155,7 @@ def event_type(value: Any) -> bytes:
     if type(value) is not str or not value or len(value) > MAX_EVENT_TYPE_CHARS or value == "batch":
         raise Fallback
     try:
-        return _event_type_field(value)
+        return event_type_field(value)
     except copyformat.Unencodable:
         raise Fallback from None
 
@@ -164,7 +164,7 @@ def event_head(protocol: str, given: Any) -> bytes:
     """The row's start and event id: a protocol's message id given as a UUID's text (the usual case, checked here
     without a call), else mapping.common.event_id's (uuid5 of another id; MappingRejected for an unusable one), else
     a random one."""
-    if type(given) is not str or len(given) != 36 or not _UUID_TEXT.fullmatch(given):
+    if type(given) is not str or len(given) != 36 or not UUID_TEXT.fullmatch(given):
         given = event_id(protocol, given)
         if given is None:
             heads = ROW_IDS.heads

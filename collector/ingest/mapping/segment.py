@@ -13,13 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from collector.errors import InvalidEvent
-from collector.ingest.events import KNOWN_FIELDS, MAX_EVENT_TYPE_CHARS, _event_type_field
+from collector.ingest.events import KNOWN_FIELDS, MAX_EVENT_TYPE_CHARS, event_type_field
 from collector.ingest.mapping import rows
 from collector.ingest.mapping.common import (
     MAX_CACHED_URL_CHARS,
     Mapped,
     MappingRejected,
-    _url_parts,
     address,
     drop_none,
     event_id,
@@ -29,6 +28,7 @@ from collector.ingest.mapping.common import (
     path_of_url,
     skew_corrected,
     text,
+    url_parts,
 )
 from collector.ingest.mapping.rows import Encoded, Fallback, RowEncoder
 from collector.storage.copyformat import Unencodable
@@ -128,7 +128,7 @@ def encode_message(enc: RowEncoder, received: datetime, key_domain: str | None, 
     if len(event_type) > MAX_EVENT_TYPE_CHARS or event_type == "batch":
         raise Fallback
     try:
-        type_field = _event_type_field(event_type)
+        type_field = event_type_field(event_type)
     except Unencodable:
         raise Fallback from None
     data_field, extra_field = enc.data(data), enc.extra(_extra(message, context))
@@ -143,7 +143,7 @@ def _middle(enc: RowEncoder, visitor: Any, url: Any, path: Any, referrer: Any) -
     """The page's host, and the session (none), visitor, url, path and referrer columns as map_message's fields
     encode (else Fallback)."""
     if type(url) is str and url and len(url) <= MAX_CACHED_URL_CHARS:
-        host, url_path = _url_parts(url)
+        host, url_path = url_parts(url)
     else:
         host, url_path = host_of_url(url), path_of_url(url)
     path = (path if type(path) is str else text(path)) or url_path  # text() but for the usual string

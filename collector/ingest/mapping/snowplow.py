@@ -22,7 +22,6 @@ from collector.ingest.mapping.common import (
     MAX_CACHED_URL_CHARS,
     Mapped,
     MappingRejected,
-    _url_parts,
     address,
     drop_none,
     event_id,
@@ -32,6 +31,7 @@ from collector.ingest.mapping.common import (
     path_of_url,
     skew_corrected,
     text,
+    url_parts,
 )
 from collector.ingest.mapping.rows import Encoded, RowEncoder
 from collector.ingest.sites import normalize_domain
@@ -143,7 +143,7 @@ def encode_event(enc: RowEncoder, received: datetime, params: Any) -> Encoded:
 def _middle(enc: RowEncoder, session: Any, visitor: Any, url: Any, referrer: Any) -> bytes:
     """The session, visitor, url, path and referrer columns, as map_event's fields encode (else Fallback)."""
     if type(url) is str and url and len(url) <= MAX_CACHED_URL_CHARS:
-        url_path = _url_parts(url)[1]
+        url_path = url_parts(url)[1]
     else:
         url_path = path_of_url(url)
     return enc.columns(session, visitor, url, url_path, referrer)  # each as text() leaves it
